@@ -1,0 +1,50 @@
+"""The quality loop: a completed run is scored, ranked and gated.
+
+The flow only sequences tasks; every decision and every write lives in a task.
+Re-running it for a run does no work twice: a stored evaluation is reused (unless
+``force``), and every write is an upsert on a unique key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import State
+
+from tasks.quality import (gate_run, load_run, promote_baseline, publish_artifacts,
+                           rebuild_leaderboard, score_run, store_evaluation)
+from tunix_rt.evaluation import EvaluationSummary
+from tunix_rt.stats import GatePolicy
+
+DEFAULT_JUDGES = ["exact_match"]
+
+
+def value_of(result: Any) -> Any:
+    """A task's value, also when it ended in a named state such as ``Skipped``."""
+    return result.result() if isinstance(result, State) else result
+
+
+@flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True)
+def quality_loop(run_id: str, judges: list[str] | None = None,
+                 policy: GatePolicy = GatePolicy(), force: bool = False) -> dict[str, Any]:
+    """Score the run with each judge, rebuild the leaderboards, gate against the baselines.
+
+    Args:
+        run_id: tunix-rt run id (or external id) of a completed run.
+        judges: Registered judges to score with (`tunix-rt judges list`); default exact_match.
+        policy: How the run is compared with its dataset's baseline.
+        force: Score again even when an evaluation is already stored.
+    """
+    run = load_run(run_id)
+    results: dict[str, Any] = {"run_id": run.id, "dataset": run.dataset, "judges": {}}
+    for judge in judges or DEFAULT_JUDGES:
+        scored = value_of(score_run(run, judge, force=force))
+        summary = scored if isinstance(scored, EvaluationSummary) else store_evaluation(scored)
+        board = rebuild_leaderboard(run.dataset, judge)
+        report = gate_run(run.id, judge, policy)
+        promoted = value_of(promote_baseline(report, policy))
+        publish_artifacts(board, report, promoted)
+        results["judges"][judge] = {"evaluation": summary.to_dict(), "gate": report.to_dict(),
+                                    "promoted": promoted}
+    return results

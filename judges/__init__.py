@@ -1,0 +1,14 @@
+"""Judges: the Judge protocol, its registry and the built-in judges.
+
+Pure code: no Prefect, no Ray, no database.
+"""
+
+from judges.base import Item, Judge, ScoringContext, Verdict
+from judges.registry import (JudgeRegistryError, JudgeSpec, get_judge, judge_spec, list_judges,
+                             register_judge)
+
+# Importing the built-in modules registers them.
+from judges import exact_match, mock, trace_format  # noqa: E402,F401  isort:skip
+
+__all__ = ["Item", "Judge", "JudgeRegistryError", "JudgeSpec", "ScoringContext", "Verdict",
+           "get_judge", "judge_spec", "list_judges", "register_judge"]

@@ -1,0 +1,61 @@
+"""The ``exact_match`` judge: the response's final answer equals the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from judges._text import extract_answer, normalize_answer
+from judges.base import Item, ScoringContext, Verdict
+from judges.registry import register_judge
+
+NAME = "exact_match"
+VERSION = "1.0"
+
+
+class ExactMatchJudge:
+    """Extracts the final answer from each response and compares it, normalized,
+    with the normalized reference."""
+
+    name = NAME
+    version = VERSION
+    requires_reference = True
+
+    def score(self, items: Sequence[Item], context: ScoringContext) -> list[Verdict]:
+        """Return one verdict per item, in the order given."""
+        return [self._score_one(item) for item in items]
+
+    def _score_one(self, item: Item) -> Verdict:
+        if item.reference is None or not item.reference.strip():
+            return self._unscored(item, "item has no reference; exact_match needs one")
+        if not item.response.strip():
+            return self._unscored(item, "empty response")
+
+        found = extract_answer(item.response)
+        # A bare "42" is a perfectly good answer, so no marker means the whole reply.
+        extracted = normalize_answer(found if found is not None else item.response)
+        reference = normalize_answer(_reference_answer(item.reference))
+        passed = extracted == reference
+        relation = "==" if passed else "!="
+        return Verdict(item_id=item.id, score=1.0 if passed else 0.0, passed=passed,
+                       rationale=f"extracted {extracted!r} {relation} reference {reference!r}",
+                       judge=self.name, judge_version=self.version,
+                       raw={"extracted": extracted, "reference": reference})
+
+    def _unscored(self, item: Item, reason: str) -> Verdict:
+        return Verdict.unscored(item.id, reason, judge=self.name, judge_version=self.version)
+
+
+def _reference_answer(reference: str) -> str:
+    """The answer part of a reference; GSM8K references carry their working too."""
+    if "####" in reference or "<answer>" in reference.lower():
+        found = extract_answer(reference)
+        if found is not None:
+            return found
+    return reference
+
+
+@register_judge(NAME, version=VERSION, requires_reference=True,
+                description="final answer equals the reference after normalization")
+def exact_match_judge() -> ExactMatchJudge:
+    """Build the exact-match judge."""
+    return ExactMatchJudge()

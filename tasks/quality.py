@@ -1,0 +1,163 @@
+"""The quality loop's tasks: each one step, each in its own transaction.
+
+Tasks retry with exponential backoff and jitter, but only on transient errors (a
+lost database connection, an I/O hiccup): a malformed predictions file or a failing
+gate is an answer, and retrying it would only repeat the answer later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
+from prefect.tasks import exponential_backoff
+
+from tunix_rt import evaluation, gating, leaderboard, runs
+from tunix_rt.db import session_scope
+from tunix_rt.errors import PredictionsError, is_transient
+from tunix_rt.evaluation import EvaluationSummary, RunInfo, ScoredRun
+from tunix_rt.gating import GateReport
+from tunix_rt.predictions import read_predictions
+from tunix_rt.stats import GatePolicy
+from judges import judge_spec
+
+RETRIES = 3
+ARTIFACT_ROWS = 50
+
+
+def retry_if_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect ``retry_condition_fn``: retry lost connections and I/O errors only."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result(raise_on_failure=True)
+        except BaseException as raised:  # noqa: BLE001 - inspecting, not handling
+            exc = raised
+    return exc is not None and is_transient(exc)
+
+
+RETRY_POLICY: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=1),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_if_transient,
+}
+
+
+@task(name="load-run", **RETRY_POLICY)
+def load_run(run_id: str) -> RunInfo:
+    """The run to judge; a pending, failed or dry run is refused with the reason."""
+    with session_scope() as session:
+        run = runs.get_run(session, run_id)
+        runs.ensure_evaluable(run)
+        return RunInfo.of(run)
+
+
+@task(name="score-run", **RETRY_POLICY)
+def score_run(run: RunInfo, judge: str, force: bool = False) -> ScoredRun | State:
+    """Score the run's predictions with ``judge``, unless a stored evaluation stands.
+
+    Reusing is a named no-op state, ``Skipped``, whose result is the stored
+    evaluation. A bad predictions file is recorded as a failed evaluation (when no
+    good one is on record) and fails the task without retries.
+    """
+    spec = judge_spec(judge)
+    if not force:
+        with session_scope() as session:
+            stored = evaluation.find_evaluation(session, run.id, spec.name, spec.version)
+            if stored is not None and stored.status == "completed":
+                summary = EvaluationSummary.of(stored, reused=True)
+                return Completed(name="Skipped", data=summary, message=(
+                    f"run {run.id} already evaluated by {spec.name} {spec.version}; "
+                    "pass force=True to score it again"))
+    try:
+        items = read_predictions(run.predictions_uri, require_reference=spec.requires_reference)
+    except PredictionsError as exc:
+        with session_scope() as session:
+            evaluation.store_failed_evaluation(session, run.id, spec.name, str(exc))
+        raise
+    return evaluation.score_items(run, spec.name, items)
+
+
+@task(name="store-evaluation", **RETRY_POLICY)
+def store_evaluation(scored: ScoredRun) -> EvaluationSummary:
+    """Write the evaluation and all its verdicts in one transaction."""
+    with session_scope() as session:
+        summary = evaluation.store_evaluation(session, scored)
+    get_run_logger().info("%s %s: score %.4f on %d items (%d unscored)", scored.judge,
+                          scored.judge_version, summary.score or float("nan"), summary.n_items,
+                          summary.n_unscored)
+    return summary
+
+
+@task(name="rebuild-leaderboard", **RETRY_POLICY)
+def rebuild_leaderboard(dataset: str, judge: str) -> leaderboard.Page:
+    """Re-rank the board of ``dataset`` under ``judge``; returns its first page."""
+    with session_scope() as session:
+        leaderboard.rebuild_leaderboard(session, dataset, judge)
+    with session_scope() as session:
+        return leaderboard.leaderboard_page(session, dataset, judge, limit=ARTIFACT_ROWS)
+
+
+@task(name="gate-run", **RETRY_POLICY)
+def gate_run(run_id: str, judge: str, policy: GatePolicy) -> GateReport:
+    """Compare the run with the baseline and record the decision (a result, not an error)."""
+    with session_scope() as session:
+        return gating.gate_run(session, run_id, judge, policy)
+
+
+@task(name="promote-baseline", **RETRY_POLICY)
+def promote_baseline(report: GateReport, policy: GatePolicy) -> str | State | None:
+    """Make the run the baseline when the policy says so; ``Skipped`` otherwise."""
+    with session_scope() as session:
+        why = gating.promote_if_allowed(session, report, policy)
+    if why is None:
+        return Completed(name="Skipped", data=None, message="the policy does not promote")
+    return why
+
+
+@task(name="publish-artifacts", **RETRY_POLICY)
+def publish_artifacts(board: leaderboard.Page, report: GateReport, promoted: str | None) -> None:
+    """A table artifact of the board (a stable key per dataset and judge) and the decision."""
+    create_table_artifact(
+        key=artifact_key("leaderboard", board.dataset, board.judge),
+        table=[{"rank": e.rank, "run": e.run_name, "run_id": e.run_id, "score": round(e.score, 4),
+                "ci_low": round(e.ci_low, 4), "ci_high": round(e.ci_high, 4),
+                "n_items": e.n_items} for e in board.entries],
+        description=f"Leaderboard of {board.dataset} under {board.judge} (top {ARTIFACT_ROWS})")
+    create_markdown_artifact(
+        key=artifact_key("gate", report.dataset, report.judge),
+        markdown=gate_markdown(report, promoted),
+        description=f"Gate decision for run {report.run_id}")
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+def gate_markdown(report: GateReport, promoted: str | None) -> str:
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:+.4f}"
+
+    lines = [
+        f"# Gate: **{report.decision}**",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| run | `{report.run_id}` |",
+        f"| baseline | `{report.baseline_run_id or 'none'}` |",
+        f"| dataset / judge | {report.dataset} / {report.judge} |",
+        f"| delta (candidate - baseline) | {fmt(report.delta)} |",
+        f"| CI | [{fmt(report.ci_low)}, {fmt(report.ci_high)}] |",
+        f"| paired items | {report.n_paired} |",
+        "",
+        report.reason,
+    ]
+    if promoted:
+        lines += ["", f"Promoted to baseline: {promoted}."]
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""Engines, sessions and schema migration.
+
+Engines are cached per URL. Sessions come from :func:`session_scope`, which owns the
+transaction: query functions elsewhere take a session and never commit.
+
+The embedded default (a SQLite file) is migrated to head on first use, so
+``tunix-rt`` works with nothing configured. Any other database must be migrated on
+purpose with ``tunix-rt db upgrade``; until then every command says so.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
+
+from tunix_rt.errors import DatabaseNotMigratedError
+from tunix_rt.settings import get_settings
+
+# The Alembic head this code expects. tests/db/test_migrations.py checks it against
+# the revisions in migrations/versions, so the two cannot drift apart.
+SCHEMA_HEAD = "20261124_0001"
+
+_engines: dict[str, Engine] = {}
+_checked: set[str] = set()
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
+    cursor = dbapi_connection.cursor()
+    # Foreign keys are off by default in SQLite; WAL lets readers (the CLI, the
+    # HTTP service) proceed while a flow writes; busy_timeout waits out a writer.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url`` with the pragmas and pool settings tunix-rt relies on."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def get_engine(url: str | None = None, *, migrate_embedded: bool = True) -> Engine:
+    """The cached engine for ``url`` (default: the configured database), schema checked.
+
+    The first call for a URL checks the schema revision: a SQLite database behind
+    head is upgraded in place; any other database behind head raises
+    :class:`DatabaseNotMigratedError` with the command that fixes it.
+    """
+    url = url or get_settings().database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        if url not in _checked and migrate_embedded:
+            _ensure_schema(engine)
+            _checked.add(url)
+    return engine
+
+
+def dispose_engines() -> None:
+    """Close every cached engine (tests, and processes that fork)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _checked.clear()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database is at, or None for an empty database."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as exc:
+        if "alembic_version" in str(exc):
+            return None
+        raise
+
+
+def _ensure_schema(engine: Engine) -> None:
+    revision = current_revision(engine)
+    if revision == SCHEMA_HEAD:
+        return
+    if engine.dialect.name == "sqlite":
+        upgrade(engine)
+        return
+    raise DatabaseNotMigratedError(
+        f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+        f"{revision or 'none'}, this tunix-rt needs {SCHEMA_HEAD}; run `tunix-rt db upgrade`")
+
+
+def alembic_config(engine: Engine):  # noqa: ANN201  (alembic is imported lazily)
+    """An Alembic config bound to ``engine``, wherever tunix-rt is installed."""
+    from alembic.config import Config
+
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine | None = None, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (Alembic ``upgrade``)."""
+    from alembic import command
+
+    engine = engine or get_engine(migrate_embedded=False)
+    command.upgrade(alembic_config(engine), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database down to ``revision`` (Alembic ``downgrade``)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(engine), revision)
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error."""
+    with Session(engine or get_engine(), expire_on_commit=False) as session, session.begin():
+        yield session

@@ -1,0 +1,192 @@
+"""Evaluating a run: scoring its predictions with a judge, and storing the result.
+
+Scoring is pure (items in, verdicts and a summary out). Storing replaces the
+evaluation and all its verdicts in the caller's transaction, so an evaluation is
+either wholly there or not at all; re-storing the same run and judge updates the
+one row its unique key allows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from judges import Item, ScoringContext, get_judge, judge_spec
+from judges.base import Verdict as JudgeVerdict
+from tunix_rt.errors import TunixRtError
+from tunix_rt.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
+from tunix_rt.stats import bootstrap_mean_ci
+from tunix_rt.upsert import upsert
+
+# Rows per INSERT when storing verdicts: large enough to amortize round trips,
+# small enough to stay well under any driver's parameter limit.
+VERDICT_BATCH = 2_000
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The fields of a run that the loop needs, detached from any session."""
+
+    id: str
+    name: str
+    dataset: str
+    model: str
+    predictions_uri: str
+
+    @classmethod
+    def of(cls, run: Run) -> RunInfo:
+        return cls(run.id, run.name, run.dataset, run.model, run.predictions_uri or "")
+
+
+@dataclass(frozen=True)
+class ScoredRun:
+    """A judge's verdicts on a run's items, and their aggregate."""
+
+    run_id: str
+    judge: str
+    judge_version: str
+    verdicts: list[JudgeVerdict]
+    score: float | None
+    ci_low: float | None
+    ci_high: float | None
+    started_at: datetime
+    duration_s: float
+    n_items: int = field(init=False)
+    n_scored: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_items", len(self.verdicts))
+        object.__setattr__(self, "n_scored", sum(1 for v in self.verdicts if v.scored))
+
+    @property
+    def n_unscored(self) -> int:
+        return self.n_items - self.n_scored
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What the loop reports about one evaluation."""
+
+    evaluation_id: int
+    run_id: str
+    judge: str
+    judge_version: str
+    status: str
+    score: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_items: int
+    n_scored: int
+    n_unscored: int
+    error: str | None
+    reused: bool = False
+
+    @classmethod
+    def of(cls, ev: Evaluation, *, reused: bool = False) -> EvaluationSummary:
+        return cls(ev.id, ev.run_id, ev.judge, ev.judge_version, ev.status, ev.score, ev.ci_low,
+                   ev.ci_high, ev.n_items, ev.n_scored, ev.n_unscored, ev.error, reused)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
+                seed: int = 0) -> ScoredRun:
+    """Score ``items`` with the named judge and aggregate the scored verdicts."""
+    judge = get_judge(judge_name)
+    started_at = utcnow()
+    start = time.perf_counter()
+    verdicts = judge.score(items, ScoringContext(run_id=run.id, dataset=run.dataset,
+                                                 model=run.model))
+    if len(verdicts) != len(items):
+        raise TunixRtError(f"judge {judge_name!r} returned {len(verdicts)} verdicts for "
+                           f"{len(items)} items")
+    scores = [v.score for v in verdicts if v.score is not None]
+    mean = ci_low = ci_high = None
+    if scores:
+        ci = bootstrap_mean_ci(scores, seed=seed)
+        mean, ci_low, ci_high = ci.mean, ci.ci_low, ci.ci_high
+    return ScoredRun(run.id, judge.name, judge.version, verdicts, mean, ci_low, ci_high,
+                     started_at, time.perf_counter() - start)
+
+
+def find_evaluation(session: Session, run_id: str, judge_name: str,
+                    judge_version: str | None = None) -> Evaluation | None:
+    """The run's evaluation by this judge (at its registered version unless given)."""
+    version = judge_version or judge_spec(judge_name).version
+    return session.scalar(select(Evaluation).where(
+        Evaluation.run_id == run_id, Evaluation.judge == judge_name,
+        Evaluation.judge_version == version))
+
+
+def _upsert_evaluation(session: Session, run_id: str, judge: str, version: str,
+                       *, only_if_not_completed: bool = False, **values: Any) -> int | None:
+    """Insert or update the evaluation row; its id, or None when the guard kept it.
+
+    On PostgreSQL the conflicting row stays locked until the transaction ends, so
+    two loops storing the same evaluation serialize instead of mixing verdicts.
+    """
+    guard = (Evaluation.status != EvaluationStatus.completed.value
+             if only_if_not_completed else None)
+    row = upsert(session, Evaluation, {"run_id": run_id, "judge": judge,
+                                       "judge_version": version, **values},
+                 key=("run_id", "judge", "judge_version"), update=list(values), where=guard,
+                 returning=Evaluation.id)
+    return None if row is None else row[0]
+
+
+def store_evaluation(session: Session, scored: ScoredRun) -> EvaluationSummary:
+    """Write the evaluation and replace its verdicts, in the caller's transaction."""
+    ev_id = _upsert_evaluation(
+        session, scored.run_id, scored.judge, scored.judge_version,
+        status=EvaluationStatus.completed.value, score=scored.score, ci_low=scored.ci_low,
+        ci_high=scored.ci_high, n_items=scored.n_items, n_scored=scored.n_scored,
+        n_unscored=scored.n_unscored, error=None, started_at=scored.started_at,
+        finished_at=utcnow(), duration_s=scored.duration_s)
+    session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
+    rows = [{"evaluation_id": ev_id, "item_id": v.item_id, "score": v.score, "passed": v.passed,
+             "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None}
+            for v in scored.verdicts]
+    for start in range(0, len(rows), VERDICT_BATCH):
+        session.execute(insert(Verdict), rows[start:start + VERDICT_BATCH])
+    return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True))
+
+
+def store_failed_evaluation(session: Session, run_id: str, judge_name: str,
+                            error: str) -> EvaluationSummary:
+    """Record that a run could not be evaluated, and why.
+
+    A completed evaluation already on record is kept as it is: a failed re-run
+    (``--force`` on a file that has since gone bad) must not destroy good data.
+    """
+    spec = judge_spec(judge_name)
+    now = utcnow()
+    ev_id = _upsert_evaluation(session, run_id, spec.name, spec.version,
+                               only_if_not_completed=True,
+                               status=EvaluationStatus.failed.value, score=None, ci_low=None,
+                               ci_high=None, n_items=0, n_scored=0, n_unscored=0, error=error,
+                               started_at=now, finished_at=now, duration_s=0.0)
+    if ev_id is None:
+        return EvaluationSummary.of(find_evaluation(session, run_id, spec.name, spec.version))
+    session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
+    return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True))
+
+
+def latest_evaluation(session: Session, run_id: str, judge_name: str) -> Evaluation | None:
+    """The run's most recent completed evaluation by this judge, at any version."""
+    return session.scalar(select(Evaluation).where(
+        Evaluation.run_id == run_id, Evaluation.judge == judge_name,
+        Evaluation.status == EvaluationStatus.completed.value)
+        .order_by(Evaluation.finished_at.desc(), Evaluation.id.desc()).limit(1))
+
+
+def item_scores(session: Session, evaluation_id: int) -> dict[str, float]:
+    """Scored items of an evaluation, item id to score (unscored items are absent)."""
+    rows = session.execute(select(Verdict.item_id, Verdict.score).where(
+        Verdict.evaluation_id == evaluation_id, Verdict.score.is_not(None)))
+    return {item_id: score for item_id, score in rows}

@@ -1,0 +1,213 @@
+"""Baselines and the gate: is a run at least as good as the dataset's baseline?
+
+The statistics live in :mod:`tunix_rt.stats`; this module finds the verdicts to
+compare, records the decision (one row per candidate, judge, baseline and policy),
+and keeps the baseline and its history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tunix_rt.errors import InvalidInputError, NotFoundError
+from tunix_rt.evaluation import item_scores, latest_evaluation
+from tunix_rt.models import (Baseline, BaselinePromotion, Evaluation, GateDecision, GateResult,
+                             Run, utcnow)
+from tunix_rt.runs import ensure_evaluable, get_run
+from tunix_rt.stats import GatePolicy, decide_gate
+from tunix_rt.upsert import upsert
+
+EXIT_CODES = {GateDecision.passed.value: 0, GateDecision.failed.value: 1,
+              GateDecision.inconclusive.value: 2, GateDecision.no_baseline.value: 2}
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """A gate decision as the CLI, the API and the flow report it (CONTRACT.md)."""
+
+    run_id: str
+    dataset: str
+    judge: str
+    decision: str
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_paired: int
+    baseline_run_id: str | None
+    reason: str
+    policy: dict[str, Any]
+    created_at: str
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.decision]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, row: GateResult) -> GateReport:
+        return cls(row.run_id, row.dataset, row.judge, row.decision, row.delta, row.ci_low,
+                   row.ci_high, row.n_paired, row.baseline_run_id, row.reason, row.policy,
+                   row.updated_at.isoformat())
+
+
+@dataclass(frozen=True)
+class BaselineInfo:
+    dataset: str
+    judge: str
+    run_id: str
+    run_name: str
+    promoted_at: datetime
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["promoted_at"] = self.promoted_at.isoformat()
+        return out
+
+
+def _completed_evaluation(session: Session, run: Run, judge: str) -> Evaluation:
+    ev = latest_evaluation(session, run.id, judge)
+    if ev is None:
+        raise NotFoundError(f"run {run.id} ({run.name}) has no completed evaluation by judge "
+                            f"{judge!r}: run `tunix-rt evaluate {run.id} --judge {judge}` first")
+    return ev
+
+
+def resolve_gate_judge(session: Session, run_id: str, judge: str | None) -> str:
+    """The judge to gate on: the one asked for, or the only one that evaluated the run."""
+    if judge:
+        return judge
+    run = get_run(session, run_id)
+    judges = sorted(set(session.scalars(select(Evaluation.judge).where(
+        Evaluation.run_id == run.id, Evaluation.status == "completed"))))
+    if len(judges) == 1:
+        return judges[0]
+    if not judges:
+        raise NotFoundError(f"run {run.id} ({run.name}) has no completed evaluation: run "
+                            f"`tunix-rt evaluate {run.id}` first")
+    raise InvalidInputError(f"run {run.id} was evaluated by several judges "
+                            f"({', '.join(judges)}); pick one with --judge")
+
+
+def set_baseline(session: Session, run_id: str, judge: str, *, source: str = "manual",
+                 reason: str = "") -> BaselineInfo:
+    """Make ``run_id`` the baseline of its dataset under ``judge``, keeping the history."""
+    run = get_run(session, run_id)
+    ensure_evaluable(run)
+    _completed_evaluation(session, run, judge)
+    current = session.get(Baseline, (run.dataset, judge), with_for_update=True)
+    previous = current.run_id if current else None
+    if previous != run.id:
+        now = utcnow()
+        upsert(session, Baseline, {"dataset": run.dataset, "judge": judge, "run_id": run.id,
+                                   "promoted_at": now},
+               key=("dataset", "judge"), update=("run_id", "promoted_at"))
+        session.add(BaselinePromotion(dataset=run.dataset, judge=judge, run_id=run.id,
+                                      previous_run_id=previous, source=source, reason=reason,
+                                      promoted_at=now))
+        session.flush()
+        session.expire_all()
+    info = get_baseline(session, run.dataset, judge)
+    assert info is not None
+    return info
+
+
+def get_baseline(session: Session, dataset: str, judge: str,
+                 history: int = 10) -> BaselineInfo | None:
+    """The current baseline of ``dataset`` under ``judge`` with its recent promotions."""
+    row = session.execute(select(Baseline, Run.name).join(Run, Run.id == Baseline.run_id).where(
+        Baseline.dataset == dataset, Baseline.judge == judge)).first()
+    if row is None:
+        return None
+    baseline, name = row
+    promotions = session.scalars(select(BaselinePromotion).where(
+        BaselinePromotion.dataset == dataset, BaselinePromotion.judge == judge)
+        .order_by(BaselinePromotion.promoted_at.desc(), BaselinePromotion.id.desc())
+        .limit(history))
+    return BaselineInfo(dataset, judge, baseline.run_id, name, baseline.promoted_at, [
+        {"run_id": p.run_id, "previous_run_id": p.previous_run_id, "source": p.source,
+         "reason": p.reason, "promoted_at": p.promoted_at.isoformat()} for p in promotions])
+
+
+def gate_run(session: Session, run_id: str, judge: str, policy: GatePolicy) -> GateReport:
+    """Compare the run with its dataset's baseline under ``judge`` and record the result.
+
+    Gating the baseline itself is answered from the gate it passed on its way in,
+    when there is one: comparing a run with itself proves nothing.
+    """
+    run = get_run(session, run_id)
+    candidate_ev = _completed_evaluation(session, run, judge)
+    baseline = session.get(Baseline, (run.dataset, judge))
+    if baseline is not None and baseline.run_id == run.id:
+        earlier = session.scalar(select(GateResult).where(
+            GateResult.run_id == run.id, GateResult.judge == judge,
+            GateResult.policy_digest == policy.digest(), GateResult.baseline_key != run.id)
+            .order_by(GateResult.updated_at.desc()).limit(1))
+        if earlier is not None:
+            return GateReport.of(earlier)
+
+    baseline_scores = None
+    note = ""
+    if baseline is not None:
+        baseline_run = get_run(session, baseline.run_id)
+        baseline_ev = latest_evaluation(session, baseline_run.id, judge)
+        if baseline_ev is not None:
+            baseline_scores = item_scores(session, baseline_ev.id)
+            if baseline_ev.judge_version != candidate_ev.judge_version:
+                note = (f" (judge versions differ: candidate {candidate_ev.judge_version}, "
+                        f"baseline {baseline_ev.judge_version})")
+    outcome = decide_gate(item_scores(session, candidate_ev.id), baseline_scores, policy)
+    baseline_id = baseline.run_id if baseline_scores is not None and baseline else None
+    values = {
+        "run_id": run.id, "dataset": run.dataset, "judge": judge,
+        "baseline_run_id": baseline_id, "baseline_key": baseline_id or "",
+        "decision": outcome.decision, "delta": outcome.delta, "ci_low": outcome.ci_low,
+        "ci_high": outcome.ci_high, "n_paired": outcome.n_paired,
+        "reason": outcome.reason + note, "policy": policy.model_dump(mode="json"),
+        "policy_digest": policy.digest(), "created_at": utcnow(), "updated_at": utcnow(),
+    }
+    row = upsert(session, GateResult, values,
+                 key=("run_id", "judge", "baseline_key", "policy_digest"),
+                 update=("decision", "delta", "ci_low", "ci_high", "n_paired", "reason",
+                         "policy", "updated_at"), returning=GateResult.id)
+    return GateReport.of(session.get(GateResult, row[0], populate_existing=True))
+
+
+def promote_if_allowed(session: Session, report: GateReport, policy: GatePolicy) -> str | None:
+    """Auto-promote per the policy; returns why the run was promoted, or None.
+
+    A run becomes the baseline when the dataset has none, or when it passed and its
+    point estimate is an improvement: a non-inferiority pass alone would let a
+    string of slightly worse runs ratchet the baseline down.
+    """
+    if not policy.auto_promote:
+        return None
+    if report.decision == GateDecision.no_baseline.value:
+        why = "first evaluated run of the dataset"
+    elif report.decision == GateDecision.passed.value and (report.delta or 0.0) > 0.0:
+        why = f"passed the gate with delta {report.delta:+.4f}"
+    else:
+        return None
+    current = session.get(Baseline, (report.dataset, report.judge))
+    if current is not None and current.run_id == report.run_id:
+        return None
+    set_baseline(session, report.run_id, report.judge, source="auto", reason=why)
+    return why
+
+
+def latest_gate(session: Session, run_id: str, judge: str | None = None) -> GateReport | None:
+    """The run's most recent gate result (under ``judge`` when given)."""
+    run = get_run(session, run_id)
+    query = select(GateResult).where(GateResult.run_id == run.id)
+    if judge:
+        query = query.where(GateResult.judge == judge)
+    row = session.scalar(query.order_by(GateResult.updated_at.desc(), GateResult.id.desc())
+                         .limit(1))
+    return GateReport.of(row) if row else None

@@ -1,0 +1,135 @@
+"""The leaderboard: materialized per dataset and judge, read a page at a time.
+
+A rebuild replaces the board of one dataset and judge in the caller's transaction
+with a single ``INSERT ... SELECT``: each run's latest completed evaluation, ranked
+by score, ties broken by more items scored, then the earlier run, then the run id,
+so the order never depends on the database's mood. Reads page by rank on the
+``(dataset, judge, rank)`` unique index; they never fetch the whole board.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, literal, select, text
+from sqlalchemy.orm import Session
+
+from tunix_rt.cursor import decode_cursor, encode_cursor
+from tunix_rt.errors import InvalidInputError, NotFoundError
+from tunix_rt.models import Evaluation, EvaluationStatus, LeaderboardEntry, Run, utcnow
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class Entry:
+    rank: int
+    run_id: str
+    run_name: str
+    model: str
+    score: float
+    ci_low: float
+    ci_high: float
+    n_items: int
+    judge_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Page:
+    dataset: str
+    judge: str
+    entries: list[Entry]
+    next_cursor: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "judge": self.judge,
+                "entries": [e.to_dict() for e in self.entries], "next_cursor": self.next_cursor}
+
+
+def _lock_board(session: Session, dataset: str, judge: str) -> None:
+    """Serialize concurrent rebuilds of one board (PostgreSQL; SQLite has one writer)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b(f"leaderboard:{dataset}:{judge}".encode(), digest_size=8).digest()
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                    {"key": int.from_bytes(digest, "big", signed=True)})
+
+
+def rebuild_leaderboard(session: Session, dataset: str, judge: str) -> int:
+    """Re-rank the board of ``dataset`` under ``judge``; returns its number of entries."""
+    _lock_board(session, dataset, judge)
+    latest = (
+        select(
+            Evaluation.id.label("evaluation_id"), Evaluation.run_id, Evaluation.judge_version,
+            Evaluation.score, Evaluation.ci_low, Evaluation.ci_high, Evaluation.n_scored,
+            Run.created_at.label("run_created_at"),
+            func.row_number().over(partition_by=Evaluation.run_id,
+                                   order_by=(Evaluation.finished_at.desc(),
+                                             Evaluation.id.desc())).label("recency"))
+        .join(Run, Run.id == Evaluation.run_id)
+        .where(Run.dataset == dataset, Run.dry_run.is_(False), Evaluation.judge == judge,
+               Evaluation.status == EvaluationStatus.completed.value,
+               Evaluation.score.is_not(None))
+        .subquery())
+    ranked = select(
+        literal(dataset), literal(judge), latest.c.run_id, latest.c.evaluation_id,
+        latest.c.judge_version,
+        func.row_number().over(order_by=(latest.c.score.desc(), latest.c.n_scored.desc(),
+                                         latest.c.run_created_at.asc(), latest.c.run_id.asc())),
+        latest.c.score, latest.c.ci_low, latest.c.ci_high, latest.c.n_scored,
+        literal(utcnow(), LeaderboardEntry.updated_at.type),
+    ).where(latest.c.recency == 1)
+    session.execute(delete(LeaderboardEntry).where(LeaderboardEntry.dataset == dataset,
+                                                   LeaderboardEntry.judge == judge))
+    columns = ["dataset", "judge", "run_id", "evaluation_id", "judge_version", "rank", "score",
+               "ci_low", "ci_high", "n_items", "updated_at"]
+    session.execute(insert(LeaderboardEntry).from_select(columns, ranked))
+    return session.scalar(select(func.count()).select_from(LeaderboardEntry).where(
+        LeaderboardEntry.dataset == dataset, LeaderboardEntry.judge == judge)) or 0
+
+
+def board_judges(session: Session, dataset: str) -> list[str]:
+    """The judges that have a board for ``dataset``."""
+    return list(session.scalars(select(LeaderboardEntry.judge).where(
+        LeaderboardEntry.dataset == dataset).distinct().order_by(LeaderboardEntry.judge)))
+
+
+def resolve_judge(session: Session, dataset: str, judge: str | None) -> str:
+    """The judge to show: the one asked for, or the dataset's only one."""
+    if judge:
+        return judge
+    judges = board_judges(session, dataset)
+    if len(judges) == 1:
+        return judges[0]
+    if not judges:
+        raise NotFoundError(f"no leaderboard for dataset {dataset!r} yet: evaluate a run of it "
+                            "first (`tunix-rt evaluate RUN_ID`)")
+    raise InvalidInputError(f"dataset {dataset!r} has boards for several judges "
+                            f"({', '.join(judges)}); pick one with --judge")
+
+
+def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int = 20,
+                     cursor: str | None = None) -> Page:
+    """One page of the board, best first; ``next_cursor`` is None on the last page."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    after = 0
+    if cursor:
+        (after,) = decode_cursor(cursor, 1)
+        if not isinstance(after, int):
+            raise InvalidInputError(f"invalid cursor {cursor!r}")
+    rows = session.execute(
+        select(LeaderboardEntry, Run.name, Run.model)
+        .join(Run, Run.id == LeaderboardEntry.run_id)
+        .where(LeaderboardEntry.dataset == dataset, LeaderboardEntry.judge == judge,
+               LeaderboardEntry.rank > after)
+        .order_by(LeaderboardEntry.rank).limit(limit + 1)).all()
+    entries = [Entry(e.rank, e.run_id, name, model, e.score, e.ci_low, e.ci_high, e.n_items,
+                     e.judge_version) for e, name, model in rows[:limit]]
+    next_cursor = encode_cursor(entries[-1].rank) if len(rows) > limit else None
+    return Page(dataset, judge, entries, next_cursor)

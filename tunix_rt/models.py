@@ -1,0 +1,266 @@
+"""The system of record: SQLAlchemy 2 typed models.
+
+One declarative base with a naming convention, so every constraint and index has a
+stable name that migrations can refer to. JSON columns are JSONB on PostgreSQL and
+JSON on SQLite, from the same model. Relationships load only when asked
+(``lazy="raise"``): a query that needs related rows says so.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey,
+                        Index, Integer, MetaData, String, Text, UniqueConstraint)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every database.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite drops it, so values are stored
+    as UTC and given back as UTC-aware datetimes.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column; use tunix_rt.models.utcnow()")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RunStatus(str, enum.Enum):
+    pending = "pending"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class RunOrigin(str, enum.Enum):
+    cli = "cli"
+    webhook = "webhook"
+    tuning = "tuning"
+    train = "train"
+    api = "api"
+
+
+class EvaluationStatus(str, enum.Enum):
+    completed = "completed"
+    failed = "failed"
+
+
+class GateDecision(str, enum.Enum):
+    passed = "pass"
+    failed = "fail"
+    inconclusive = "inconclusive"
+    no_baseline = "no_baseline"
+
+
+def _in(column: str, enum_cls: type[enum.Enum]) -> str:
+    values = ", ".join(f"'{m.value}'" for m in enum_cls)
+    return f"{column} IN ({values})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONType, datetime: UtcDateTime()}
+
+
+class Run(Base):
+    """A training run whose predictions can be judged."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RunStatus), name="status"),
+        Index("ix_runs_dataset_created_at", "dataset", "created_at"),
+        Index("ix_runs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_run_id)
+    external_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    dataset: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    predictions_uri: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.pending.value)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    origin: Mapped[str] = mapped_column(String(16), default=RunOrigin.cli.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,
+                                                 onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    evaluations: Mapped[list[Evaluation]] = relationship(back_populates="run", lazy="raise",
+                                                         passive_deletes=True)
+
+
+class Evaluation(Base):
+    """One judge's evaluation of one run: the aggregate of its verdicts."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("run_id", "judge", "judge_version"),
+        CheckConstraint(_in("status", EvaluationStatus), name="status"),
+        Index("ix_evaluations_judge_status", "judge", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    judge: Mapped[str] = mapped_column(String(64))
+    judge_version: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    score: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    n_items: Mapped[int] = mapped_column(Integer, default=0)
+    n_scored: Mapped[int] = mapped_column(Integer, default=0)
+    n_unscored: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+    run: Mapped[Run] = relationship(back_populates="evaluations", lazy="raise")
+
+
+class Verdict(Base):
+    """A judge's verdict on one item of one evaluation."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (UniqueConstraint("evaluation_id", "item_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(255))
+    score: Mapped[float | None] = mapped_column(Float)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    rationale: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class LeaderboardEntry(Base):
+    """A materialized leaderboard row: one run's standing on a dataset under a judge."""
+
+    __tablename__ = "leaderboard_entries"
+    __table_args__ = (
+        UniqueConstraint("dataset", "judge", "rank"),
+        Index("ix_leaderboard_entries_run_id", "run_id"),
+    )
+
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    judge: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"))
+    judge_version: Mapped[str] = mapped_column(String(32))
+    rank: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    ci_low: Mapped[float] = mapped_column(Float)
+    ci_high: Mapped[float] = mapped_column(Float)
+    n_items: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Baseline(Base):
+    """The current baseline run of a dataset under a judge."""
+
+    __tablename__ = "baselines"
+
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    judge: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="RESTRICT"), index=True)
+    promoted_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class BaselinePromotion(Base):
+    """The history of baselines: who replaced whom, when, and why."""
+
+    __tablename__ = "baseline_promotions"
+    __table_args__ = (Index("ix_baseline_promotions_dataset_judge", "dataset", "judge",
+                            "promoted_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    dataset: Mapped[str] = mapped_column(String(255))
+    judge: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    previous_run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"))
+    source: Mapped[str] = mapped_column(String(16))  # manual | auto
+    reason: Mapped[str] = mapped_column(Text, default="")
+    promoted_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class GateResult(Base):
+    """A gate decision: a candidate run compared item by item with a baseline.
+
+    One row per candidate, judge, baseline and policy: re-gating with the same
+    inputs updates the row instead of adding another. ``baseline_key`` is the
+    baseline run id, or "" when there was none, so the unique key holds on every
+    database (NULLs are distinct in unique constraints).
+    """
+
+    __tablename__ = "gate_results"
+    __table_args__ = (
+        UniqueConstraint("run_id", "judge", "baseline_key", "policy_digest"),
+        CheckConstraint(_in("decision", GateDecision), name="decision"),
+        Index("ix_gate_results_run_id_updated_at", "run_id", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    dataset: Mapped[str] = mapped_column(String(255))
+    judge: Mapped[str] = mapped_column(String(64))
+    baseline_run_id: Mapped[str | None] = mapped_column(
+        ForeignKey("runs.id", ondelete="SET NULL"))
+    baseline_key: Mapped[str] = mapped_column(String(32), default="")
+    decision: Mapped[str] = mapped_column(String(16))
+    delta: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    n_paired: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    policy_digest: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,
+                                                 onupdate=utcnow)

@@ -1,0 +1,98 @@
+"""Reading a predictions file (JSON Lines, see CONTRACT.md) into judge items.
+
+The whole file is validated before any item is returned, so a bad line fails the
+evaluation before anything is written. Every error names the URI and the line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from judges.base import Item
+from tunix_rt.errors import PredictionsError
+
+MAX_ID_LENGTH = 255
+
+
+def read_predictions(uri: str, *, require_reference: bool = False) -> list[Item]:
+    """Open ``uri`` with fsspec and parse it; raises :class:`PredictionsError` on bad input.
+
+    I/O errors other than a missing file propagate unchanged: they may be transient
+    (a flaky object store) and the calling task retries them.
+    """
+    import fsspec  # fsspec registers many protocols on import; only evaluation needs it.
+
+    try:
+        with fsspec.open(uri, "rt", encoding="utf-8") as handle:
+            return parse_predictions(handle, uri=uri, require_reference=require_reference)
+    except FileNotFoundError:
+        raise PredictionsError(f"predictions file not found: {uri}") from None
+    except UnicodeDecodeError as exc:
+        raise PredictionsError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
+            from None
+    except ValueError as exc:
+        # fsspec raises ValueError for an unknown protocol or a malformed URL.
+        raise PredictionsError(f"cannot open predictions URI {uri!r}: {exc}") from None
+
+
+def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
+                      require_reference: bool = False) -> list[Item]:
+    """Parse JSON Lines into items; blank lines are allowed, everything else is checked."""
+    items: list[Item] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{uri}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PredictionsError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") \
+                from None
+        if not isinstance(obj, dict):
+            raise PredictionsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        item_id = _required_str(obj, "id", where)
+        if len(item_id) > MAX_ID_LENGTH:
+            raise PredictionsError(f"{where}: field 'id' is longer than {MAX_ID_LENGTH} characters")
+        if item_id in seen:
+            raise PredictionsError(
+                f"{where}: duplicate id {item_id!r} (first seen on line {seen[item_id]})")
+        seen[item_id] = lineno
+        response = _required_str(obj, "response", where)
+        reference = _optional_str(obj, "reference", where)
+        if require_reference and reference is None:
+            raise PredictionsError(
+                f"{where}: field 'reference' is required by the judge but missing")
+        metadata = obj.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise PredictionsError(f"{where}: field 'metadata' must be an object")
+        items.append(Item(id=item_id, response=response, prompt=_optional_str(obj, "prompt", where),
+                          reference=reference, metadata=metadata))
+    if not items:
+        raise PredictionsError(f"{uri}: the predictions file has no items")
+    return items
+
+
+def _required_str(obj: dict[str, Any], key: str, where: str) -> str:
+    if key not in obj or obj[key] is None:
+        raise PredictionsError(f"{where}: required field {key!r} is missing")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise PredictionsError(f"{where}: field {key!r} must be a string, "
+                               f"got {type(value).__name__}")
+    return value
+
+
+def _optional_str(obj: dict[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # A numeric reference ("reference": 42) is common in math sets; keep its text.
+        return json.dumps(value)
+    if not isinstance(value, str):
+        raise PredictionsError(f"{where}: field {key!r} must be a string, "
+                               f"got {type(value).__name__}")
+    return value

@@ -1,0 +1,135 @@
+"""Runs: registering, finding and listing the training runs tunix-rt judges.
+
+Query functions take a session and never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tunix_rt.cursor import decode_cursor, encode_cursor
+from tunix_rt.errors import InvalidInputError, NotFoundError, RunNotEvaluableError
+from tunix_rt.models import Run, RunOrigin, RunStatus, utcnow
+
+MAX_PAGE = 500
+
+
+def _require_text(value: str | None, field: str, max_len: int = 255) -> str:
+    if value is None or not str(value).strip():
+        raise InvalidInputError(f"{field} must not be empty")
+    value = str(value).strip()
+    if len(value) > max_len:
+        raise InvalidInputError(f"{field} is longer than {max_len} characters")
+    return value
+
+
+def register_run(session: Session, *, name: str, dataset: str, model: str,
+                 predictions_uri: str | None, config: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None, external_id: str | None = None,
+                 status: RunStatus = RunStatus.completed, dry_run: bool = False,
+                 origin: RunOrigin = RunOrigin.cli) -> Run:
+    """Record a run. A completed run needs a predictions URI; external ids are unique."""
+    name = _require_text(name, "name")
+    dataset = _require_text(dataset, "dataset")
+    model = _require_text(model, "model")
+    if config is not None and not isinstance(config, dict):
+        raise InvalidInputError("config must be a JSON object")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise InvalidInputError("metrics must be a JSON object")
+    if status is RunStatus.completed and not dry_run and not predictions_uri:
+        raise InvalidInputError("a completed run needs a predictions URI (--predictions)")
+    if external_id is not None:
+        external_id = _require_text(external_id, "external_id")
+        existing = session.scalar(select(Run.id).where(Run.external_id == external_id))
+        if existing:
+            raise InvalidInputError(
+                f"a run with external id {external_id!r} already exists: {existing}")
+    now = utcnow()
+    run = Run(name=name, dataset=dataset, model=model, predictions_uri=predictions_uri,
+              config=config or {}, metrics=metrics or {}, external_id=external_id,
+              status=status.value, dry_run=dry_run, origin=origin.value, created_at=now,
+              updated_at=now, completed_at=now if status is RunStatus.completed else None)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    """The run with this id (or, failing that, this external id)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        run = session.scalar(select(Run).where(Run.external_id == run_id))
+    if run is None:
+        raise NotFoundError(f"no run with id or external id {run_id!r} (see `tunix-rt runs list`)")
+    return run
+
+
+def ensure_evaluable(run: Run) -> None:
+    """Refuse, with the reason, a run the judges cannot score."""
+    if run.dry_run:
+        raise RunNotEvaluableError(f"run {run.id} ({run.name}) is a dry run: it has no "
+                                   "predictions to judge")
+    if run.status != RunStatus.completed.value:
+        raise RunNotEvaluableError(f"run {run.id} ({run.name}) is {run.status}; only completed "
+                                   "runs can be evaluated")
+    if not run.predictions_uri:
+        raise RunNotEvaluableError(f"run {run.id} ({run.name}) has no predictions URI")
+
+
+def list_runs(session: Session, *, dataset: str | None = None, status: str | None = None,
+              limit: int = 50, cursor: str | None = None) -> tuple[list[Run], str | None]:
+    """Runs newest first, a page at a time (keyset on created_at, id)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if status is not None and status not in RunStatus.__members__:
+        raise InvalidInputError(f"unknown status {status!r}; one of: "
+                                f"{', '.join(RunStatus.__members__)}")
+    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
+    if dataset is not None:
+        query = query.where(Run.dataset == dataset)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if cursor:
+        created_raw, last_id = decode_cursor(cursor, 2)
+        try:
+            created = datetime.fromisoformat(created_raw)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"invalid cursor {cursor!r}") from None
+        query = query.where(or_(Run.created_at < created,
+                                (Run.created_at == created) & (Run.id < last_id)))
+    runs = list(session.scalars(query))
+    next_cursor = None
+    if len(runs) > limit:
+        runs = runs[:limit]
+        next_cursor = encode_cursor(runs[-1].created_at.isoformat(), runs[-1].id)
+    return runs, next_cursor
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    """A run as the API and ``--format json`` show it (CONTRACT.md)."""
+    return {
+        "id": run.id,
+        "external_id": run.external_id,
+        "name": run.name,
+        "dataset": run.dataset,
+        "model": run.model,
+        "status": run.status,
+        "dry_run": run.dry_run,
+        "origin": run.origin,
+        "predictions_uri": run.predictions_uri,
+        "config": run.config,
+        "metrics": run.metrics,
+        "error": run.error,
+        "created_at": _iso(run.created_at),
+        "updated_at": _iso(run.updated_at),
+        "started_at": _iso(run.started_at),
+        "completed_at": _iso(run.completed_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
