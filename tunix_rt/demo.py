@@ -1,0 +1,171 @@
+"""``tunix-rt demo``: the whole quality loop on sample data, from nothing.
+
+SAMPLE DATA. The eval set is generated arithmetic word problems, and the three
+"runs" are simulated: their responses are written by this module, not by a model.
+Their skills differ and, as with real checkpoints of one model, they tend to get
+the same items right (an item's difficulty is shared), so the paired gate has the
+correlation it has in practice.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATASET = "demo-arithmetic"
+JUDGES = ["exact_match", "format"]
+NAMES = ["Ava", "Ben", "Chen", "Dara", "Eli", "Farah", "Goro", "Hana", "Ivan", "Jun"]
+THINGS = ["apples", "marbles", "stickers", "coins", "books", "shells", "cards", "pencils"]
+
+
+@dataclass(frozen=True)
+class SimulatedRun:
+    name: str
+    model: str
+    skill: float        # items with difficulty below this are (mostly) solved
+    trace_format: float  # share of responses in the <reasoning>/<answer> format
+    config: dict[str, Any]
+
+
+# Evaluated in this order: the first becomes the baseline, the second beats it,
+# the third regresses.
+RUNS = [
+    SimulatedRun("sft-baseline", "gemma-3-1b-sft", 0.62, 0.90,
+                 {"learning_rate": 2e-5, "epochs": 2, "method": "sft"}),
+    SimulatedRun("grpo-step-800", "gemma-3-1b-grpo", 0.80, 0.98,
+                 {"learning_rate": 3e-6, "steps": 800, "method": "grpo"}),
+    SimulatedRun("grpo-lr-3e-5", "gemma-3-1b-grpo", 0.45, 0.65,
+                 {"learning_rate": 3e-5, "steps": 800, "method": "grpo", "note": "diverged"}),
+]
+
+
+def make_eval_set(n_items: int, seed: int = 17) -> list[dict[str, Any]]:
+    """Arithmetic word problems with reference answers and a difficulty in [0, 1]."""
+    rng = random.Random(seed)
+    items = []
+    for i in range(n_items):
+        who, what = rng.choice(NAMES), rng.choice(THINGS)
+        op = rng.choice(["add", "sub", "mul", "two-step"])
+        a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
+        if op == "add":
+            prompt, answer = f"{who} has {a} {what} and gets {b} more. How many now?", a + b
+        elif op == "sub":
+            a, b = max(a, b), min(a, b)
+            prompt, answer = f"{who} has {a} {what} and gives away {b}. How many are left?", a - b
+        elif op == "mul":
+            prompt, answer = f"{who} fills {c} boxes with {a} {what} each. How many in all?", a * c
+        else:
+            prompt = (f"{who} buys {c} packs of {a} {what}, then gives away {b}. "
+                      "How many are left?")
+            answer = a * c - b
+        base = {"add": 0.0, "sub": 0.15, "mul": 0.3, "two-step": 0.5}[op]
+        difficulty = min(1.0, base + rng.random() * 0.5)
+        items.append({"id": f"arith-{i:04d}", "prompt": prompt, "reference": str(answer),
+                      "difficulty": round(difficulty, 4), "working": f"{op} of {a}, {b}, {c}"})
+    return items
+
+
+def simulate_predictions(run: SimulatedRun, items: list[dict[str, Any]],
+                         seed: int) -> list[dict[str, Any]]:
+    """Responses of a simulated run: right where the item is easy enough for its skill."""
+    rng = random.Random(seed)
+    out = []
+    for item in items:
+        correct = item["difficulty"] + rng.gauss(0.0, 0.08) < run.skill
+        answer = int(item["reference"])
+        if not correct:
+            answer += rng.choice([-10, -2, -1, 1, 2, 10])
+        reasoning = f"This is {item['working']}, so the result is {answer}."
+        style = rng.random()
+        if style < run.trace_format:
+            response = f"<reasoning>{reasoning}</reasoning><answer>{answer}</answer>"
+        elif style < run.trace_format + (1 - run.trace_format) / 2:
+            response = f"{reasoning}\n#### {answer}"
+        else:
+            response = f"{reasoning} The answer is {answer:,}."
+        out.append({"id": item["id"], "prompt": item["prompt"], "response": response,
+                    "reference": item["reference"], "metadata": {"simulated": True}})
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def _reset_demo_dataset() -> int:
+    """Remove what an earlier demo recorded, so the demo always starts from nothing."""
+    from sqlalchemy import delete, select
+
+    from tunix_rt.db import session_scope
+    from tunix_rt.models import Baseline, BaselinePromotion, LeaderboardEntry, Run
+
+    with session_scope() as session:
+        ids = list(session.scalars(select(Run.id).where(Run.dataset == DATASET)))
+        for model in (Baseline, BaselinePromotion, LeaderboardEntry):
+            session.execute(delete(model).where(model.dataset == DATASET))
+        session.execute(delete(Run).where(Run.dataset == DATASET))
+    return len(ids)
+
+
+def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
+             output_format: str = "table") -> int:
+    """Generate the sample data, register three runs, run the loop for each, print it all."""
+    from tunix_rt import gating, leaderboard, runs
+    from tunix_rt.db import session_scope
+    from tunix_rt.output import to_json, to_table
+    from tunix_rt.stats import GatePolicy
+
+    say = (lambda *a: print(*a, file=sys.stderr)) if output_format == "json" else print
+    root = Path(workdir).resolve()
+    eval_set = make_eval_set(items)
+    _write_jsonl(root / "eval_set.jsonl",
+                 [{k: v for k, v in it.items() if k != "working"} for it in eval_set])
+    removed = _reset_demo_dataset()
+    if removed:
+        say(f"removed the {removed} runs of the previous demo")
+    say(f"SAMPLE DATA: {items} arithmetic word problems and 3 simulated runs in {root}")
+
+    run_ids = []
+    with session_scope() as session:
+        for i, sim in enumerate(RUNS):
+            path = root / "runs" / sim.name / "predictions.jsonl"
+            _write_jsonl(path, simulate_predictions(sim, eval_set, seed=100 + i))
+            run = runs.register_run(session, name=sim.name, dataset=DATASET, model=sim.model,
+                                    predictions_uri=path.as_uri(), config=sim.config,
+                                    external_id=f"demo-{sim.name}")
+            run_ids.append(run.id)
+
+    from flows.quality_loop import quality_loop
+
+    policy = GatePolicy(auto_promote=True)
+    results = [quality_loop(run_id=run_id, judges=JUDGES, policy=policy) for run_id in run_ids]
+
+    with session_scope() as session:
+        boards = {j: leaderboard.leaderboard_page(session, DATASET, j, limit=10).to_dict()
+                  for j in JUDGES}
+        baselines = {j: gating.get_baseline(session, DATASET, j) for j in JUDGES}
+    gates = [{"run": sim.name, "judge": judge, **r["judges"][judge]["gate"],
+              "promoted": r["judges"][judge]["promoted"]}
+             for sim, r in zip(RUNS, results) for judge in JUDGES]
+    if output_format == "json":
+        to_json({"dataset": DATASET, "run_ids": run_ids, "leaderboards": boards, "gates": gates,
+                 "baselines": {j: b.run_id if b else None for j, b in baselines.items()}})
+        return 0
+    for judge, board in boards.items():
+        print(f"\nLeaderboard: {DATASET} / {judge}")
+        to_table(board["entries"], ["rank", "run_name", "score", "ci_low", "ci_high", "n_items"])
+    print("\nGate decisions (each run against the baseline of its time):")
+    to_table(gates, ["run", "judge", "decision", "delta", "ci_low", "ci_high", "n_paired",
+                     "promoted"])
+    for judge, base in baselines.items():
+        print(f"\nbaseline for {judge}: {base.run_name if base else 'none'}")
+    print(f"\nNext: tunix-rt leaderboard --dataset {DATASET} --judge exact_match\n"
+          f"      tunix-rt gate {run_ids[2]} --judge exact_match   (exit code 1: fail)")
+    return 0
