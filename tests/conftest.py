@@ -1,0 +1,85 @@
+"""Test session setup: an isolated Prefect home, databases on SQLite and PostgreSQL.
+
+Layers (each a folder): unit (pure), db (the same tests on SQLite and on a real
+PostgreSQL the session starts), flows (real Prefect, one harness per session), cli
+(the installed command in a subprocess). With CI=true a PostgreSQL that cannot be
+started fails the run instead of skipping its tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports Prefect: a private Prefect home and no analytics.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="tunix-rt-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("TUNIX_RT_DATABASE_URL", None)
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
+
+from tests.pgserver import PostgresUnavailable, create_database, postgres_server  # noqa: E402
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A running PostgreSQL server for the session, started on first use."""
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(str(exc))
+
+
+def _database_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'tunix_rt.db'}"
+    return create_database(request.getfixturevalue("pg_admin_url"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, migrated database, once on SQLite and once on PostgreSQL.
+
+    It is also the configured database (TUNIX_RT_DATABASE_URL) for code that reads
+    the settings, as flows and the CLI do.
+    """
+    from tunix_rt import db
+
+    url = _database_url(request.param, tmp_path, request)
+    if request.param == "postgres":
+        db.upgrade(db.make_engine(url))
+    monkeypatch.setenv("TUNIX_RT_DATABASE_URL", url)
+    yield url
+    db.dispose_engines()
+
+
+@pytest.fixture
+def engine(db_url: str) -> Engine:
+    from tunix_rt.db import get_engine
+
+    return get_engine(db_url)
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url() -> Iterator[str]:
+    """One real Prefect server for the whole session (prefect_test_harness, ~12 s).
+
+    Flows in this process talk to it; subprocesses (the CLI) get its URL as
+    PREFECT_API_URL instead of starting an ephemeral server each.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())

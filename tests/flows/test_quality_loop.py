@@ -1,0 +1,191 @@
+"""The quality loop on a real Prefect server, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from uuid import UUID
+
+import fsspec
+import pytest
+from fsspec.implementations.local import LocalFileSystem
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
+                                            FlowRunFilterId)
+from sqlalchemy import func, select
+
+from flows.quality_loop import quality_loop
+from tests.factories import correctness, make_run, write_predictions
+from tunix_rt.db import session_scope
+from tunix_rt.models import (BaselinePromotion, Evaluation, GateResult, LeaderboardEntry,
+                             RunStatus, Verdict)
+from tunix_rt.stats import GatePolicy
+
+pytestmark = pytest.mark.flows
+
+N = 120
+POLICY = GatePolicy(auto_promote=True)
+
+
+@pytest.fixture(autouse=True)
+def _prefect(prefect_api_url: str) -> None:
+    """Every test here talks to the session's Prefect server."""
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """Local files behind a connection that drops the first ``failures`` opens.
+
+    A stand-in for an object store having a bad minute: the errors are real
+    ``ConnectionError``s raised by a real fsspec filesystem, counted per test.
+    """
+
+    protocol = "flaky"
+    failures = 0
+    opens = 0
+    _lock = threading.Lock()
+
+    def _open(self, path, mode="rb", **kwargs):  # noqa: ANN001, ANN202
+        with FlakyFileSystem._lock:
+            FlakyFileSystem.opens += 1
+            if FlakyFileSystem.opens <= FlakyFileSystem.failures:
+                raise ConnectionError(f"connection reset while opening {path}")
+        return super()._open(path, mode=mode, **kwargs)
+
+    @classmethod
+    def _strip_protocol(cls, path):  # noqa: ANN001, ANN206
+        path = path[len("flaky://"):] if str(path).startswith("flaky://") else path
+        return super()._strip_protocol(path)
+
+
+fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+
+
+@pytest.fixture
+def flaky() -> type[FlakyFileSystem]:
+    FlakyFileSystem.failures = 0
+    FlakyFileSystem.opens = 0
+    return FlakyFileSystem
+
+
+def _count(engine, model, *where) -> int:  # noqa: ANN001
+    with session_scope(engine) as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def _task_states(flow_run_id: UUID, task_name: str) -> list[str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[flow_run_id])))
+        [run] = [r for r in runs if r.name.startswith(task_name)]
+        states = client.read_task_run_states(run.id)
+    return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
+
+
+def test_loop_scores_ranks_gates_and_promotes(engine, tmp_path: Path) -> None:
+    base = correctness(N, 0.6, seed=1)
+    better = [True if i % 3 == 0 else ok for i, ok in enumerate(base)]
+    first = make_run(engine, tmp_path, "first", base)
+    second = make_run(engine, tmp_path, "second", better)
+
+    out1 = quality_loop(first, judges=["exact_match", "format"], policy=POLICY)
+    out2 = quality_loop(second, judges=["exact_match"], policy=POLICY)
+
+    em1 = out1["judges"]["exact_match"]
+    assert em1["evaluation"]["n_items"] == N
+    assert em1["evaluation"]["score"] == pytest.approx(sum(base) / N)
+    assert em1["gate"]["decision"] == "no_baseline"
+    assert em1["promoted"] == "first evaluated run of the dataset"
+    assert out1["judges"]["format"]["evaluation"]["score"] == 1.0
+    em2 = out2["judges"]["exact_match"]
+    assert em2["gate"]["decision"] == "pass"
+    assert em2["gate"]["baseline_run_id"] == first
+    assert em2["gate"]["n_paired"] == N
+    assert em2["promoted"].startswith("passed the gate")
+    with session_scope(engine) as session:
+        board = session.execute(select(LeaderboardEntry.rank, LeaderboardEntry.run_id).where(
+            LeaderboardEntry.judge == "exact_match").order_by(LeaderboardEntry.rank)).all()
+    assert board == [(1, second), (2, first)]
+
+
+def test_rerunning_does_no_work_twice_and_writes_no_duplicates(engine, tmp_path: Path) -> None:
+    run_id = make_run(engine, tmp_path, "again", correctness(N, 0.7, seed=2))
+    first = quality_loop(run_id, policy=POLICY)
+    state = quality_loop(run_id, policy=POLICY, return_state=True)
+    second = state.result()
+
+    assert second["judges"]["exact_match"]["evaluation"]["reused"] is True
+    assert second["judges"]["exact_match"]["gate"] == first["judges"]["exact_match"]["gate"]
+    assert _task_states(state.state_details.flow_run_id, "score-run")[-1] == "Skipped"
+    assert _count(engine, Evaluation) == 1
+    assert _count(engine, Verdict) == N
+    assert _count(engine, GateResult) == 1
+    assert _count(engine, LeaderboardEntry) == 1
+    assert _count(engine, BaselinePromotion) == 1
+
+    forced = quality_loop(run_id, policy=POLICY, force=True)
+    assert forced["judges"]["exact_match"]["evaluation"]["reused"] is False
+    assert _count(engine, Evaluation) == 1
+    assert _count(engine, Verdict) == N
+
+
+def test_transient_io_errors_are_retried(engine, tmp_path: Path, flaky) -> None:  # noqa: ANN001
+    path = write_predictions(tmp_path / "p.jsonl", correctness(N, 0.5, seed=3))
+    run_id = make_run(engine, tmp_path, "flaky", [], predictions=f"flaky://{path}")
+    flaky.failures = 2
+
+    state = quality_loop(run_id, return_state=True)
+
+    assert state.is_completed()
+    assert flaky.opens == 3  # two dropped connections, then success
+    states = _task_states(state.state_details.flow_run_id, "score-run")
+    assert states.count("Retrying") == 2
+    assert states[-1] == "Completed"
+    assert _count(engine, Verdict) == N
+
+
+def test_bad_predictions_fail_once_without_retries(engine, tmp_path: Path, flaky) -> None:  # noqa: ANN001
+    path = tmp_path / "bad.jsonl"
+    write_predictions(path, [True] * 5)
+    lines = path.read_text().splitlines()
+    lines[2] = '{"id": "q00002", "response": '  # truncated JSON on line 3
+    path.write_text("\n".join(lines) + "\n")
+    run_id = make_run(engine, tmp_path, "bad", [], predictions=f"flaky://{path}")
+
+    state = quality_loop(run_id, return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(Exception, match="line 3"):
+        state.result()
+    assert flaky.opens == 1
+    assert "Retrying" not in _task_states(state.state_details.flow_run_id, "score-run")
+    with session_scope(engine) as session:
+        ev = session.scalar(select(Evaluation))
+        assert ev is not None and ev.status == "failed" and "line 3" in (ev.error or "")
+    assert _count(engine, Verdict) == 0
+    assert _count(engine, GateResult) == 0
+
+
+def test_a_run_that_is_not_completed_is_refused(engine, tmp_path: Path) -> None:
+    run_id = make_run(engine, tmp_path, "pending", [True] * 3, status=RunStatus.pending)
+
+    state = quality_loop(run_id, return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(Exception, match="pending; only completed runs"):
+        state.result()
+    assert _count(engine, Evaluation) == 0
+
+
+def test_artifacts_record_the_board_and_the_decision(engine, tmp_path: Path) -> None:
+    run_id = make_run(engine, tmp_path, "art", correctness(N, 0.8, seed=4), dataset="Art Set")
+    state = quality_loop(run_id, policy=POLICY, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["leaderboard-art-set-exact-match",
+                                        "gate-art-set-exact-match"])))
+    mine = {a.key: a for a in artifacts if a.flow_run_id == flow_run_id}
+    assert set(mine) == {"leaderboard-art-set-exact-match", "gate-art-set-exact-match"}
+    assert run_id in str(mine["leaderboard-art-set-exact-match"].data)
+    assert "no_baseline" in str(mine["gate-art-set-exact-match"].data)
