@@ -12,11 +12,13 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
+from judges import RegisteredJudge
 from tasks.quality import (gate_run, load_run, promote_baseline, publish_artifacts,
                            rebuild_leaderboard, score_run, store_evaluation)
 from tunix_rt.evaluation import EvaluationSummary
 from tunix_rt.stats import GatePolicy
 
+# Never mutated: safe as a parameter default, and the UI form shows it.
 DEFAULT_JUDGES = ["exact_match"]
 
 
@@ -26,19 +28,19 @@ def value_of(result: Any) -> Any:
 
 
 @flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True)
-def quality_loop(run_id: str, judges: list[str] | None = None,
+def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  # noqa: B006
                  policy: GatePolicy = GatePolicy(), force: bool = False) -> dict[str, Any]:
     """Score the run with each judge, rebuild the leaderboards, gate against the baselines.
 
     Args:
         run_id: tunix-rt run id (or external id) of a completed run.
-        judges: Registered judges to score with (`tunix-rt judges list`); default exact_match.
+        judges: Registered judges to score with (`tunix-rt judges list`).
         policy: How the run is compared with its dataset's baseline.
         force: Score again even when an evaluation is already stored.
     """
     run = load_run(run_id)
     results: dict[str, Any] = {"run_id": run.id, "dataset": run.dataset, "judges": {}}
-    for judge in judges or DEFAULT_JUDGES:
+    for judge in judges:
         scored = value_of(score_run(run, judge, force=force))
         summary = scored if isinstance(scored, EvaluationSummary) else store_evaluation(scored)
         board = rebuild_leaderboard(run.dataset, judge)

@@ -4,11 +4,11 @@ Pure code: no Prefect, no Ray, no database.
 """
 
 from judges.base import Item, Judge, ScoringContext, Verdict
-from judges.registry import (JudgeRegistryError, JudgeSpec, get_judge, judge_spec, list_judges,
-                             register_judge)
+from judges.registry import (JudgeRegistryError, JudgeSpec, RegisteredJudge, get_judge, judge_spec,
+                             list_judges, register_judge)
 
 # Importing the built-in modules registers them.
 from judges import exact_match, mock, trace_format  # noqa: E402,F401  isort:skip
 
-__all__ = ["Item", "Judge", "JudgeRegistryError", "JudgeSpec", "ScoringContext", "Verdict",
+__all__ = ["Item", "Judge", "JudgeRegistryError", "JudgeSpec", "RegisteredJudge", "ScoringContext", "Verdict",
            "get_judge", "judge_spec", "list_judges", "register_judge"]

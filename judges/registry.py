@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from judges.base import Judge
 
@@ -72,3 +74,13 @@ def get_judge(name: str, **kwargs: Any) -> Judge:
 def list_judges() -> list[JudgeSpec]:
     """Every registered judge, sorted by name."""
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def _registered(name: str) -> str:
+    judge_spec(name)  # raises, listing the registered judges
+    return name
+
+
+# A judge name that must be registered: as a flow parameter's type, it makes Prefect
+# refuse an unknown name before the run starts, with the list of what exists.
+RegisteredJudge = Annotated[str, AfterValidator(_registered)]

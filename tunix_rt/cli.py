@@ -201,7 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         run_id = run.id
     from flows.quality_loop import quality_loop
 
-    result = quality_loop(run_id=run_id, judges=judges, policy=policy, force=args.force)
+    chosen = {"judges": judges} if judges else {}  # else the flow's default judges
+    result = quality_loop(run_id=run_id, policy=policy, force=args.force, **chosen)
     if args.format == "json":
         from tunix_rt.output import to_json
 

@@ -23,7 +23,6 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     ray_address: str | None = None
-    default_judges: list[str] = Field(default_factory=lambda: ["exact_match"])
 
     @property
     def is_embedded(self) -> bool:

@@ -1,0 +1,31 @@
+# Two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/tunix-rt: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/tunix-rt
+
+demo: install
+	$(BIN)/tunix-rt demo
+
+# The whole suite: unit, db (SQLite and a PostgreSQL the session starts), flows, cli.
+test: install
+	$(BIN)/pytest -q
+
+# Pure tests only: no database server, no Prefect.
+test-fast: install
+	$(BIN)/pytest -q tests/unit
+
+bench: install
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) tunix_rt.db tunix_rt.db-* tunix_rt_demo .pytest_cache

@@ -1,0 +1,46 @@
+"""prefect.yaml: every deployment loads its flow and its parameters fit the form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.flows import load_flow_from_entrypoint
+from prefect.utilities.callables import parameter_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _deployments() -> list[dict]:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", _deployments(), ids=lambda d: d["name"])
+def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(ROOT)
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    unknown = set(deployment.get("parameters", {})) - set(schema["properties"])
+    assert not unknown, f"parameters the flow does not take: {unknown}"
+    # The preset parameters must pass the flow's own validation (as the UI form's would).
+    flow.validate_parameters({**deployment.get("parameters", {}), "run_id": "x"})
+
+
+def test_quality_loop_form_is_typed() -> None:
+    from flows.quality_loop import quality_loop
+
+    props = parameter_schema(quality_loop.fn).model_dump_for_openapi()
+    assert props["required"] == ["run_id"]
+    p = props["properties"]
+    assert p["judges"]["type"] == "array" and p["judges"]["default"] == ["exact_match"]
+    assert p["force"]["type"] == "boolean"
+    policy = props["definitions"]["GatePolicy"]["properties"]
+    assert policy["margin"]["type"] == "number" and policy["margin"]["minimum"] == 0
+
+
+def test_unknown_judge_is_refused_before_the_run_starts() -> None:
+    from flows.quality_loop import quality_loop
+
+    with pytest.raises(Exception, match="unknown judge 'nope'; registered judges: .*exact_match"):
+        quality_loop.validate_parameters({"run_id": "x", "judges": ["nope"]})
