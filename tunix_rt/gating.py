@@ -163,6 +163,8 @@ def gate_run(session: Session, run_id: str, judge: str, policy: GatePolicy) -> G
             if baseline_ev.judge_version != candidate_ev.judge_version:
                 note = (f" (judge versions differ: candidate {candidate_ev.judge_version}, "
                         f"baseline {baseline_ev.judge_version})")
+        if baseline_run.id == run.id:
+            note += " (the run is the baseline itself)"
     outcome = decide_gate(item_scores(session, candidate_ev.id), baseline_scores, policy)
     baseline_id = baseline.run_id if baseline_scores is not None and baseline else None
     values = {
@@ -195,8 +197,12 @@ def promote_if_allowed(session: Session, report: GateReport, policy: GatePolicy)
         why = f"passed the gate with delta {report.delta:+.4f}"
     else:
         return None
-    current = session.get(Baseline, (report.dataset, report.judge))
+    current = session.get(Baseline, (report.dataset, report.judge), with_for_update=True)
     if current is not None and current.run_id == report.run_id:
+        return None
+    if (current.run_id if current else None) != report.baseline_run_id:
+        # The baseline moved since this gate ran: the run was never compared with the
+        # new one, so it must not replace it.
         return None
     set_baseline(session, report.run_id, report.judge, source="auto", reason=why)
     return why

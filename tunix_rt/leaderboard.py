@@ -73,9 +73,11 @@ def rebuild_leaderboard(session: Session, dataset: str, judge: str) -> int:
                                              Evaluation.id.desc())).label("recency"))
         .join(Run, Run.id == Evaluation.run_id)
         .where(Run.dataset == dataset, Run.dry_run.is_(False), Evaluation.judge == judge,
-               Evaluation.status == EvaluationStatus.completed.value,
-               Evaluation.score.is_not(None))
+               Evaluation.status == EvaluationStatus.completed.value)
         .subquery())
+    # Unscored evaluations are dropped only after picking each run's latest: a latest
+    # evaluation that scored nothing takes the run off the board rather than bringing
+    # back an older one (the gate, too, compares the latest).
     ranked = select(
         literal(dataset), literal(judge), latest.c.run_id, latest.c.evaluation_id,
         latest.c.judge_version,
@@ -83,7 +85,7 @@ def rebuild_leaderboard(session: Session, dataset: str, judge: str) -> int:
                                          latest.c.run_created_at.asc(), latest.c.run_id.asc())),
         latest.c.score, latest.c.ci_low, latest.c.ci_high, latest.c.n_scored,
         literal(utcnow(), LeaderboardEntry.updated_at.type),
-    ).where(latest.c.recency == 1)
+    ).where(latest.c.recency == 1, latest.c.score.is_not(None))
     session.execute(delete(LeaderboardEntry).where(LeaderboardEntry.dataset == dataset,
                                                    LeaderboardEntry.judge == judge))
     columns = ["dataset", "judge", "run_id", "evaluation_id", "judge_version", "rank", "score",
@@ -121,7 +123,7 @@ def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int =
     after = 0
     if cursor:
         (after,) = decode_cursor(cursor, 1)
-        if not isinstance(after, int):
+        if not isinstance(after, int) or isinstance(after, bool):
             raise InvalidInputError(f"invalid cursor {cursor!r}")
     rows = session.execute(
         select(LeaderboardEntry, Run.name, Run.model)

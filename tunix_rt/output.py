@@ -1,4 +1,8 @@
-"""Rendering command output: aligned tables, CSV, or one JSON document."""
+"""Rendering command output: aligned tables, CSV, or one JSON document.
+
+Output goes to the ``sys.stdout`` of the moment of the call, not of import time, so
+``main()`` called in-process (redirect_stdout, pytest's capsys) is captured.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 
-def to_json(document: Any, stream: TextIO = sys.stdout) -> None:
+def to_json(document: Any, stream: TextIO | None = None) -> None:
+    stream = sys.stdout if stream is None else stream
     json.dump(document, stream, indent=2, default=str)
     stream.write("\n")
 
@@ -26,8 +31,9 @@ def _cell(value: Any) -> str:
 
 
 def to_table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
-             stream: TextIO = sys.stdout, headers: Sequence[str] | None = None) -> None:
+             stream: TextIO | None = None, headers: Sequence[str] | None = None) -> None:
     """Left-aligned columns with a header; numbers right-aligned."""
+    stream = sys.stdout if stream is None else stream
     headers = list(headers or columns)
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
@@ -47,7 +53,8 @@ def to_table(rows: Sequence[dict[str, Any]], columns: Sequence[str],
 
 
 def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str],
-           stream: TextIO = sys.stdout) -> None:
+           stream: TextIO | None = None) -> None:
+    stream = sys.stdout if stream is None else stream
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore",
                             lineterminator="\n")
@@ -56,8 +63,9 @@ def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str],
     stream.write(buffer.getvalue())
 
 
-def key_values(pairs: dict[str, Any], stream: TextIO = sys.stdout) -> None:
+def key_values(pairs: dict[str, Any], stream: TextIO | None = None) -> None:
     """A record as ``key: value`` lines (``runs show``, ``baseline show``)."""
+    stream = sys.stdout if stream is None else stream
     width = max((len(k) for k in pairs), default=0)
     for key, value in pairs.items():
         if isinstance(value, (dict, list)):

@@ -54,6 +54,8 @@ def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
         if not isinstance(obj, dict):
             raise PredictionsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         item_id = _required_str(obj, "id", where)
+        if not item_id.strip():
+            raise PredictionsError(f"{where}: field 'id' is empty")
         if len(item_id) > MAX_ID_LENGTH:
             raise PredictionsError(f"{where}: field 'id' is longer than {MAX_ID_LENGTH} characters")
         if item_id in seen:
@@ -65,8 +67,10 @@ def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
         if require_reference and reference is None:
             raise PredictionsError(
                 f"{where}: field 'reference' is required by the judge but missing")
-        metadata = obj.get("metadata") or {}
-        if not isinstance(metadata, dict):
+        metadata = obj.get("metadata")
+        if metadata is None:
+            metadata = {}
+        elif not isinstance(metadata, dict):
             raise PredictionsError(f"{where}: field 'metadata' must be an object")
         items.append(Item(id=item_id, response=response, prompt=_optional_str(obj, "prompt", where),
                           reference=reference, metadata=metadata))

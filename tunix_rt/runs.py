@@ -99,6 +99,10 @@ def list_runs(session: Session, *, dataset: str | None = None, status: str | Non
             created = datetime.fromisoformat(created_raw)
         except (TypeError, ValueError):
             raise InvalidInputError(f"invalid cursor {cursor!r}") from None
+        # Cursors made here carry an aware timestamp and a string id; anything else
+        # would fail in the database (or, on SQLite, compare as nonsense).
+        if created.tzinfo is None or not isinstance(last_id, str):
+            raise InvalidInputError(f"invalid cursor {cursor!r}")
         query = query.where(or_(Run.created_at < created,
                                 (Run.created_at == created) & (Run.id < last_id)))
     runs = list(session.scalars(query))

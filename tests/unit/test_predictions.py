@@ -1,0 +1,156 @@
+"""Reading predictions files: every error names the line; valid files become judge items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from judges.base import Item
+from tunix_rt.errors import PredictionsError, TunixRtError, is_transient
+from tunix_rt.predictions import MAX_ID_LENGTH, parse_predictions, read_predictions
+
+GOOD = json.dumps({"id": "a", "response": "r", "reference": "1"})
+
+
+def _lines(*objs: object) -> list[str]:
+    return [o if isinstance(o, str) else json.dumps(o) for o in objs]
+
+
+def _error(lines: list[str], **kwargs: object) -> str:
+    with pytest.raises(PredictionsError) as excinfo:
+        parse_predictions(lines, uri="preds.jsonl", **kwargs)
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ('{"id": "b", "response": ', "not valid JSON"),
+    ("{'id': 'b', 'response': 'r'}", "not valid JSON"),
+    ("not json at all", "not valid JSON"),
+    ('[{"id": "b", "response": "r"}]', "expected a JSON object, got list"),
+    ('"just a string"', "expected a JSON object, got str"),
+    ("42", "expected a JSON object, got int"),
+    ("null", "expected a JSON object, got NoneType"),
+    ('{"response": "r"}', "required field 'id' is missing"),
+    ('{"id": null, "response": "r"}', "required field 'id' is missing"),
+    ('{"id": 7, "response": "r"}', "field 'id' must be a string, got int"),
+    ('{"id": "b"}', "required field 'response' is missing"),
+    ('{"id": "b", "response": null}', "required field 'response' is missing"),
+    ('{"id": "b", "response": 5}', "field 'response' must be a string, got int"),
+    ('{"id": "b", "response": ["r"]}', "field 'response' must be a string, got list"),
+    ('{"id": "b", "response": "r", "reference": true}',
+     "field 'reference' must be a string, got bool"),
+    ('{"id": "b", "response": "r", "reference": {"x": 1}}',
+     "field 'reference' must be a string, got dict"),
+    ('{"id": "b", "response": "r", "prompt": 3.5}', None),  # numeric prompt: kept as text
+    ('{"id": "b", "response": "r", "metadata": [1]}', "field 'metadata' must be an object"),
+    ('{"id": "b", "response": "r", "metadata": []}', "field 'metadata' must be an object"),
+    ('{"id": "b", "response": "r", "metadata": ""}', "field 'metadata' must be an object"),
+    ('{"id": "b", "response": "r", "metadata": false}', "field 'metadata' must be an object"),
+    ('{"id": "b", "response": "r", "metadata": 0}', "field 'metadata' must be an object"),
+    (json.dumps({"id": "x" * (MAX_ID_LENGTH + 1), "response": "r"}),
+     f"field 'id' is longer than {MAX_ID_LENGTH} characters"),
+])
+def test_a_bad_line_is_named(bad: str, expected: str | None) -> None:
+    lines = [GOOD, "", json.dumps({"id": "c", "response": "r"}), bad, GOOD.replace('"a"', '"z"')]
+    if expected is None:
+        assert len(parse_predictions(lines)) == 4
+        return
+    message = _error(lines)
+    assert message.startswith("preds.jsonl, line 4: "), message
+    assert expected in message
+
+
+def test_duplicate_id_names_both_lines() -> None:
+    lines = _lines({"id": "a", "response": "1"}, {"id": "b", "response": "2"}, "",
+                   {"id": "a", "response": "3"})
+    message = _error(lines)
+    assert message == ("preds.jsonl, line 4: duplicate id 'a' (first seen on line 1)")
+
+
+def test_missing_reference_is_an_error_only_when_required() -> None:
+    lines = _lines({"id": "a", "response": "1", "reference": "1"}, {"id": "b", "response": "2"})
+    assert [i.reference for i in parse_predictions(lines)] == ["1", None]
+    message = _error(lines, require_reference=True)
+    assert message.startswith("preds.jsonl, line 2: ")
+    assert "'reference' is required" in message
+    # null is the same as missing
+    lines[1] = json.dumps({"id": "b", "response": "2", "reference": None})
+    assert "line 2" in _error(lines, require_reference=True)
+
+
+def test_blank_lines_are_allowed_and_line_numbers_count_them() -> None:
+    lines = ["\n", GOOD + "\n", "   \n", "\t\n", json.dumps({"id": "b", "response": "x"}) + "\n",
+             "\n", "{oops\n"]
+    assert "line 7" in _error(lines)
+    items = parse_predictions(lines[:-1])
+    assert [i.id for i in items] == ["a", "b"]
+
+
+def test_valid_lines_become_items_in_order() -> None:
+    lines = _lines({"id": "g-1", "prompt": "2+2?", "response": "<answer>4</answer>",
+                    "reference": "4", "metadata": {"split": "test", "n": 1}},
+                   {"id": "g-2", "response": "", "metadata": None})
+    first, second = parse_predictions(lines)
+    assert first == Item(id="g-1", response="<answer>4</answer>", prompt="2+2?", reference="4",
+                         metadata={"split": "test", "n": 1})
+    assert second == Item(id="g-2", response="", prompt=None, reference=None, metadata={})
+
+
+@pytest.mark.parametrize("reference, text", [(42, "42"), (-3, "-3"), (2.5, "2.5"),
+                                             (0, "0"), (1e21, "1e+21")])
+def test_numeric_reference_is_accepted_as_text(reference: float, text: str) -> None:
+    lines = _lines({"id": "a", "response": "r", "reference": reference})
+    [item] = parse_predictions(lines, require_reference=True)
+    assert item.reference == text
+
+
+@pytest.mark.parametrize("lines", [[], [""], ["\n", "   \n"]])
+def test_a_file_without_items_is_an_error(lines: list[str]) -> None:
+    assert _error(lines) == "preds.jsonl: the predictions file has no items"
+
+
+def test_read_predictions_from_a_path_and_a_file_uri(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(GOOD + "\n" + json.dumps({"id": "b", "response": "é ✓"}) + "\n",
+                    encoding="utf-8")
+    by_path = read_predictions(str(path))
+    by_uri = read_predictions(path.as_uri())
+    assert path.as_uri().startswith("file://")
+    assert by_path == by_uri
+    assert [i.id for i in by_uri] == ["a", "b"] and by_uri[1].response == "é ✓"
+
+
+def test_read_predictions_names_the_uri_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(GOOD + "\n" + GOOD + "\n")
+    with pytest.raises(PredictionsError) as excinfo:
+        read_predictions(path.as_uri())
+    assert str(excinfo.value).startswith(f"{path.as_uri()}, line 2: duplicate id 'a'")
+
+
+@pytest.mark.parametrize("as_uri", [False, True])
+def test_missing_file_is_not_found(tmp_path: Path, as_uri: bool) -> None:
+    path = tmp_path / "nowhere" / "p.jsonl"
+    uri = path.as_uri() if as_uri else str(path)
+    with pytest.raises(PredictionsError, match="not found") as excinfo:
+        read_predictions(uri)
+    assert uri in str(excinfo.value)
+    assert not is_transient(excinfo.value)  # retrying a missing file only repeats the error
+
+
+def test_non_utf8_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b'{"id": "a", "response": "caf\xe9"}\n')
+    with pytest.raises(PredictionsError, match="not UTF-8"):
+        read_predictions(str(path))
+
+
+def test_unknown_protocol_is_an_error() -> None:
+    with pytest.raises(PredictionsError, match="cannot open predictions URI"):
+        read_predictions("nosuchproto://bucket/p.jsonl")
+
+
+def test_predictions_error_is_a_tunix_rt_error() -> None:
+    assert issubclass(PredictionsError, TunixRtError)
