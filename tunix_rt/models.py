@@ -264,3 +264,47 @@ class GateResult(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,
                                                  onupdate=utcnow)
+
+
+class DispatchStatus(str, enum.Enum):
+    pending = "pending"
+    dispatched = "dispatched"
+
+
+class WebhookDelivery(Base):
+    """A verified webhook delivery, stored before it is answered (dedupe by ``webhook-id``)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_received_at", "received_at"),)
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the webhook-id header
+    event_type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class Dispatch(Base):
+    """The outbox: a quality loop owed to a completed run, written with the run change.
+
+    The receiver commits the run and this row together, answers 202, then starts the
+    loop and marks the row dispatched. A row still pending after a crash is found by
+    the sweeper and dispatched again; ``key`` (the delivery id) is the idempotency
+    key of the deployment run, so a dispatch repeated is not a loop run twice.
+    """
+
+    __tablename__ = "dispatches"
+    __table_args__ = (
+        CheckConstraint(_in("status", DispatchStatus), name="status"),
+        Index("ix_dispatches_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=DispatchStatus.pending.value)
+    target: Mapped[str | None] = mapped_column(String(32))  # event | deployment | local
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -37,3 +37,20 @@ def upsert(session: Session, model: type, values: dict[str, Any], *, key: Sequen
         return session.execute(stmt).first()
     session.execute(stmt)
     return None
+
+
+def insert_ignore(session: Session, model: type, values: dict[str, Any], *,
+                  key: Sequence[str]) -> bool:
+    """Insert ``values`` unless a row with the same ``key`` exists; True when inserted.
+
+    On PostgreSQL a concurrent insert of the same key waits for the first
+    transaction, then finds the row: exactly one caller sees True.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = (insert(model).values(**values).on_conflict_do_nothing(index_elements=list(key))
+            .returning(*(getattr(model, k) for k in key)))
+    return session.execute(stmt).first() is not None

@@ -1,0 +1,174 @@
+"""Storing webhook deliveries, moving runs forward, and the dispatch outbox.
+
+``receive`` runs in the receiver's transaction, before the 202: the delivery row (its
+primary key is the ``webhook-id``, so a second copy finds it and does nothing), the
+run change, and, when a run has just completed, an outbox row owing it a quality
+loop. Dispatch happens after the commit; the sweeper finds what a crash left owed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from tunix_rt.errors import InvalidInputError
+from tunix_rt.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
+                             WebhookDelivery, utcnow)
+from tunix_rt.upsert import insert_ignore
+from tunix_rt.webhooks import RunEvent
+
+# Status order: a delivery never moves a run backwards (a late run.started after
+# run.completed changes nothing), and the first terminal status stands.
+_RANK = {RunStatus.pending.value: 0, RunStatus.running.value: 1,
+         RunStatus.completed.value: 2, RunStatus.failed.value: 2}
+_TARGET = {"run.started": RunStatus.running, "run.completed": RunStatus.completed,
+           "run.failed": RunStatus.failed}
+MAX_DISPATCH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Received:
+    duplicate: bool
+    run_id: str | None
+    dispatch_id: int | None = None
+
+
+class Dispatcher(Protocol):
+    """Starts the quality loop for a run; ``key`` makes a repeated start a no-op."""
+
+    target: str
+
+    def dispatch(self, run_id: str, key: str) -> str | None:
+        """Start (or enqueue) the loop; returns a flow run id when one is known."""
+        ...
+
+
+def receive(session: Session, delivery_id: str, event: RunEvent) -> Received:
+    """Record a verified delivery and its effect; a repeated ``delivery_id`` does nothing.
+
+    Raises :class:`InvalidInputError` (naming the field) when the event cannot apply
+    to the run, e.g. a first ``run.completed`` without a predictions URI; the caller
+    rolls back, so nothing of the delivery is stored.
+    """
+    payload = event.model_dump(mode="json")
+    inserted = insert_ignore(session, WebhookDelivery,
+                             {"id": delivery_id, "event_type": event.type, "payload": payload,
+                              "received_at": utcnow()}, key=("id",))
+    if not inserted:
+        run_id = session.scalar(select(WebhookDelivery.run_id)
+                                .where(WebhookDelivery.id == delivery_id))
+        return Received(duplicate=True, run_id=run_id)
+    run, completed_now = _apply(session, event)
+    session.get(WebhookDelivery, delivery_id).run_id = run.id
+    dispatch_id = None
+    if completed_now:
+        dispatch = Dispatch(key=delivery_id, run_id=run.id, status=DispatchStatus.pending.value,
+                            created_at=utcnow())
+        session.add(dispatch)
+        session.flush()
+        dispatch_id = dispatch.id
+    session.flush()
+    return Received(duplicate=False, run_id=run.id, dispatch_id=dispatch_id)
+
+
+def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
+    data = event.data
+    target = _TARGET[event.type]
+    run = session.scalar(select(Run).where(Run.external_id == data.external_id)
+                         .with_for_update())
+    now = utcnow()
+    if run is None:
+        missing = [f for f in ("dataset", "model") if getattr(data, f) is None]
+        if missing:
+            raise InvalidInputError(f"data.{missing[0]}: required for a run tunix-rt has not "
+                                    "seen before")
+        run = Run(external_id=data.external_id, name=data.name or data.external_id,
+                  dataset=data.dataset, model=data.model, status=RunStatus.pending.value,
+                  origin=RunOrigin.webhook.value, config={}, metrics={}, created_at=now,
+                  updated_at=now)
+        session.add(run)
+    for field in ("name", "dataset", "model", "predictions_uri"):
+        value = getattr(data, field)
+        if value is not None and not getattr(run, field):
+            setattr(run, field, value)
+    if data.config:
+        run.config = {**(run.config or {}), **data.config}
+    if data.metrics:
+        run.metrics = {**(run.metrics or {}), **data.metrics}
+    if _RANK[target.value] <= _RANK[run.status]:
+        session.flush()
+        return run, False  # late or repeated news: never move backwards
+    if target is RunStatus.completed:
+        if data.predictions_uri:
+            run.predictions_uri = data.predictions_uri
+        if not run.predictions_uri:
+            raise InvalidInputError("data.predictions_uri: required for run.completed")
+    run.status = target.value
+    run.updated_at = now
+    if target is RunStatus.running:
+        run.started_at = run.started_at or now
+    else:
+        run.completed_at = now
+        if target is RunStatus.failed:
+            run.error = data.error or "the training job reported run.failed"
+    session.flush()
+    return run, target is RunStatus.completed and not run.dry_run
+
+
+def mark_dispatched(session: Session, dispatch_id: int, target: str) -> None:
+    dispatch = session.get(Dispatch, dispatch_id, with_for_update=True)
+    dispatch.status = DispatchStatus.dispatched.value
+    dispatch.target = target
+    dispatch.attempts += 1
+    dispatch.dispatched_at = utcnow()
+    dispatch.last_error = None
+
+
+def mark_failed_attempt(session: Session, dispatch_id: int, error: str) -> None:
+    dispatch = session.get(Dispatch, dispatch_id, with_for_update=True)
+    dispatch.attempts += 1
+    dispatch.last_error = error[:2000]
+
+
+@dataclass(frozen=True)
+class Owed:
+    dispatch_id: int
+    run_id: str
+    key: str
+    attempts: int
+
+
+def owed_dispatches(session: Session, *, older_than: timedelta, limit: int = 100,
+                    now: datetime | None = None) -> list[Owed]:
+    """Loops owed for longer than ``older_than``: never dispatched, or dispatched with no
+    evaluation to show for it (the event was lost, the worker died)."""
+    cutoff = (now or utcnow()) - older_than
+    has_evaluation = exists().where(Evaluation.run_id == Dispatch.run_id)
+    rows = session.execute(
+        select(Dispatch.id, Dispatch.run_id, Dispatch.key, Dispatch.attempts)
+        .where(~has_evaluation, Dispatch.attempts < MAX_DISPATCH_ATTEMPTS,
+               ((Dispatch.status == DispatchStatus.pending.value)
+                & (Dispatch.created_at < cutoff))
+               | ((Dispatch.status == DispatchStatus.dispatched.value)
+                  & (Dispatch.dispatched_at < cutoff)))
+        .order_by(Dispatch.created_at).limit(limit))
+    return [Owed(*row) for row in rows]
+
+
+def dispatch_now(session_scope: Callable[[], Any], dispatcher: Dispatcher, dispatch_id: int,
+                 run_id: str, key: str) -> str | None:
+    """Start the loop and record it; a failure is recorded for the sweeper, not raised."""
+    try:
+        flow_run_id = dispatcher.dispatch(run_id, key)
+    except Exception as exc:  # noqa: BLE001 - recorded; the sweeper retries
+        with session_scope() as session:
+            mark_failed_attempt(session, dispatch_id, f"{type(exc).__name__}: {exc}")
+        return None
+    with session_scope() as session:
+        mark_dispatched(session, dispatch_id, dispatcher.target)
+    return flow_run_id

@@ -1,0 +1,212 @@
+"""The HTTP service: the training webhook, the read API and the leaderboard page.
+
+``POST /webhooks/training`` verifies the signature over the raw body, stores the
+delivery and the run change in one transaction (the outbox), answers 202, and only
+then dispatches the quality loop. A crash after the commit loses nothing: the
+sweeper finds the pending dispatch.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from fastapi import BackgroundTasks, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from tunix_rt import deliveries, gating, leaderboard, runs
+from tunix_rt.db import get_engine, session_scope
+from tunix_rt.deliveries import Dispatcher
+from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_transient
+from tunix_rt.models import LeaderboardEntry
+from tunix_rt.settings import Settings, get_settings
+from tunix_rt.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
+                               Verifier, parse_event)
+
+log = logging.getLogger("tunix_rt.server")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The ASGI app. Refuses to start without a webhook secret.
+
+    ``dispatcher`` starts the quality loop after a completed run is stored; without
+    one, dispatches stay pending for the sweeper.
+    """
+    settings = settings or get_settings()
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value().strip():
+        raise InvalidInputError("TUNIX_RT_WEBHOOK_SECRET is not set: the webhook receiver "
+                                "refuses to start without a secret (whsec_<base64>)")
+    try:
+        verifier = Verifier(settings.webhook_secret.get_secret_value())
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    engine = get_engine(settings.database_url)
+
+    def scope():  # noqa: ANN202
+        return session_scope(engine)
+
+    app = FastAPI(title="tunix-rt", version="0.1.0")
+    app.state.dispatcher = dispatcher
+
+    @app.exception_handler(TunixRtError)
+    async def _tunix_error(_request: Request, exc: TunixRtError) -> JSONResponse:
+        status = 404 if isinstance(exc, NotFoundError) else 422
+        return _error(status, str(exc))
+
+    @app.post("/webhooks/training", status_code=202)
+    async def training_webhook(request: Request, background: BackgroundTasks) -> JSONResponse:
+        try:
+            body = await _read_body(request, max_body_bytes)
+        except BodyTooLarge:
+            return _error(413, f"body larger than {max_body_bytes} bytes")
+        try:
+            verifier.verify(body, request.headers)
+        except MissingHeadersError as exc:
+            return _error(400, str(exc))
+        except SignatureError as exc:
+            return _error(401, f"signature rejected: {exc}")
+        try:
+            event = parse_event(body)
+        except PayloadError as exc:
+            return _error(422, f"invalid payload: {exc}", field=str(exc).split(":")[0])
+        delivery_id = request.headers["webhook-id"]
+        try:
+            received = await run_in_threadpool(_store, scope, delivery_id, event)
+        except InvalidInputError as exc:
+            return _error(422, f"invalid payload: {exc}", field=str(exc).split(":")[0])
+        except DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("cannot store delivery %s: %s", delivery_id, exc)
+            return JSONResponse({"error": "cannot store the delivery; retry later"},
+                                status_code=503, headers={"Retry-After": "5"})
+        if received.duplicate:
+            return JSONResponse({"status": "duplicate", "run_id": received.run_id},
+                                status_code=200)
+        if received.dispatch_id is not None and app.state.dispatcher is not None:
+            background.add_task(deliveries.dispatch_now, scope, app.state.dispatcher,
+                                received.dispatch_id, received.run_id, delivery_id)
+        return JSONResponse({"status": "accepted", "run_id": received.run_id,
+                             "dispatch": received.dispatch_id is not None}, status_code=202,
+                            background=background)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except DBAPIError as exc:
+            return JSONResponse({"status": "unavailable", "database": str(exc.orig)},
+                                status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.get("/api/runs")
+    def list_runs(dataset: str | None = None, status: str | None = None,
+                  limit: int = Query(50, ge=1, le=runs.MAX_PAGE),
+                  cursor: str | None = None) -> dict[str, Any]:
+        with scope() as session:
+            page, next_cursor = runs.list_runs(session, dataset=dataset, status=status,
+                                               limit=limit, cursor=cursor)
+            return {"runs": [runs.run_to_dict(r) for r in page], "next_cursor": next_cursor}
+
+    @app.get("/api/runs/{run_id}")
+    def show_run(run_id: str) -> dict[str, Any]:
+        with scope() as session:
+            return runs.run_to_dict(runs.get_run(session, run_id))
+
+    @app.get("/api/runs/{run_id}/gate")
+    def run_gate(run_id: str, judge: str | None = None) -> Any:
+        with scope() as session:
+            report = gating.latest_gate(session, run_id, judge)
+        if report is None:
+            return _error(404, f"run {run_id} has no gate result yet"
+                          + (f" under judge {judge!r}" if judge else ""))
+        return report.to_dict()
+
+    @app.get("/api/leaderboard")
+    def board(dataset: str, judge: str | None = None,
+              limit: int = Query(20, ge=1, le=leaderboard.MAX_PAGE),
+              cursor: str | None = None) -> dict[str, Any]:
+        with scope() as session:
+            chosen = leaderboard.resolve_judge(session, dataset, judge)
+            return leaderboard.leaderboard_page(session, dataset, chosen, limit=limit,
+                                                cursor=cursor).to_dict()
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(dataset: str | None = None, judge: str | None = None) -> HTMLResponse:
+        with scope() as session:
+            boards = session.execute(select(LeaderboardEntry.dataset, LeaderboardEntry.judge)
+                                     .distinct().order_by(LeaderboardEntry.dataset,
+                                                          LeaderboardEntry.judge)).all()
+            boards = [tuple(b) for b in boards]
+            wanted = [b for b in boards
+                      if (not dataset or b[0] == dataset) and (not judge or b[1] == judge)]
+            chosen = wanted[0] if wanted else None
+            entries = (leaderboard.leaderboard_page(session, chosen[0], chosen[1], limit=100)
+                       .entries if chosen else [])
+        missing = None
+        if chosen is None and (dataset or judge):
+            missing = f"no leaderboard for {dataset or 'any dataset'} / {judge or 'any judge'}"
+        return HTMLResponse(_render_page(boards, chosen, entries, missing),
+                            status_code=404 if missing else 200)
+
+    return app
+
+
+def _store(scope: Any, delivery_id: str, event: Any) -> deliveries.Received:
+    with scope() as session:
+        return deliveries.receive(session, delivery_id, event)
+
+
+def _render_page(boards: list[Any], chosen: Any, entries: list[leaderboard.Entry],
+                 missing: str | None = None) -> str:
+    esc = html.escape
+    links = " · ".join(
+        f'<a href="/?dataset={esc(d, quote=True)}&amp;judge={esc(j, quote=True)}"'
+        f'{" class=on" if chosen and (d, j) == tuple(chosen) else ""}>{esc(d)} / {esc(j)}</a>'
+        for d, j in boards) or "no leaderboards yet: evaluate a run"
+    rows = "".join(
+        f"<tr><td>{e.rank}</td><td>{esc(e.run_name)}<br><small>{esc(e.run_id)}</small></td>"
+        f"<td>{esc(e.model)}</td><td>{e.score:.4f}</td>"
+        f"<td>[{e.ci_low:.4f}, {e.ci_high:.4f}]</td><td>{e.n_items}</td></tr>" for e in entries)
+    title = f"{esc(chosen[0])} / {esc(chosen[1])}" if chosen else "tunix-rt"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Leaderboard · {title}</title>
+<style>
+body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222 }}
+table {{ border-collapse: collapse; width: 100% }}
+th, td {{ padding: .4rem .6rem; border-bottom: 1px solid #ddd; text-align: left }}
+td:nth-child(4), td:nth-child(6) {{ font-variant-numeric: tabular-nums }}
+small {{ color: #777 }} a.on {{ font-weight: bold }}
+</style></head>
+<body><h1>Leaderboard: {title}</h1><p>{links}</p>{f"<p>{esc(missing)}</p>" if missing else ""}
+<table><thead><tr><th>rank</th><th>run</th><th>model</th><th>score</th><th>95% CI</th>
+<th>items</th></tr></thead><tbody>{rows}</tbody></table>
+<p><small>JSON: /api/leaderboard?dataset=…&amp;judge=… · runs: /api/runs</small></p>
+</body></html>"""
