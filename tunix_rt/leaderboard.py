@@ -112,7 +112,7 @@ def resolve_judge(session: Session, dataset: str, judge: str | None) -> str:
         raise NotFoundError(f"no leaderboard for dataset {dataset!r} yet: evaluate a run of it "
                             "first (`tunix-rt evaluate RUN_ID`)")
     raise InvalidInputError(f"dataset {dataset!r} has boards for several judges "
-                            f"({', '.join(judges)}); pick one with --judge")
+                            f"({', '.join(judges)}); name one (--judge, or ?judge= in the API)")
 
 
 def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int = 20,
