@@ -299,6 +299,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(workdir=args.workdir, items=args.items, output_format=args.format)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tunix_rt.stack import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from tunix_rt.stack import up
+
+    return up(host=args.host, port=args.port, prefect_port=args.prefect_port, logs=args.logs)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.sweeper import sweep_owed_loops
+
+    count = sweep_owed_loops(older_than_minutes=args.older_than_minutes, limit=args.limit)
+    if args.format == "json":
+        from tunix_rt.output import to_json
+
+        to_json({"redispatched": count})
+    else:
+        print(f"re-dispatched {count} owed quality loop(s)")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from tunix_rt.client import notify
+
+    result = notify(f"run.{args.event}", external_id=args.external_id, name=args.name,
+                    dataset=args.dataset, model=args.model, predictions_uri=args.predictions,
+                    config=_json_object(args.config, "--config"),
+                    metrics=_json_object(args.metrics, "--metrics"), error=args.error,
+                    url=args.url)
+    if args.format == "json":
+        from tunix_rt.output import to_json
+
+        to_json(result.to_dict() if hasattr(result, "to_dict") else result.__dict__)
+    elif result.ok:
+        print(f"delivered {result.delivery_id}: HTTP {result.status}")
+    if not result.ok:
+        print(f"tunix-rt: error: notification not delivered after {result.attempts} "
+              f"attempt(s): {result.error}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -379,6 +426,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--judge")
     _policy_args(p)
+
+    p = command(sub, "serve", cmd_serve, "the HTTP service: training webhook, API, leaderboard "
+                "page", formats=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+
+    p = command(sub, "up", cmd_up, "a local stack: Prefect server, deployments, a worker and "
+                "the service; Ctrl-C stops it all", formats=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="the tunix-rt service's port")
+    p.add_argument("--prefect-port", type=int, default=4200)
+    p.add_argument("--logs", default=".tunix-rt/logs", help="where the children's logs go")
+
+    p = command(sub, "sweep", cmd_sweep, "start again the quality loops a crash or a lost "
+                "event left owed (the sweeper flow)")
+    p.add_argument("--older-than-minutes", type=float, default=10.0)
+    p.add_argument("--limit", type=int, default=100)
+
+    p = command(sub, "notify", cmd_notify, "tell a tunix-rt service about a training run "
+                "(a signed webhook; for shell-driven trainers)")
+    p.add_argument("event", choices=["started", "completed", "failed"])
+    p.add_argument("--external-id", required=True, help="the training job's own id")
+    p.add_argument("--name")
+    p.add_argument("--dataset")
+    p.add_argument("--model")
+    p.add_argument("--predictions", metavar="URI")
+    p.add_argument("--config", metavar="JSON")
+    p.add_argument("--metrics", metavar="JSON")
+    p.add_argument("--error", help="why the run failed (with `failed`)")
+    p.add_argument("--url", help="the service's base URL (default: $TUNIX_RT_URL)")
 
     p = command(sub, "demo", cmd_demo,
                 "the whole loop on sample data, on the embedded default, from nothing")
