@@ -139,3 +139,44 @@ def test_a_receiver_killed_after_its_202_loses_nothing(stack: dict) -> None:
     gate = _wait(lambda: _gate(stack["db_url"], "job-crash"), WAIT_S, "the swept loop's gate",
                  stack["proc"], stack["log"])
     assert gate.decision == "no_baseline"  # the deployment does not auto-promote
+
+
+def test_a_deployment_run_with_parameters_runs_the_loop(stack: dict) -> None:
+    """What a click on Run in the UI does: the deployment with parameters from the form."""
+    predictions = write_predictions(stack["tmp"] / "job-ui.jsonl", correctness(60, 0.6, 7))
+    with session_scope(db.get_engine(stack["db_url"])) as session:
+        from tunix_rt.runs import register_run
+
+        run_id = register_run(session, name="job-ui", dataset="ui-set", model="m",
+                              predictions_uri=predictions, external_id="job-ui").id
+
+    subprocess.run([str(BIN / "prefect"), "deployment", "run", "quality-loop/quality-loop",
+                    "--param", f"run_id={run_id}", "--param", 'judges=["exact_match", "format"]'],
+                   env={**stack["env"], "PREFECT_API_URL": stack["prefect_api"]}, check=True,
+                   capture_output=True)
+
+    def judges() -> set[str]:
+        with session_scope(db.get_engine(stack["db_url"])) as session:
+            return set(session.scalars(select(GateResult.judge)
+                                       .where(GateResult.run_id == run_id)))
+
+    assert _wait(lambda: judges() == {"exact_match", "format"}, WAIT_S,
+                 "gates under both judges", stack["proc"], stack["log"])
+
+
+def test_tunix_rt_notify_reports_a_shell_driven_run(stack: dict) -> None:
+    predictions = write_predictions(stack["tmp"] / "job-sh.jsonl", correctness(60, 0.9, 8))
+    env = {**stack["env"], "TUNIX_RT_URL": stack["url"]}
+    common = ["--external-id", "job-sh", "--name", "job-sh", "--dataset", "arith", "--model", "m"]
+
+    started = subprocess.run([str(BIN / "tunix-rt"), "notify", "started", *common], env=env,
+                             capture_output=True, text=True)
+    done = subprocess.run([str(BIN / "tunix-rt"), "notify", "completed", *common,
+                           "--predictions", predictions, "--metrics", '{"loss": 0.1}'],
+                          env=env, capture_output=True, text=True)
+
+    assert started.returncode == 0 and done.returncode == 0, done.stderr
+    assert "HTTP 202" in done.stdout
+    gate = _wait(lambda: _gate(stack["db_url"], "job-sh"), WAIT_S, "the gate row",
+                 stack["proc"], stack["log"])
+    assert gate.decision == "no_baseline"
