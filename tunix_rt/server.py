@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from tunix_rt import deliveries, gating, leaderboard, runs
+from tunix_rt import __version__, deliveries, gating, leaderboard, runs
 from tunix_rt.db import get_engine, session_scope
 from tunix_rt.deliveries import Dispatcher
 from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_transient
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     def scope():  # noqa: ANN202
         return session_scope(engine)
 
-    app = FastAPI(title="tunix-rt", version="0.1.0")
+    app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
 
     @app.exception_handler(TunixRtError)
