@@ -346,6 +346,73 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    if args.what:
+        if args.what[0] != "show" or len(args.what) != 2:
+            raise CliError("usage: tunix-rt tune --config SWEEP.yaml | tunix-rt tune show STUDY")
+        return _tune_show(args.what[1], args.format)
+    if not args.config and not args.resume:
+        raise CliError("tune needs --config SWEEP.yaml (or --resume STUDY)")
+    import logging
+
+    from tunix_rt.sweep import Sweep, load_sweep
+
+    if args.resume:
+        from tunix_rt import studies
+
+        with _session() as session:
+            study = studies.get_study(session, args.resume)
+            sweep, resume = Sweep.model_validate(study.spec), study.id
+    else:
+        sweep, resume = load_sweep(args.config), None
+    if args.smoke:
+        sweep = sweep.model_copy(update={"num_samples": 1, "time_budget_s": 120})
+    progress = logging.getLogger("tunix_rt.tuning")
+    progress.setLevel(logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("tune: %(message)s"))
+    progress.addHandler(handler)
+    print(f"tune: {sweep.name}: {sweep.total_trials} trial(s), {sweep.max_concurrent_trials} at "
+          f"a time, {sweep.resources} each", file=sys.stderr)
+    from flows.tuning import tune_flow
+
+    result = tune_flow(sweep=sweep, resume_study=resume)
+    if args.format == "json":
+        from tunix_rt.output import to_json
+
+        to_json(result)
+        return 0
+    print(f"study {result['study_id']}: {result['trials']} trials, {result['errors']} failed; "
+          f"best {sweep.metric} {result['best_value']} (trial {result['best_trial_id']})")
+    for run in result["runs"]:
+        print(f"  run {run['run_id']}: gate {run['gate']['decision']} - {run['gate']['reason']}")
+    print(f"trials: tunix-rt tune show {result['study_id']}")
+    return 0
+
+
+def _tune_show(study_ref: str, fmt: str) -> int:
+    from tunix_rt import studies
+
+    with _session() as session:
+        study = studies.get_study(session, study_ref)
+        frame = studies.trials_frame(session, study.id)
+        head = {"study_id": study.id, "name": study.name, "status": study.status,
+                "metric": study.metric, "mode": study.mode, "best_trial_id": study.best_trial_id}
+    if fmt == "json":
+        from tunix_rt.output import to_json
+
+        to_json({**head, "trials": json.loads(frame.to_json(orient="records", date_format="iso"))})
+    elif fmt == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    else:
+        from tunix_rt.output import key_values
+
+        key_values(head)
+        print()
+        print(frame.to_string(index=False) if len(frame) else "(no trials)")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -456,6 +523,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", metavar="JSON")
     p.add_argument("--error", help="why the run failed (with `failed`)")
     p.add_argument("--url", help="the service's base URL (default: $TUNIX_RT_URL)")
+
+    p = command(sub, "tune", cmd_tune, "a Ray Tune sweep through the tuning flow (every trial "
+                "stored), or `tune show STUDY` to list its trials",
+                formats=("table", "json", "csv"))
+    p.add_argument("what", nargs="*", metavar="show STUDY", help="list a study's trials")
+    p.add_argument("--config", metavar="SWEEP.yaml", help="the sweep file")
+    p.add_argument("--resume", metavar="STUDY", help="resume a study's unfinished trials")
+    p.add_argument("--smoke", action="store_true",
+                   help="one sample of each grid point, for a quick check of a sweep file")
 
     p = command(sub, "demo", cmd_demo,
                 "the whole loop on sample data, on the embedded default, from nothing")

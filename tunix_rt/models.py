@@ -127,6 +127,10 @@ class Run(Base):
                                                  onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Lineage of a run registered from a tuning trial.
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"),
+                                                 index=True)
+    trial_id: Mapped[str | None] = mapped_column(String(64))
 
     evaluations: Mapped[list[Evaluation]] = relationship(back_populates="run", lazy="raise",
                                                          passive_deletes=True)
@@ -308,3 +312,72 @@ class Dispatch(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class StudyStatus(str, enum.Enum):
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+
+
+class TrialStatus(str, enum.Enum):
+    pending = "pending"
+    running = "running"
+    completed = "completed"   # ran to its end
+    stopped = "stopped"       # stopped early by the scheduler
+    failed = "failed"
+
+
+class Study(Base):
+    """A tuning sweep: its spec, where Ray keeps its state, and how it ended."""
+
+    __tablename__ = "studies"
+    __table_args__ = (CheckConstraint(_in("status", StudyStatus), name="status"),
+                      Index("ix_studies_name_created_at", "name", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_run_id)
+    name: Mapped[str] = mapped_column(String(255))
+    dataset: Mapped[str] = mapped_column(String(255))
+    metric: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(8))
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    storage_path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.running.value)
+    best_trial_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class Trial(Base):
+    """One trial of a study, as Ray Tune ran it."""
+
+    __tablename__ = "trials"
+    __table_args__ = (UniqueConstraint("study_id", "trial_id"),
+                      CheckConstraint(_in("status", TrialStatus), name="status"))
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    trial_id: Mapped[str] = mapped_column(String(64))  # Ray Tune's trial id
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=TrialStatus.pending.value)
+    iterations: Mapped[int] = mapped_column(Integer, default=0)
+    last_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    predictions_uri: Mapped[str | None] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class TrialResult(Base):
+    """A result a trial reported: its iteration and metrics."""
+
+    __tablename__ = "trial_results"
+    __table_args__ = (UniqueConstraint("trial_pk", "iteration"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    trial_pk: Mapped[int] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
+    iteration: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reported_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

@@ -24,8 +24,15 @@ def read_predictions(uri: str, *, require_reference: bool = False) -> list[Item]
     """
     import fsspec  # fsspec registers many protocols on import; only evaluation needs it.
 
+    target = uri
+    if uri.startswith("file://"):
+        # A file URI is percent-encoded (RFC 8089: Path.as_uri() writes a space as %20);
+        # fsspec would look for the encoded name.
+        from urllib.parse import unquote, urlsplit
+
+        target = unquote(urlsplit(uri).path)
     try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as handle:
+        with fsspec.open(target, "rt", encoding="utf-8") as handle:
             return parse_predictions(handle, uri=uri, require_reference=require_reference)
     except FileNotFoundError:
         raise PredictionsError(f"predictions file not found: {uri}") from None

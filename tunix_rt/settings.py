@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     ray_address: str | None = None
+    tune_storage: str = Field("./tunix_rt_tune",
+                              description="Where Ray Tune keeps each study's state (resume)")
 
     @property
     def is_embedded(self) -> bool:
