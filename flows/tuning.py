@@ -25,9 +25,13 @@ def tune_flow(sweep: Sweep, policy: GatePolicy = GatePolicy(auto_promote=True),
     check_cluster(sweep)  # before any trial: resources the cluster lacks are refused
     study_id = resume_study or start_study(sweep)
     outcome = run_sweep(study_id, resume=resume_study is not None)
+    if outcome.unfinished:  # interrupted: judge nothing until the study is whole
+        return {"study_id": study_id, "trials": outcome.trials, "errors": outcome.errors,
+                "unfinished": outcome.unfinished, "best_trial_id": outcome.best_trial_id,
+                "best_value": outcome.best_value, "runs": []}
     run_ids = register_best_trials(study_id, sweep.top_k)
     loops = [quality_loop(run_id, judges=[sweep.judge], policy=policy) for run_id in run_ids]
     return {"study_id": study_id, "trials": outcome.trials, "errors": outcome.errors,
-            "best_trial_id": outcome.best_trial_id, "best_value": outcome.best_value,
+            "unfinished": 0, "best_trial_id": outcome.best_trial_id, "best_value": outcome.best_value,
             "runs": [{"run_id": r, "gate": loop["judges"][sweep.judge]["gate"]}
                      for r, loop in zip(run_ids, loops)]}

@@ -213,6 +213,7 @@ class SweepOutcome:
     best_trial_id: str | None
     best_value: float | None
     errors: int
+    unfinished: int = 0
 
 
 @task(name="check-cluster")
@@ -263,6 +264,7 @@ def run_sweep(study_id: str, resume: bool = False) -> SweepOutcome:
                 search_alg=_searcher(sweep)),
             run_config=tune.RunConfig(name=storage.name, storage_path=str(storage.parent),
                                       callbacks=[callback], verbose=0))
+    started = time.monotonic()
     try:
         grid = tuner.fit()
     except Exception as exc:
@@ -271,17 +273,28 @@ def run_sweep(study_id: str, resume: bool = False) -> SweepOutcome:
             studies.finish_study(session, study_id, status=StudyStatus.failed, error=str(exc))
         raise
     callback.flush()
-    errors = sum(1 for r in grid if r.error is not None)
+    errors = grid.num_errors
+    # Ctrl-C makes fit() return early with trials never run or cut off; Ray keeps the
+    # state to resume. Count what ended on our record against what the sweep asked
+    # for (a spent time budget ends a sweep on purpose).
+    budget_spent = bool(sweep.time_budget_s) and (
+        time.monotonic() - started >= 0.99 * sweep.time_budget_s)
+    with session_scope() as session:
+        ended = studies.ended_trials(session, study_id)
+    unfinished = 0 if budget_spent else max(0, sweep.total_trials - ended)
     best_id = best_value = None
     try:
         best = grid.get_best_result(metric=sweep.metric, mode=sweep.mode)
         best_id, best_value = best.metrics.get("trial_id"), best.metrics.get(sweep.metric)
     except RuntimeError:
         pass  # no trial reported the metric
+    status = StudyStatus.interrupted if unfinished else StudyStatus.completed
     with session_scope() as session:
-        studies.finish_study(session, study_id, status=StudyStatus.completed,
-                             best_trial_id=best_id)
-    return SweepOutcome(study_id, len(grid), best_id, best_value, errors)
+        studies.finish_study(session, study_id, status=status, best_trial_id=best_id,
+                             error=(f"{unfinished} trial(s) unfinished: resume with "
+                                    f"`tunix-rt tune --resume {study_id}`") if unfinished
+                             else None)
+    return SweepOutcome(study_id, len(grid), best_id, best_value, errors, unfinished)
 
 
 def _scheduler(sweep: Sweep, stopped_early: set[str]) -> Any:

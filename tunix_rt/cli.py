@@ -381,7 +381,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from tunix_rt.output import to_json
 
         to_json(result)
-        return 0
+        return 130 if result["unfinished"] else 0
+    if result["unfinished"]:
+        print(f"tune: interrupted with {result['unfinished']} trial(s) unfinished; resume with "
+              f"`tunix-rt tune --resume {result['study_id']}`", file=sys.stderr)
+        return 130
     print(f"study {result['study_id']}: {result['trials']} trials, {result['errors']} failed; "
           f"best {sweep.metric} {result['best_value']} (trial {result['best_trial_id']})")
     for run in result["runs"]:

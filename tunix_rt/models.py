@@ -317,6 +317,7 @@ class Dispatch(Base):
 class StudyStatus(str, enum.Enum):
     running = "running"
     completed = "completed"
+    interrupted = "interrupted"  # stopped with trials unfinished: resume it
     failed = "failed"
 
 

@@ -101,6 +101,15 @@ def record_results(session: Session, study_id: str, results: Sequence[ResultRow]
     session.flush()
 
 
+def ended_trials(session: Session, study_id: str) -> int:
+    """Trials of the study that completed, were stopped early, or failed."""
+    from sqlalchemy import func
+
+    ended = (TrialStatus.completed.value, TrialStatus.stopped.value, TrialStatus.failed.value)
+    return session.scalar(select(func.count()).select_from(Trial).where(
+        Trial.study_id == study_id, Trial.status.in_(ended))) or 0
+
+
 def finish_study(session: Session, study_id: str, *, status: StudyStatus,
                  best_trial_id: str | None = None, error: str | None = None) -> None:
     study = session.get(Study, study_id)

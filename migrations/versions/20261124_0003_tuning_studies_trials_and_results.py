@@ -41,7 +41,7 @@ def upgrade() -> None:
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('created_at', TIMESTAMP, nullable=False),
     sa.Column('finished_at', TIMESTAMP, nullable=True),
-    sa.CheckConstraint("status IN ('running', 'completed', 'failed')", name=op.f('ck_studies_status')),
+    sa.CheckConstraint("status IN ('running', 'completed', 'interrupted', 'failed')", name=op.f('ck_studies_status')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_studies'))
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
