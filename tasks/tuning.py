@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from prefect import task
+from prefect import get_run_logger, task
 from ray import tune
 
 from tasks.quality import RETRY_POLICY
@@ -104,7 +104,7 @@ class PersistCallback(tune.Callback):
         self.study_id = study_id
         self.batch = batch
         self.interval_s = interval_s
-        self.progress = progress or log.info
+        self.progress = progress
         self._buffer: list[ResultRow] = []
         self._last_flush = time.monotonic()
         self._done = 0
@@ -147,6 +147,11 @@ class PersistCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the callback with the experiment (for resume); the progress
+        # sink (a Prefect run logger) belongs to this process only.
+        return {**self.__dict__, "progress": None, "_buffer": []}
+
     # -- helpers -------------------------------------------------------------------
     def flush(self) -> None:
         if self._buffer:
@@ -163,8 +168,11 @@ class PersistCallback(tune.Callback):
         self._done += 1
         running = sum(1 for t in trials if t.status == "RUNNING")
         best = f"; best {self.metric} {self._best[0]:.4f} ({self._best[1]})" if self._best else ""
-        self.progress(f"trial {trial.trial_id} {status.value}: {self._done} done, "
-                      f"{running} running{best}")
+        message = (f"trial {trial.trial_id} {status.value}: {self._done} done, "
+                   f"{running} running{best}")
+        log.info(message)
+        if self.progress is not None:
+            self.progress(message)
 
     def _note_best(self, trial_id: str, metrics: dict[str, Any]) -> None:
         value = metrics.get(self.metric) if self.metric else None
@@ -242,7 +250,10 @@ def run_sweep(study_id: str, resume: bool = False) -> SweepOutcome:
         sweep = Sweep.model_validate(study.spec)
         storage = Path(study.storage_path)
     ensure_ray(sweep)
-    callback = PersistCallback(study_id)
+    # Progress comes from our callback (trials done, best so far); Ray's own console
+    # tables would interleave with it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    callback = PersistCallback(study_id, progress=get_run_logger().info)
     callback.metric, callback.mode = sweep.metric, sweep.mode
     trainable = tune.with_resources(_trial_fn(sweep.trainable, str(storage / "predictions")),
                                     trial_resources(sweep))

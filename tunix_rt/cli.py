@@ -296,7 +296,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from tunix_rt.demo import run_demo
 
-    return run_demo(workdir=args.workdir, items=args.items, output_format=args.format)
+    return run_demo(workdir=args.workdir, items=args.items, output_format=args.format,
+                    tune=not args.no_tune)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -353,8 +354,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return _tune_show(args.what[1], args.format)
     if not args.config and not args.resume:
         raise CliError("tune needs --config SWEEP.yaml (or --resume STUDY)")
-    import logging
-
     from tunix_rt.sweep import Sweep, load_sweep
 
     if args.resume:
@@ -367,11 +366,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sweep, resume = load_sweep(args.config), None
     if args.smoke:
         sweep = sweep.model_copy(update={"num_samples": 1, "time_budget_s": 120})
-    progress = logging.getLogger("tunix_rt.tuning")
-    progress.setLevel(logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("tune: %(message)s"))
-    progress.addHandler(handler)
     print(f"tune: {sweep.name}: {sweep.total_trials} trial(s), {sweep.max_concurrent_trials} at "
           f"a time, {sweep.resources} each", file=sys.stderr)
     from flows.tuning import tune_flow
@@ -542,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="tunix_rt_demo",
                    help="where the sample eval set and predictions are written")
     p.add_argument("--items", type=int, default=300, help="items in the sample eval set")
+    p.add_argument("--no-tune", action="store_true",
+                   help="skip the opening Ray Tune sweep (the quality loop only)")
     return parser
 
 

@@ -99,24 +99,51 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+# The demo's sweep: the built-in JAX trainable learning two-digit addition, where the
+# learning rate decides everything (ASHA stops the hopeless trials early).
+SWEEP_DATASET = "demo-addition"
+SWEEP = {
+    "name": "demo-sweep", "trainable": "builtin", "dataset": SWEEP_DATASET,
+    "judge": "exact_match", "metric": "accuracy", "mode": "max", "num_samples": 1,
+    "max_concurrent_trials": 2,
+    "scheduler": {"type": "asha", "max_t": 20, "grace_period": 4, "reduction_factor": 2},
+    "resources": {"cpu": 1},
+    "param_space": {"learning_rate": {"grid": [0.0003, 0.003, 0.03, 0.1]}, "hidden_size": 64,
+                    "steps": 200, "seed": 0},
+}
+
+
 def _reset_demo_dataset() -> int:
     """Remove what an earlier demo recorded, so the demo always starts from nothing."""
     from sqlalchemy import delete, select
 
     from tunix_rt.db import session_scope
-    from tunix_rt.models import Baseline, BaselinePromotion, LeaderboardEntry, Run
+    from tunix_rt.models import Baseline, BaselinePromotion, LeaderboardEntry, Run, Study
 
+    datasets = (DATASET, SWEEP_DATASET)
     with session_scope() as session:
-        ids = list(session.scalars(select(Run.id).where(Run.dataset == DATASET)))
+        ids = list(session.scalars(select(Run.id).where(Run.dataset.in_(datasets))))
         for model in (Baseline, BaselinePromotion, LeaderboardEntry):
-            session.execute(delete(model).where(model.dataset == DATASET))
-        session.execute(delete(Run).where(Run.dataset == DATASET))
+            session.execute(delete(model).where(model.dataset.in_(datasets)))
+        session.execute(delete(Run).where(Run.dataset.in_(datasets)))
+        session.execute(delete(Study).where(Study.name == SWEEP["name"]))
     return len(ids)
 
 
+def _run_sweep(say: Any) -> dict[str, Any]:
+    """A small Ray Tune sweep through the tuning flow; its best trial goes through the loop."""
+    from flows.tuning import tune_flow
+    from tunix_rt.sweep import parse_sweep
+
+    sweep = parse_sweep(SWEEP, source="demo sweep")
+    say(f"Tuning: {sweep.total_trials} trials of the built-in JAX trainable on Ray "
+        "(two-digit addition; learning rate 3e-4 to 0.1, ASHA)")
+    return tune_flow(sweep=sweep)
+
+
 def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
-             output_format: str = "table") -> int:
-    """Generate the sample data, register three runs, run the loop for each, print it all."""
+             output_format: str = "table", tune: bool = True) -> int:
+    """A small sweep, then three sample runs through the loop; print it all."""
     from tunix_rt import gating, leaderboard, runs
     from tunix_rt.db import session_scope
     from tunix_rt.output import to_json, to_table
@@ -130,6 +157,11 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
     removed = _reset_demo_dataset()
     if removed:
         say(f"removed the {removed} runs of the previous demo")
+    tuning = _run_sweep(say) if tune else None
+    if tuning is not None:
+        say(f"  study {tuning['study_id']}: {tuning['trials']} trials; best accuracy "
+            f"{tuning['best_value']:.3f}; its run's gate: "
+            f"{tuning['runs'][0]['gate']['decision'] if tuning['runs'] else 'none'}")
     say(f"SAMPLE DATA: {items} arithmetic word problems and 3 simulated runs in {root}")
 
     run_ids = []
@@ -156,7 +188,8 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
              for sim, r in zip(RUNS, results) for judge in JUDGES]
     if output_format == "json":
         to_json({"dataset": DATASET, "run_ids": run_ids, "leaderboards": boards, "gates": gates,
-                 "baselines": {j: b.run_id if b else None for j, b in baselines.items()}})
+                 "baselines": {j: b.run_id if b else None for j, b in baselines.items()},
+                 "tuning": tuning})
         return 0
     for judge, board in boards.items():
         print(f"\nLeaderboard: {DATASET} / {judge}")
@@ -166,6 +199,8 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
                      "promoted"])
     for judge, base in baselines.items():
         print(f"\nbaseline for {judge}: {base.run_name if base else 'none'}")
+    if tuning is not None:
+        print(f"\nTuning study {tuning['study_id']}: tunix-rt tune show {tuning['study_id']}")
     print(f"\nNext: tunix-rt leaderboard --dataset {DATASET} --judge exact_match\n"
           f"      tunix-rt gate {run_ids[2]} --judge exact_match   (exit code 1: fail)")
     return 0
