@@ -97,11 +97,35 @@ def _ensure_schema(engine: Engine) -> None:
     if revision == SCHEMA_HEAD:
         return
     if engine.dialect.name == "sqlite":
-        upgrade(engine)
+        with _migration_lock(engine):
+            # Another process may have migrated while this one waited for the lock.
+            if current_revision(engine) != SCHEMA_HEAD:
+                upgrade(engine)
         return
     raise DatabaseNotMigratedError(
         f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
         f"{revision or 'none'}, this tunix-rt needs {SCHEMA_HEAD}; run `tunix-rt db upgrade`")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive lock beside the SQLite file while it is migrated.
+
+    Processes that start at once on a new embedded database (a service and a CLI,
+    say) would otherwise all run the first migration, and all but one would fail.
+    """
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def alembic_config(engine: Engine):  # noqa: ANN201  (alembic is imported lazily)

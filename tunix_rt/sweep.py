@@ -135,12 +135,16 @@ def parse_sweep(document: Any, *, source: str = "sweep") -> Sweep:
     try:
         return Sweep.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise InvalidInputError(f"{source}: {where + ': ' if where else ''}{message}") from None
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            if where and not message.startswith(where):
+                message = f"{where}: {message}"
+            problems.append(message)
+        raise InvalidInputError(f"{source}: {'; '.join(problems)}") from None
 
 
 def load_sweep(path: str | Path) -> Sweep:
