@@ -23,8 +23,10 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch) -> 
     schema = parameter_schema(flow.fn).model_dump_for_openapi()
     unknown = set(deployment.get("parameters", {})) - set(schema["properties"])
     assert not unknown, f"parameters the flow does not take: {unknown}"
-    # The preset parameters must pass the flow's own validation (as the UI form's would).
-    flow.validate_parameters({**deployment.get("parameters", {}), "run_id": "x"})
+    # The preset parameters, plus what the form would ask for, pass the flow's validation.
+    asked = {"quality-loop": {"run_id": "x"}, "tune": {"sweep": {"name": "from-the-form"}}}
+    flow.validate_parameters({**deployment.get("parameters", {}),
+                              **asked.get(deployment["name"], {})})
 
 
 def test_quality_loop_form_is_typed() -> None:
