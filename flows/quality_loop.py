@@ -13,8 +13,8 @@ from prefect import flow
 from prefect.states import State
 
 from judges import RegisteredJudge
-from tasks.quality import (gate_run, load_run, promote_baseline, publish_artifacts,
-                           rebuild_leaderboard, score_run, store_evaluation)
+from tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
+                           publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
 from tunix_rt.evaluation import EvaluationSummary
 from tunix_rt.stats import GatePolicy
 
@@ -47,6 +47,7 @@ def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  #
         report = gate_run(run.id, judge, policy)
         promoted = value_of(promote_baseline(report, policy))
         publish_artifacts(board, report, promoted)
+        announce_gate(report, promoted)
         results["judges"][judge] = {"evaluation": summary.to_dict(), "gate": report.to_dict(),
                                     "promoted": promoted}
     return results

@@ -133,6 +133,27 @@ def publish_artifacts(board: leaderboard.Page, report: GateReport, promoted: str
         description=f"Gate decision for run {report.run_id}")
 
 
+GATE_EVENTS = {"pass": "tunix.gate.passed", "fail": "tunix.gate.failed",
+               "inconclusive": "tunix.gate.inconclusive", "no_baseline": "tunix.gate.no_baseline"}
+
+
+@task(name="announce-gate", **RETRY_POLICY)
+def announce_gate(report: GateReport, promoted: str | None) -> str:
+    """Emit the decision as a Prefect event (``tunix.gate.passed`` ...) for automations."""
+    from prefect.events import emit_event
+
+    event = GATE_EVENTS[report.decision]
+    emit_event(event=event,
+               resource={"prefect.resource.id": f"tunix.run.{report.run_id}",
+                         "prefect.resource.name": report.run_id,
+                         "tunix.dataset": report.dataset, "tunix.judge": report.judge},
+               related=([{"prefect.resource.id": f"tunix.run.{report.baseline_run_id}",
+                          "prefect.resource.role": "baseline"}]
+                        if report.baseline_run_id else None),
+               payload={**report.to_dict(), "promoted": promoted})
+    return event
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     import re

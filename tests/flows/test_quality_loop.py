@@ -189,3 +189,41 @@ def test_artifacts_record_the_board_and_the_decision(engine, tmp_path: Path) -> 
     assert set(mine) == {"leaderboard-art-set-exact-match", "gate-art-set-exact-match"}
     assert run_id in str(mine["leaderboard-art-set-exact-match"].data)
     assert "no_baseline" in str(mine["gate-art-set-exact-match"].data)
+
+
+def _events(prefix: str, resource: str, timeout: float = 20.0) -> list:
+    """Events named ``prefix*`` about ``resource``, as the Prefect server stored them."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.events.filters import (EventFilter, EventNameFilter, EventOccurredFilter,
+                                        EventResourceFilter)
+
+    event_filter = EventFilter(
+        occurred=EventOccurredFilter(since=datetime.now(timezone.utc) - timedelta(hours=1)),
+        event=EventNameFilter(prefix=[prefix]),
+        resource=EventResourceFilter(id=[resource]))
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def test_gate_decisions_are_emitted_as_prefect_events(engine, tmp_path: Path) -> None:
+    base = correctness(N, 0.7, seed=8)
+    first = make_run(engine, tmp_path, "ev-first", base)
+    worse = make_run(engine, tmp_path, "ev-worse", [ok and i % 3 != 0 for i, ok in
+                                                     enumerate(base)])
+    quality_loop(first, policy=POLICY)
+    quality_loop(worse, policy=POLICY)
+
+    [no_baseline] = _events("tunix.gate.", f"tunix.run.{first}")
+    [failed] = _events("tunix.gate.", f"tunix.run.{worse}")
+    assert no_baseline.event == "tunix.gate.no_baseline"
+    assert failed.event == "tunix.gate.failed"
+    assert failed.payload["baseline_run_id"] == first and failed.payload["decision"] == "fail"
+    assert failed.resource["tunix.judge"] == "exact_match"
+    assert any(r.id == f"tunix.run.{first}" and r.role == "baseline" for r in failed.related)
