@@ -411,6 +411,51 @@ def _tune_show(study_ref: str, fmt: str) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunix_rt.runfile import load_run_spec
+
+    spec = load_run_spec(args.config)
+    if args.dry_run:
+        spec.check()  # fail here, before Prefect starts, on what a dry run would refuse
+    from flows.training import train_flow
+
+    state = train_flow(spec=spec, dry_run=args.dry_run, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        from tunix_rt.errors import TunixRtError
+
+        if isinstance(result, TunixRtError):
+            raise result
+        raise CliError(f"the train flow failed: {result}")
+    if args.format == "json":
+        from tunix_rt.output import to_json
+
+        to_json(result)
+    else:
+        print(result["run_id"])
+        if result["dry_run"]:
+            print("dry run: validated and recorded; nothing trained", file=sys.stderr)
+        else:
+            gate = result["gate"]
+            print(f"gate: {gate['decision']} - {gate['reason']}")
+    return 0
+
+
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    from tunix_rt import runs
+
+    with _session() as session:
+        run = runs.request_cancel(session, args.run_id)
+        data = runs.run_to_dict(run)
+    if args.format == "json":
+        from tunix_rt.output import to_json
+
+        to_json(data)
+    else:
+        print(f"cancellation requested for run {data['id']}; its job stops within seconds")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -451,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--cursor")
     p = command(runs, "show", cmd_runs_show, "one run with its evaluations")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p = command(runs, "cancel", cmd_runs_cancel, "stop the job of a run `tunix-rt train` "
+                "launched")
     p.add_argument("run_id", metavar="RUN_ID")
 
     judges = sub.add_parser("judges", help="the judges").add_subparsers(
@@ -530,6 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="STUDY", help="resume a study's unfinished trials")
     p.add_argument("--smoke", action="store_true",
                    help="one sample of each grid point, for a quick check of a sweep file")
+
+    p = command(sub, "train", cmd_train, "launch a training job (a run file), then judge, rank "
+                "and gate it; exits non-zero when the job fails")
+    p.add_argument("--config", required=True, metavar="RUN.yaml", help="the run file")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and record a dry-run run; train nothing")
 
     p = command(sub, "demo", cmd_demo,
                 "the whole loop on sample data, on the embedded default, from nothing")

@@ -127,6 +127,11 @@ class Run(Base):
                                                  onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A job tunix-rt launched (`tunix-rt train`): its exit code, where its log is, and
+    # when someone asked to cancel it.
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    log_uri: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # Lineage of a run registered from a tuning trial.
     study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id", ondelete="SET NULL"),
                                                  index=True)

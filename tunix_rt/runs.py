@@ -128,6 +128,10 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "config": run.config,
         "metrics": run.metrics,
         "error": run.error,
+        "exit_code": run.exit_code,
+        "log_uri": run.log_uri,
+        "study_id": run.study_id,
+        "trial_id": run.trial_id,
         "created_at": _iso(run.created_at),
         "updated_at": _iso(run.updated_at),
         "started_at": _iso(run.started_at),
@@ -137,3 +141,50 @@ def run_to_dict(run: Run) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def mark_running(session: Session, run_id: str, *, log_uri: str | None = None) -> None:
+    """A launched job has started."""
+    run = get_run(session, run_id)
+    run.status = RunStatus.running.value
+    run.started_at = run.started_at or utcnow()
+    run.log_uri = log_uri or run.log_uri
+
+
+def record_metrics(session: Session, run_id: str, metrics: dict[str, Any]) -> None:
+    """Merge metrics a running job reported into the run (the last value of a key wins)."""
+    run = get_run(session, run_id)
+    run.metrics = {**(run.metrics or {}), **metrics}
+
+
+def mark_finished(session: Session, run_id: str, *, completed: bool, exit_code: int | None,
+                  error: str | None = None, predictions_uri: str | None = None,
+                  metrics: dict[str, Any] | None = None) -> None:
+    """A launched job ended: completed (with its predictions) or failed (with why)."""
+    run = get_run(session, run_id)
+    run.status = (RunStatus.completed if completed else RunStatus.failed).value
+    run.exit_code = exit_code
+    run.error = None if completed else (error or "the job failed")
+    run.completed_at = utcnow()
+    if predictions_uri:
+        run.predictions_uri = predictions_uri
+    if metrics:
+        run.metrics = {**(run.metrics or {}), **metrics}
+
+
+def request_cancel(session: Session, run_id: str) -> Run:
+    """Ask the job of a pending or running run to stop; its supervisor polls for this."""
+    run = get_run(session, run_id)
+    if run.status not in (RunStatus.pending.value, RunStatus.running.value):
+        raise InvalidInputError(f"run {run.id} is {run.status}: only a pending or running run "
+                                "can be cancelled")
+    run.cancel_requested_at = run.cancel_requested_at or utcnow()
+    return run
+
+
+def cancel_requested(session: Session, run_id: str) -> bool:
+    return session.scalar(select(Run.cancel_requested_at).where(Run.id == run_id)) is not None
+
+
+def select_run_by_external_id(external_id: str):  # noqa: ANN201 - a Select
+    return select(Run).where(Run.external_id == external_id)

@@ -1,0 +1,129 @@
+"""Training tasks: launch one job, follow it on the run row, and say how it ended.
+
+The job runs as a child process (its own process group, killed with its
+supervisor); its log goes to a file and, line by line, to the Prefect run log; the
+metrics it reports land on the run. A timeout or a cancellation stops the job and
+marks the run failed, with the reason and the tail of the log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from tasks.quality import RETRY_POLICY
+from tunix_rt import runs
+from tunix_rt.db import session_scope
+from tunix_rt.errors import TunixRtError
+from tunix_rt.jobs import job_command, run_job
+from tunix_rt.models import RunOrigin, RunStatus
+from tunix_rt.runfile import RunSpec
+from tunix_rt.settings import get_settings
+
+METRICS_EVERY_S = 2.0
+
+
+class TrainingJobFailed(TunixRtError):
+    """The job exited non-zero, timed out, was cancelled or wrote no predictions."""
+
+
+@task(name="register-job-run", **RETRY_POLICY)
+def register_job_run(spec: RunSpec, external_id: str, dry_run: bool = False) -> str:
+    """Record the run before anything starts: pending, or a dry run that trains nothing."""
+    if dry_run:
+        spec.check()  # the trainable resolves, the command's executable exists
+    config = dict(spec.config) if spec.trainable else {"command": list(spec.command)}
+    with session_scope() as session:
+        existing = session.scalar(runs.select_run_by_external_id(external_id))
+        if existing is not None:  # the flow run was retried: same run
+            return existing.id
+        run = runs.register_run(
+            session, name=spec.name, dataset=spec.dataset, model=spec.model,
+            predictions_uri=spec.predictions, config=config, external_id=external_id,
+            status=RunStatus.completed if dry_run else RunStatus.pending, dry_run=dry_run,
+            origin=RunOrigin.train)
+        return run.id
+
+
+@task(name="run-training-job")
+def run_training_job(run_id: str, spec: RunSpec) -> str:
+    """Run the job to its end; returns its predictions URI or raises TrainingJobFailed.
+
+    Not retried: a training job that failed is reported, not started again blindly.
+    """
+    logger = get_run_logger()
+    folder = Path(get_settings().jobs_dir).resolve() / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "job.log"
+    with session_scope() as session:
+        runs.mark_running(session, run_id, log_uri=log_path.as_uri())
+
+    pending: dict[str, Any] = {}
+    last_write = [time.monotonic()]
+
+    def on_metrics(metrics: dict[str, Any]) -> None:
+        pending.update(metrics)
+        if time.monotonic() - last_write[0] >= METRICS_EVERY_S:
+            _flush_metrics(run_id, pending)
+            last_write[0] = time.monotonic()
+
+    def should_cancel() -> bool:
+        with session_scope() as session:
+            return runs.cancel_requested(session, run_id)
+
+    env = {**os.environ}
+    if not spec.resources.get("gpu"):
+        env.setdefault("JAX_PLATFORMS", "cpu")
+    result = run_job(job_command(spec, out_dir=folder), env=env, timeout_s=spec.timeout_s,
+                     log_path=log_path, on_line=lambda line: logger.info("job: %s", line),
+                     on_metrics=on_metrics, should_cancel=should_cancel, poll_s=1.0)
+    _flush_metrics(run_id, pending)
+    # A command names its predictions in the run file; a trainable returns them.
+    uri = spec.predictions or result.predictions_uri
+    completed = result.status == "completed" and bool(uri)
+    reason = None
+    if not completed:
+        reason = {"timeout": f"timed out after {spec.timeout_s:g} s",
+                  "cancelled": "cancelled",
+                  "completed": "the job wrote no predictions URI"}.get(
+                      result.status, f"exit code {result.exit_code}")
+        reason = f"{reason}; last lines of the log:\n{result.log_tail}"
+    with session_scope() as session:
+        runs.mark_finished(session, run_id, completed=completed, exit_code=result.exit_code,
+                           error=reason, predictions_uri=uri if completed else None,
+                           metrics=result.metrics)
+    if not completed:
+        _announce_failure(run_id, result.status, result.exit_code)
+        raise TrainingJobFailed(f"run {run_id} failed: {reason}")
+    logger.info("job completed in %.1f s: %s", result.duration_s, uri)
+    return uri
+
+
+def _flush_metrics(run_id: str, pending: dict[str, Any]) -> None:
+    if pending:
+        with session_scope() as session:
+            runs.record_metrics(session, run_id, {k: v for k, v in pending.items()
+                                                  if k != "predictions_uri"})
+        pending.clear()
+
+
+def _announce_failure(run_id: str, status: str, exit_code: int | None) -> None:
+    from prefect.events import emit_event
+
+    emit_event(event="tunix.run.failed",
+               resource={"prefect.resource.id": f"tunix.run.{run_id}",
+                         "prefect.resource.name": run_id},
+               payload={"run_id": run_id, "status": status, "exit_code": exit_code})
+
+
+def mark_cancelled(external_id: str) -> None:
+    """Flow hook: a cancelled or crashed flow run leaves its run failed, not running."""
+    with session_scope() as session:
+        run = session.scalar(runs.select_run_by_external_id(external_id))
+        if run is not None and run.status in (RunStatus.pending.value, RunStatus.running.value):
+            runs.mark_finished(session, run.id, completed=False, exit_code=None,
+                               error="the flow run was cancelled or crashed")

@@ -1,0 +1,325 @@
+"""Supervise one training job as a child process: pure stdlib, no Prefect, Ray or database.
+
+:func:`job_command` turns a :class:`~tunix_rt.runfile.RunSpec` into an argv;
+:func:`run_job` runs it and answers a :class:`JobResult`.
+
+The child runs in its own process group (its own session) with stdout and stderr
+merged into one pipe. Every line it prints is appended to a log file and handed to
+``on_line``; lines of the form ::
+
+    TUNIX_RT_METRICS {"accuracy": 0.8, "step": 100}
+    TUNIX_RT_PREDICTIONS file:///data/runs/x/predictions.jsonl
+
+report metrics (merged, the last value of a key wins) and the predictions URI (the
+last one wins). :mod:`tunix_rt.job_entry` prints them for a trainable; a command of
+the user's own may print them too.
+
+A timeout or ``should_cancel()`` stops the whole process group: SIGTERM, then SIGKILL
+after ``grace_s``. Whatever way the job ends, what is left of its process group is
+stopped the same way, so no grandchild outlives it. On Linux the child also gets
+SIGKILL if the supervising thread dies (``PR_SET_PDEATHSIG``); grandchildren are not
+covered by that (they are stopped by the group kill while the supervisor lives).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from tunix_rt.runfile import RunSpec
+
+__all__ = ["METRICS_PREFIX", "PREDICTIONS_PREFIX", "JobResult", "JobStatus", "job_command",
+           "run_job"]
+
+log = logging.getLogger(__name__)
+
+METRICS_PREFIX = "TUNIX_RT_METRICS"
+PREDICTIONS_PREFIX = "TUNIX_RT_PREDICTIONS"
+NOTE_PREFIX = "[tunix-rt]"
+MAX_LINE_BYTES = 1 << 20   # a longer "line" is split into pieces of this size
+
+JobStatus = Literal["completed", "failed", "timeout", "cancelled"]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job ended.
+
+    ``exit_code`` is the child's return code (negative: killed by that signal) or
+    ``None`` when it could not start; ``status`` is ``timeout`` or ``cancelled`` when the
+    supervisor stopped it, else ``completed`` for exit code 0 and ``failed`` otherwise.
+    """
+
+    exit_code: int | None
+    status: JobStatus
+    log_tail: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    predictions_uri: str | None = None
+    duration_s: float = 0.0
+    pid: int | None = None
+
+
+def job_command(spec: RunSpec, *, out_dir: str | Path | None = None,
+                python: str | None = None) -> list[str]:
+    """The argv that runs ``spec``: its ``command``, or :mod:`tunix_rt.job_entry` for a trainable.
+
+    ``out_dir`` is where a trainable writes its predictions (passed as ``--out``; without
+    it the trainable chooses, the built-in one a new temporary directory). ``python``
+    defaults to this interpreter.
+    """
+    if spec.command is not None:
+        return list(spec.command)
+    assert spec.trainable is not None
+    argv = [python or sys.executable, "-m", "tunix_rt.job_entry", "--trainable", spec.trainable,
+            "--config", json.dumps(spec.config or {}, sort_keys=True)]
+    if out_dir is not None:
+        argv += ["--out", str(out_dir)]
+    return argv
+
+
+# --- the child process ------------------------------------------------------------------
+
+def _death_signal_preexec() -> Callable[[], None] | None:
+    """A preexec_fn that asks Linux to SIGKILL the child when its parent thread dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the forked child: nothing that takes locks
+        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: it will never fire
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    # Zombies keep their group id until reaped; an orphan's zombie waits for init, which in
+    # some containers never reaps. Only a process that still runs holds anything.
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, note: Callable[[str], None],
+                *, leader_done: bool) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace_s``; reap the leader."""
+    pgid = proc.pid
+    if leader_done:
+        if not _group_alive(pgid):
+            return
+        note(f"{NOTE_PREFIX} the job left processes running: stopping them")
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(pgid):
+            return
+        time.sleep(0.05)
+    if proc.poll() is None or _group_alive(pgid):
+        note(f"{NOTE_PREFIX} still running {grace_s:g} s after SIGTERM: sent SIGKILL")
+        _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+# --- reading the output -----------------------------------------------------------------
+
+class _Reader(threading.Thread):
+    """Reads the child's lines: log file, tail, callbacks, metrics and predictions."""
+
+    def __init__(self, stream: Any, log_file: Any, lock: threading.Lock, tail_lines: int,
+                 on_line: Callable[[str], None] | None,
+                 on_metrics: Callable[[dict[str, Any]], None] | None) -> None:
+        super().__init__(name="tunix-rt-job-reader", daemon=True)
+        self.stream = stream
+        self.log_file = log_file
+        self.lock = lock
+        self.tail: collections.deque[str] = collections.deque(maxlen=max(tail_lines, 1))
+        self.tail_lines = tail_lines
+        self.on_line = on_line
+        self.on_metrics = on_metrics
+        self.metrics: dict[str, Any] = {}
+        self.predictions_uri: str | None = None
+
+    def note(self, line: str) -> None:
+        """A line of the supervisor's own, in the log and the tail."""
+        self._keep(line)
+
+    def _keep(self, line: str) -> None:
+        with self.lock:
+            if self.tail_lines > 0:
+                self.tail.append(line)
+            try:
+                self.log_file.write(line + "\n")
+                self.log_file.flush()
+            except (OSError, ValueError) as exc:  # a full disk must not stall the child
+                log.warning("cannot write the job log: %s", exc)
+
+    def run(self) -> None:
+        while True:
+            try:
+                raw = self.stream.readline(MAX_LINE_BYTES)
+            except (OSError, ValueError):
+                break
+            if not raw:
+                break
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            self._keep(line)
+            self._parse(line)
+            if self.on_line is not None:
+                try:
+                    self.on_line(line)
+                except Exception:  # keep draining the pipe, or the child blocks
+                    log.exception("on_line callback failed")
+
+    def _parse(self, line: str) -> None:
+        text = line.lstrip()
+        if text.startswith(METRICS_PREFIX + " "):
+            try:
+                metrics = json.loads(text[len(METRICS_PREFIX) + 1:])
+            except json.JSONDecodeError:
+                return
+            if not isinstance(metrics, dict):
+                return
+            self.metrics.update(metrics)
+            if self.on_metrics is not None:
+                try:
+                    self.on_metrics(dict(metrics))
+                except Exception:
+                    log.exception("on_metrics callback failed")
+        elif text.startswith(PREDICTIONS_PREFIX + " "):
+            uri = text[len(PREDICTIONS_PREFIX) + 1:].strip()
+            if uri:
+                self.predictions_uri = uri
+
+
+# --- the supervisor ---------------------------------------------------------------------
+
+def run_job(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
+            cwd: str | Path | None = None, timeout_s: float, log_path: str | Path,
+            on_line: Callable[[str], None] | None = None,
+            on_metrics: Callable[[dict[str, Any]], None] | None = None,
+            should_cancel: Callable[[], bool] | None = None, poll_s: float = 0.5,
+            tail_lines: int = 50, grace_s: float = 5.0) -> JobResult:
+    """Run ``cmd`` to its end, a timeout or a cancellation; never leaves a process behind.
+
+    ``env`` defaults to this process's environment; ``PYTHONUNBUFFERED=1`` is added unless
+    set, so a Python child's lines arrive as printed. Every line goes to ``log_path``
+    (appended, flushed) and to ``on_line``; metrics lines to ``on_metrics`` (one report
+    each; both callbacks run on the reader thread and their exceptions are logged, not
+    raised). ``should_cancel`` is asked every ``poll_s`` seconds.
+    """
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s: must be > 0, got {timeout_s}")
+    if not cmd:
+        raise ValueError("cmd: must not be empty")
+    argv = [str(part) for part in cmd]
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log_file:
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=child_env, cwd=cwd, start_new_session=True,
+                preexec_fn=_death_signal_preexec(), close_fds=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            message = f"{NOTE_PREFIX} cannot start {argv[0]!r}: {exc}"
+            log_file.write(message + "\n")
+            log_file.flush()
+            return JobResult(exit_code=None, status="failed", log_tail=message,
+                             duration_s=time.monotonic() - started)
+
+        reader = _Reader(proc.stdout, log_file, lock, tail_lines, on_line, on_metrics)
+        reader.start()
+        stopped: JobStatus | None = None
+        try:
+            deadline = started + timeout_s
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    proc.wait(timeout=max(0.0, min(poll_s, remaining)))
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if should_cancel is not None and should_cancel():
+                    stopped = "cancelled"
+                    reader.note(f"{NOTE_PREFIX} cancelled: stopping the job")
+                    break
+                if time.monotonic() >= deadline:
+                    stopped = "timeout"
+                    reader.note(f"{NOTE_PREFIX} timed out after {timeout_s:g} s: "
+                                f"stopping the job")
+                    break
+        finally:
+            # Also on KeyboardInterrupt or a failing should_cancel: nothing is left behind.
+            _stop_group(proc, grace_s, reader.note, leader_done=proc.poll() is not None)
+            reader.join(timeout=max(grace_s, 1.0))
+            if reader.is_alive():  # a process outside the group still holds the pipe open
+                reader.note(f"{NOTE_PREFIX} output still open after the job ended: "
+                            f"stopped reading")
+            else:
+                assert proc.stdout is not None
+                proc.stdout.close()
+
+        exit_code = proc.returncode
+        status: JobStatus = stopped or ("completed" if exit_code == 0 else "failed")
+        if status == "failed":
+            reader.note(f"{NOTE_PREFIX} killed by signal {-exit_code}" if exit_code < 0
+                        else f"{NOTE_PREFIX} exited with code {exit_code}")
+        with lock:
+            tail = "\n".join(reader.tail)
+        return JobResult(exit_code=exit_code, status=status, log_tail=tail,
+                         metrics=dict(reader.metrics), predictions_uri=reader.predictions_uri,
+                         duration_s=time.monotonic() - started, pid=proc.pid)
