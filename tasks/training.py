@@ -75,12 +75,16 @@ def run_training_job(run_id: str, spec: RunSpec) -> str:
         with session_scope() as session:
             return runs.cancel_requested(session, run_id)
 
-    env = {**os.environ}
-    if not spec.resources.get("gpu"):
-        env.setdefault("JAX_PLATFORMS", "cpu")
-    result = run_job(job_command(spec, out_dir=folder), env=env, timeout_s=spec.timeout_s,
-                     log_path=log_path, on_line=lambda line: logger.info("job: %s", line),
-                     on_metrics=on_metrics, should_cancel=should_cancel, poll_s=1.0)
+    extra_env = {} if spec.resources.get("gpu") else {"JAX_PLATFORMS": "cpu"}
+    if get_settings().ray_address:
+        logger.info("running the job on the Ray cluster with %s", spec.resources)
+        result = _run_on_ray(spec, job_command(spec, out_dir=folder), extra_env, log_path,
+                             run_id)
+    else:
+        result = run_job(job_command(spec, out_dir=folder), env={**os.environ, **extra_env},
+                         timeout_s=spec.timeout_s, log_path=log_path,
+                         on_line=lambda line: logger.info("job: %s", line),
+                         on_metrics=on_metrics, should_cancel=should_cancel, poll_s=1.0)
     _flush_metrics(run_id, pending)
     # A command names its predictions in the run file; a trainable returns them.
     uri = spec.predictions or result.predictions_uri
@@ -101,6 +105,43 @@ def run_training_job(run_id: str, spec: RunSpec) -> str:
         raise TrainingJobFailed(f"run {run_id} failed: {reason}")
     logger.info("job completed in %.1f s: %s", result.duration_s, uri)
     return uri
+
+
+def _run_on_ray(spec: RunSpec, cmd: list[str], extra_env: dict[str, str], log_path: Path,
+                run_id: str) -> Any:
+    """Supervise the job from a Ray task that holds the job's resources (GPUs, accelerators).
+
+    The log is written where the task runs (shared storage on a real cluster) and the
+    metrics come back with the result; cancellation is polled from the database there.
+    """
+    import ray
+
+    from tasks.tuning import RAY_RESOURCE_NAMES
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address=get_settings().ray_address, include_dashboard=False,
+                 log_to_driver=False)
+    wanted = {RAY_RESOURCE_NAMES.get(k, k): float(v) for k, v in spec.resources.items()}
+    options = {"num_cpus": wanted.pop("CPU", 0.0), "num_gpus": wanted.pop("GPU", 0.0),
+               "resources": wanted, "max_retries": 0}
+    database_url = get_settings().database_url
+    ref = ray.remote(_supervise_remotely).options(**options).remote(
+        cmd, extra_env, spec.timeout_s, str(log_path), run_id, database_url)
+    return ray.get(ref)
+
+
+def _supervise_remotely(cmd: list[str], extra_env: dict[str, str], timeout_s: float,
+                        log_path: str, run_id: str, database_url: str) -> Any:
+    from tunix_rt.db import get_engine
+
+    def should_cancel() -> bool:
+        with session_scope(get_engine(database_url)) as session:
+            return runs.cancel_requested(session, run_id)
+
+    # Ray has set CUDA_VISIBLE_DEVICES (and friends) for this task: the job inherits them.
+    return run_job(cmd, env={**os.environ, **extra_env}, timeout_s=timeout_s,
+                   log_path=Path(log_path), should_cancel=should_cancel, poll_s=1.0)
 
 
 def _flush_metrics(run_id: str, pending: dict[str, Any]) -> None:

@@ -83,3 +83,17 @@ def prefect_api_url() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """One local Ray for the session: 2 CPUs and 2 logical GPUs (GPU fan-out without GPUs)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=128 * 1024 * 1024,
+             runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}},
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield ray.cluster_resources()
+    ray.shutdown()

@@ -24,7 +24,9 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch) -> 
     unknown = set(deployment.get("parameters", {})) - set(schema["properties"])
     assert not unknown, f"parameters the flow does not take: {unknown}"
     # The preset parameters, plus what the form would ask for, pass the flow's validation.
-    asked = {"quality-loop": {"run_id": "x"}, "tune": {"sweep": {"name": "from-the-form"}}}
+    asked = {"quality-loop": {"run_id": "x"}, "tune": {"sweep": {"name": "from-the-form"}},
+             "train": {"spec": {"name": "n", "dataset": "d", "model": "m",
+                                "trainable": "builtin"}}}
     flow.validate_parameters({**deployment.get("parameters", {}),
                               **asked.get(deployment["name"], {})})
 

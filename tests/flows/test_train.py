@@ -128,3 +128,22 @@ def test_runs_cancel_stops_a_running_job(db_url: str) -> None:
 def _all_runs(db_url: str) -> list[Run]:
     with session_scope(get_engine(db_url)) as session:
         return list(session.scalars(select(Run)))
+
+
+@pytest.mark.tuning
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_with_a_ray_cluster_the_job_runs_there_with_its_gpus(
+        db_url: str, ray_cluster: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.setenv("TUNIX_RT_RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    code = ("import json, os; print('TUNIX_RT_METRICS ' + json.dumps("
+            "{'visible': os.environ.get('CUDA_VISIBLE_DEVICES')}))")
+    state = train_flow(spec=_command("on-ray", code, resources={"cpu": 1, "gpu": 1}),
+                       return_state=True)
+
+    [run] = _all_runs(db_url)
+    assert run.exit_code == 0, run.error
+    assert run.metrics["visible"] in {"0", "1"}  # one of the cluster's two GPUs
+    assert state.is_failed()  # the command's predictions file does not exist: not judged
+    assert run.status == "completed"
