@@ -48,3 +48,11 @@ def test_unknown_judge_is_refused_before_the_run_starts() -> None:
 
     with pytest.raises(Exception, match="unknown judge 'nope'; registered judges: .*exact_match"):
         quality_loop.validate_parameters({"run_id": "x", "judges": ["nope"]})
+
+
+def test_the_example_automation_is_valid() -> None:
+    from prefect.events.schemas.automations import AutomationCore
+
+    doc = yaml.safe_load((ROOT / "examples" / "automations" / "gate-failed.yaml").read_text())
+    automation = AutomationCore.model_validate(doc)
+    assert automation.trigger.expect == {"tunix.gate.failed"}
