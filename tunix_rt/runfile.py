@@ -17,9 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunix_rt.errors import InvalidInputError
+from tunix_rt.specfile import check_resources, read_yaml, validate_spec
 
 TRAINABLE_KEYS = ("trainable", "config")
 COMMAND_KEYS = ("command", "predictions")
@@ -87,16 +88,7 @@ class RunSpec(BaseModel):
     @field_validator("resources")
     @classmethod
     def _resources(cls, value: dict[str, float]) -> dict[str, float]:
-        # The same rules as a sweep's per-trial resources (tunix_rt.sweep.Sweep).
-        for key, amount in value.items():
-            if amount < 0:
-                raise ValueError(f"{key}: must not be negative, got {amount}")
-            if key in {"cpu", "gpu"} and amount > 1 and amount != int(amount):
-                raise ValueError(f"{key}: fractions are allowed below 1 only, got {amount}")
-        if not value.get("cpu") and not value.get("gpu") and not any(
-                k not in {"cpu", "gpu", "memory"} for k in value):
-            raise ValueError("a job needs at least some cpu, gpu or an accelerator resource")
-        return value
+        return check_resources(value, unit="job")
 
     @model_validator(mode="after")
     def _one_form(self) -> RunSpec:
@@ -175,37 +167,10 @@ def _check_uri(uri: str) -> None:
 
 
 def parse_run_spec(document: Any, *, source: str = "run") -> RunSpec:
-    """Validate a parsed run file; the error lists every problem, key named."""
-    if not isinstance(document, dict):
-        raise InvalidInputError(f"{source}: expected a mapping of run fields")
-    try:
-        return RunSpec.model_validate(document)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            if where and not message.startswith(where):
-                message = f"{where}: {message}"
-            problems.append(message)
-        raise InvalidInputError(f"{source}: {'; '.join(problems)}") from None
+    """Validate a parsed run file; the error lists every problem with its key named."""
+    return validate_spec(RunSpec, document, source=source, what="run")
 
 
 def load_run_spec(path: str | Path) -> RunSpec:
     """Read and validate a run YAML file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"run file not found: {path}") from None
-    except IsADirectoryError:
-        raise InvalidInputError(f"run file is a directory: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"{path}: not valid YAML ({exc})") from None
-    return parse_run_spec(document, source=str(path))
+    return parse_run_spec(read_yaml(path, what="run"), source=str(path))

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunix_rt.errors import InvalidInputError
+from tunix_rt.specfile import check_resources, read_yaml, validate_spec
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -65,15 +65,7 @@ class Sweep(BaseModel):
     @field_validator("resources")
     @classmethod
     def _resources(cls, value: dict[str, float]) -> dict[str, float]:
-        for key, amount in value.items():
-            if amount < 0:
-                raise ValueError(f"{key}: must not be negative, got {amount}")
-            if key in {"cpu", "gpu"} and amount > 1 and amount != int(amount):
-                raise ValueError(f"{key}: fractions are allowed below 1 only, got {amount}")
-        if not value.get("cpu") and not value.get("gpu") and not any(
-                k not in {"cpu", "gpu", "memory"} for k in value):
-            raise ValueError("a trial needs at least some cpu, gpu or an accelerator resource")
-        return value
+        return check_resources(value, unit="trial")
 
     @field_validator("param_space")
     @classmethod
@@ -129,33 +121,10 @@ def _check_param(name: str, spec: Any) -> None:
 
 
 def parse_sweep(document: Any, *, source: str = "sweep") -> Sweep:
-    """Validate a parsed sweep; the error names the first bad key."""
-    if not isinstance(document, dict):
-        raise InvalidInputError(f"{source}: expected a mapping of sweep fields")
-    try:
-        return Sweep.model_validate(document)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            if where and not message.startswith(where):
-                message = f"{where}: {message}"
-            problems.append(message)
-        raise InvalidInputError(f"{source}: {'; '.join(problems)}") from None
+    """Validate a parsed sweep; the error lists every problem with its key named."""
+    return validate_spec(Sweep, document, source=source, what="sweep")
 
 
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep YAML file."""
-    import yaml
-
-    path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInputError(f"sweep file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"{path}: not valid YAML ({exc})") from None
-    return parse_sweep(document, source=str(path))
+    return parse_sweep(read_yaml(path, what="sweep"), source=str(path))

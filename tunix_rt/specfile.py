@@ -1,0 +1,61 @@
+"""What sweep files and run files share: YAML loading, error messages, resource rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from tunix_rt.errors import InvalidInputError
+
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def validate_spec(model: type[Spec], document: Any, *, source: str, what: str) -> Spec:
+    """Validate a parsed document; the error lists every problem with its key named."""
+    if not isinstance(document, dict):
+        raise InvalidInputError(f"{source}: expected a mapping of {what} fields")
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key"
+            if where and not message.startswith(where):
+                message = f"{where}: {message}"
+            problems.append(message)
+        raise InvalidInputError(f"{source}: {'; '.join(problems)}") from None
+
+
+def read_yaml(path: str | Path, *, what: str) -> Any:
+    """The parsed YAML document at ``path``; unreadable files are named with the reason."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInputError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{what} file is a directory: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"{path}: not valid YAML ({exc})") from None
+
+
+def check_resources(value: dict[str, float], *, unit: str) -> dict[str, float]:
+    """Per-trial or per-job resources: non-negative, whole CPUs/GPUs above 1, not nothing."""
+    for key, amount in value.items():
+        if amount < 0:
+            raise ValueError(f"{key}: must not be negative, got {amount}")
+        if key in {"cpu", "gpu"} and amount > 1 and amount != int(amount):
+            raise ValueError(f"{key}: fractions are allowed below 1 only, got {amount}")
+    if not value.get("cpu") and not value.get("gpu") and not any(
+            k not in {"cpu", "gpu", "memory"} for k in value):
+        raise ValueError(f"a {unit} needs at least some cpu, gpu or an accelerator resource")
+    return value
