@@ -35,12 +35,21 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine") or create_engine(_url())
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a SQLite table by copy-and-drop, which enforced foreign
+            # keys forbid while other tables point at it. The pragma only takes effect
+            # outside a transaction.
+            connection.commit()
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
         # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
         context.configure(connection=connection, target_metadata=target_metadata,
                           render_as_batch=True, compare_type=True)
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

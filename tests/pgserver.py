@@ -87,8 +87,8 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def create_database(admin_url: str, prefix: str = "t") -> str:
-    """Create a fresh database on the server; returns its URL."""
+def create_database(admin_url: str, prefix: str = "t", template: str | None = None) -> str:
+    """Create a fresh database on the server (a copy of ``template``); returns its URL."""
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -99,7 +99,8 @@ def create_database(admin_url: str, prefix: str = "t") -> str:
     while True:
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
+                clause = f' TEMPLATE "{template}"' if template else ""
+                conn.execute(f'CREATE DATABASE "{name}"{clause}')
             break
         except psycopg.OperationalError:
             if time.monotonic() > deadline:
