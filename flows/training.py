@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.quality_loop import quality_loop
+from flows.subflows import without_heartbeats
 from tasks.training import mark_cancelled, register_job_run, run_training_job
 from tunix_rt.runfile import RunSpec
 from tunix_rt.stats import GatePolicy
@@ -38,7 +39,8 @@ def train_flow(spec: RunSpec, dry_run: bool = False,
     if dry_run:
         return {"run_id": run_id, "dry_run": True, "gate": None}
     run_training_job(run_id, spec)
-    loop = quality_loop(run_id, judges=spec.judges, policy=policy)
+    with without_heartbeats():  # the train flow's own heartbeat covers the subflow
+        loop = quality_loop(run_id, judges=spec.judges, policy=policy)
     first = spec.judges[0]
     return {"run_id": run_id, "dry_run": False, "gate": loop["judges"][first]["gate"],
             "judges": loop["judges"]}

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.quality_loop import quality_loop
+from flows.subflows import without_heartbeats
 from tasks.tuning import check_cluster, register_best_trials, run_sweep, start_study
 from tunix_rt.stats import GatePolicy
 from tunix_rt.sweep import Sweep
@@ -30,7 +31,9 @@ def tune_flow(sweep: Sweep, policy: GatePolicy = GatePolicy(auto_promote=True),
                 "unfinished": outcome.unfinished, "best_trial_id": outcome.best_trial_id,
                 "best_value": outcome.best_value, "runs": []}
     run_ids = register_best_trials(study_id, sweep.top_k)
-    loops = [quality_loop(run_id, judges=[sweep.judge], policy=policy) for run_id in run_ids]
+    with without_heartbeats():  # the tune flow's own heartbeat covers its subflows
+        loops = [quality_loop(run_id, judges=[sweep.judge], policy=policy)
+                 for run_id in run_ids]
     return {"study_id": study_id, "trials": outcome.trials, "errors": outcome.errors,
             "unfinished": 0, "best_trial_id": outcome.best_trial_id, "best_value": outcome.best_value,
             "runs": [{"run_id": r, "gate": loop["judges"][sweep.judge]["gate"]}

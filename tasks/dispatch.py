@@ -115,8 +115,10 @@ class InlineDispatcher:
 
     def dispatch(self, run_id: str, key: str) -> str | None:
         from flows.quality_loop import quality_loop
+        from flows.subflows import without_heartbeats
 
-        state = quality_loop(run_id=run_id, return_state=True)
+        with without_heartbeats():  # the calling flow (the sweeper) sends heartbeats
+            state = quality_loop(run_id=run_id, return_state=True)
         return str(state.state_details.flow_run_id) if state.state_details else None
 
 
