@@ -8,7 +8,7 @@ from judges.registry import (JudgeRegistryError, JudgeSpec, RegisteredJudge, get
                              list_judges, register_judge)
 
 # Importing the built-in modules registers them.
-from judges import exact_match, mock, trace_format  # noqa: E402,F401  isort:skip
+from judges import exact_match, llm, mock, trace_format  # noqa: E402,F401  isort:skip
 
 __all__ = ["Item", "Judge", "JudgeRegistryError", "JudgeSpec", "RegisteredJudge", "ScoringContext", "Verdict",
            "get_judge", "judge_spec", "list_judges", "register_judge"]

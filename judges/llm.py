@@ -1,0 +1,456 @@
+"""The ``llm`` judge: an OpenAI-compatible chat model grades each item under a rubric.
+
+Pure like every judge: no database, no Prefect. ``score`` runs its own asyncio loop
+(httpx) with bounded concurrency, an optional requests-per-second limit, a per-request
+timeout, and retries with exponential backoff and full jitter for 429, 5xx, timeouts
+and connection errors only (a ``Retry-After`` on 429/503 is honoured); any other 4xx
+fails at once. A reply that is not a JSON object with a ``score`` in [0, 1] makes the
+item *unscored*, with the reason. Every verdict's ``raw`` records the model, the reply
+(first 500 characters) and the token usage.
+
+An optional cache (``get_many``/``put_many``) returns stored verdicts without a call;
+its key covers everything that decides the verdict (see ``cache_key``). Only scored
+verdicts are stored, so a re-run retries the items that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from judges.base import Item, ScoringContext, Verdict
+from judges.registry import register_judge
+from judges.rubrics import PRESETS, Rubric, build_messages, resolve_rubric, rubric_hash
+
+if TYPE_CHECKING:  # httpx is imported when a judge first calls its provider
+    import httpx
+
+NAME = "llm"
+VERSION = "1.0"
+REPLY_CHARS = 500  # how much of the model's reply a verdict keeps
+
+
+class JudgeConfigError(ValueError):
+    """The LLM judge is not configured (or configured with impossible values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LLMConfig:
+    """Where the judge model is and how to call it."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    temperature: float = 0.0
+    seed: int | None = 0
+    max_concurrency: int = 8
+    requests_per_second: float | None = None
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    backoff_s: float = 0.5
+    preset: str = "default"
+    max_backoff_s: float = 60.0  # cap on one wait, Retry-After included
+
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise JudgeConfigError("LLMConfig.base_url is empty")
+        if not self.model:
+            raise JudgeConfigError("LLMConfig.model is empty")
+        if self.max_concurrency < 1:
+            raise JudgeConfigError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.requests_per_second is not None and self.requests_per_second <= 0:
+            raise JudgeConfigError(f"requests_per_second must be > 0, got {self.requests_per_second}")
+        if self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
+            raise JudgeConfigError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
+        if self.preset not in PRESETS:
+            raise JudgeConfigError(f"unknown prompt preset {self.preset!r}; presets: {', '.join(PRESETS)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> LLMConfig:
+        """Read TUNIX_RT_LLM_BASE_URL, TUNIX_RT_LLM_MODEL and TUNIX_RT_LLM_API_KEY.
+
+        Raises ``JudgeConfigError`` naming the variables that are unset.
+        """
+        env = os.environ if environ is None else environ
+        base_url = env.get("TUNIX_RT_LLM_BASE_URL", "").strip()
+        model = env.get("TUNIX_RT_LLM_MODEL", "").strip()
+        missing = [name for name, value in (("TUNIX_RT_LLM_BASE_URL", base_url),
+                                            ("TUNIX_RT_LLM_MODEL", model)) if not value]
+        if missing:
+            raise JudgeConfigError(
+                f"the llm judge is not configured: set {' and '.join(missing)} (an OpenAI-compatible "
+                "endpoint such as http://localhost:8000/v1, and the model it serves; "
+                "TUNIX_RT_LLM_API_KEY if it needs one)")
+        return cls(base_url=base_url, model=model,
+                   api_key=env.get("TUNIX_RT_LLM_API_KEY") or None, **overrides)
+
+
+class VerdictCache(Protocol):
+    """Where the judge keeps verdicts: a dict per key (see ``cache_key``)."""
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]: ...
+
+    def put_many(self, entries: dict[str, dict]) -> None: ...
+
+
+class MemoryCache:
+    """An in-process ``VerdictCache`` (tests, one-off scripts)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict] = {}
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        with self._lock:
+            return {k: json.loads(json.dumps(self.entries[k])) for k in keys if k in self.entries}
+
+    def put_many(self, entries: dict[str, dict]) -> None:
+        with self._lock:
+            self.entries.update(json.loads(json.dumps(entries)))
+
+
+def cache_key(*, judge: str, version: str, rubric_hash: str, model: str, temperature: float,
+              seed: int | None, preset: str, item_id: str, prompt: str | None, response: str,
+              reference: str | None) -> str:
+    """The sha256 (hex) of everything that decides one item's verdict."""
+    parts = [judge, version, rubric_hash, model, float(temperature), seed, preset, item_id,
+             prompt, response, reference]
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class Ledger:
+    """Usage of the last ``score()`` call. ``calls`` counts HTTP requests, retries
+    included; ``retries`` the requests beyond each item's first."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# --- parsing the model's reply ------------------------------------------------------------
+
+class ReplyError(ValueError):
+    """The model's reply is not a usable grade; the message says why."""
+
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def _find_json_object(text: str) -> dict[str, Any]:
+    candidates = [text.strip(), *(m.group(1).strip() for m in _FENCE.finditer(text))]
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    decoder = json.JSONDecoder()  # a JSON object with prose around it
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ReplyError(f"reply is not JSON: {_clip(text, 80)!r}")
+
+
+def parse_reply(content: str) -> tuple[float, str]:
+    """(score, rationale) from the model's reply; ``ReplyError`` says what is wrong."""
+    if not content or not content.strip():
+        raise ReplyError("reply is empty")
+    data = _find_json_object(content)
+    if "score" not in data:
+        raise ReplyError(f"reply has no \"score\": {_clip(json.dumps(data), 80)}")
+    raw_score = data["score"]
+    if isinstance(raw_score, bool):
+        raise ReplyError(f"score {raw_score!r} is not a number")
+    if isinstance(raw_score, int | float):
+        score = float(raw_score)
+    elif isinstance(raw_score, str):
+        try:
+            score = float(raw_score.strip())
+        except ValueError:
+            raise ReplyError(f"score {raw_score!r} is not a number") from None
+    else:
+        raise ReplyError(f"score {_clip(json.dumps(raw_score), 40)} is not a number")
+    if math.isnan(score):
+        raise ReplyError("score is NaN")
+    if not 0.0 <= score <= 1.0:
+        raise ReplyError(f"score {score:g} is outside [0, 1]")
+    rationale = data.get("rationale", "")
+    rationale = rationale if isinstance(rationale, str) else json.dumps(rationale)
+    return score, rationale.strip()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+# --- calling the provider -----------------------------------------------------------------
+
+class _RateLimiter:
+    """A token bucket of capacity one: at most ``rate`` acquisitions per second."""
+
+    def __init__(self, rate: float) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            now = loop.time()
+            slot = max(now, self._next)
+            self._next = slot + self._interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+@dataclass(slots=True)
+class _Outcome:
+    content: str | None = None  # the reply's message content, on success
+    error: str | None = None  # why there is no content
+    usage: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+
+
+class LLMJudge:
+    """Asks a chat model to grade each item under a rubric; passed = score >= 0.5."""
+
+    name = NAME
+    version = VERSION
+
+    def __init__(self, rubric: Rubric | str | Path = "correctness", config: LLMConfig | None = None,
+                 cache: VerdictCache | None = None) -> None:
+        self.rubric = resolve_rubric(rubric)
+        self.rubric_hash = rubric_hash(self.rubric)
+        self.config = config if config is not None else LLMConfig.from_env()
+        self.cache = cache
+        self.requires_reference = self.rubric.requires_reference
+        self.ledger = Ledger()
+
+    # The Judge protocol ---------------------------------------------------------------
+
+    def score(self, items: Sequence[Item], context: ScoringContext) -> list[Verdict]:
+        """Return one verdict per item, in the order given."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.ascore(items, context))
+        # Called from async code: run our loop in a thread rather than fail.
+        result: list[list[Verdict]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(asyncio.run(self.ascore(items, context)))
+            except BaseException as exc:  # re-raised in the caller's thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name="llm-judge")
+        thread.start()
+        thread.join()
+        if errors:
+            raise errors[0]
+        return result[0]
+
+    async def ascore(self, items: Sequence[Item], context: ScoringContext) -> list[Verdict]:
+        """``score`` for callers that already run an event loop."""
+        self.ledger = ledger = Ledger()
+        verdicts: list[Verdict | None] = [None] * len(items)
+        keys: dict[int, str] = {}
+        for i, item in enumerate(items):
+            if self.requires_reference and (item.reference is None or not item.reference.strip()):
+                verdicts[i] = self._unscored(item, f"item has no reference; rubric {self.rubric.name!r} "
+                                                   "needs one")
+            else:
+                keys[i] = self.key_for(item)
+
+        if self.cache is not None and keys:
+            hits = self.cache.get_many(list(dict.fromkeys(keys.values())))
+            for i, key in list(keys.items()):
+                if key in hits:
+                    verdicts[i] = self._from_cache(items[i], hits[key])
+                    ledger.cache_hits += 1
+                    del keys[i]
+
+        if keys:
+            cfg = self.config
+            semaphore = asyncio.Semaphore(cfg.max_concurrency)
+            limiter = _RateLimiter(cfg.requests_per_second) if cfg.requests_per_second else None
+            import httpx
+
+            limits = httpx.Limits(max_connections=cfg.max_concurrency,
+                                  max_keepalive_connections=cfg.max_concurrency)
+            async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits) as client:
+                fresh = await asyncio.gather(*(
+                    self._judge_one(client, semaphore, limiter, items[i]) for i in keys))
+            to_store: dict[str, dict] = {}
+            for i, verdict in zip(keys, fresh):
+                verdicts[i] = verdict
+                if verdict.scored:
+                    to_store[keys[i]] = {"score": verdict.score, "passed": verdict.passed,
+                                         "rationale": verdict.rationale, "raw": dict(verdict.raw or {})}
+            if self.cache is not None and to_store:
+                self.cache.put_many(to_store)
+        return [v for v in verdicts if v is not None]
+
+    # Pieces ---------------------------------------------------------------------------
+
+    def key_for(self, item: Item) -> str:
+        """The cache key of ``item`` under this judge's rubric and configuration."""
+        cfg = self.config
+        return cache_key(judge=self.name, version=self.version, rubric_hash=self.rubric_hash,
+                         model=cfg.model, temperature=cfg.temperature, seed=cfg.seed,
+                         preset=cfg.preset, item_id=item.id, prompt=item.prompt,
+                         response=item.response, reference=item.reference)
+
+    def request_body(self, item: Item) -> dict[str, Any]:
+        """The chat-completions request for ``item``."""
+        body: dict[str, Any] = {"model": self.config.model,
+                                "messages": build_messages(self.rubric, item, self.config.preset),
+                                "temperature": self.config.temperature}
+        if self.config.seed is not None:
+            body["seed"] = self.config.seed
+        return body
+
+    async def _judge_one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
+                         limiter: _RateLimiter | None, item: Item) -> Verdict:
+        outcome = await self._call(client, semaphore, limiter, self.request_body(item))
+        raw: dict[str, Any] = {"model": self.config.model, "rubric": self.rubric.name,
+                               "rubric_hash": self.rubric_hash, "attempts": outcome.attempts,
+                               "usage": outcome.usage}
+        if outcome.content is None:
+            return self._unscored(item, outcome.error or "no reply", raw)
+        raw["reply"] = outcome.content[:REPLY_CHARS]
+        try:
+            score, rationale = parse_reply(outcome.content)
+        except ReplyError as exc:
+            return self._unscored(item, str(exc), raw)
+        return Verdict(item_id=item.id, score=score, passed=score >= 0.5,
+                       rationale=rationale or "(the judge model gave no rationale)",
+                       judge=self.name, judge_version=self.version, raw=raw)
+
+    async def _call(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
+                    limiter: _RateLimiter | None, body: dict[str, Any]) -> _Outcome:
+        import httpx
+
+        cfg = self.config
+        url = cfg.base_url.rstrip("/") + "/chat/completions"
+        headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        max_attempts = cfg.max_retries + 1
+        outcome = _Outcome()
+        last_error = ""
+        for attempt in range(1, max_attempts + 1):
+            outcome.attempts = attempt
+            retry_after: float | None = None
+            async with semaphore:
+                if limiter is not None:
+                    await limiter.acquire()
+                self.ledger.calls += 1
+                try:
+                    async with asyncio.timeout(cfg.timeout_s):
+                        response = await client.post(url, json=body, headers=headers)
+                except (TimeoutError, httpx.TimeoutException):
+                    response, last_error = None, f"timed out after {cfg.timeout_s:g} s"
+                except httpx.TransportError as exc:
+                    response, last_error = None, f"connection error: {type(exc).__name__}: {exc}"
+            if response is not None:
+                status = response.status_code
+                if status == 200:
+                    return self._read_success(response, outcome)
+                detail = _clip(response.text.strip(), 200)
+                last_error = f"HTTP {status}" + (f": {detail}" if detail else "")
+                if status != 429 and status < 500:
+                    outcome.error = f"provider rejected the request: {last_error}"
+                    return outcome
+                if status in (429, 503):
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if attempt == max_attempts:
+                break
+            self.ledger.retries += 1
+            if retry_after is None:  # exponential backoff with full jitter
+                retry_after = random.uniform(0.0, cfg.backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(min(retry_after, cfg.max_backoff_s))
+        outcome.error = f"provider failed after {outcome.attempts} attempts: {last_error}"
+        return outcome
+
+    def _read_success(self, response: httpx.Response, outcome: _Outcome) -> _Outcome:
+        try:
+            data = response.json()
+            content = data["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            outcome.error = f"provider reply is not a chat completion: {_clip(response.text, 200)!r}"
+            return outcome
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        outcome.usage = usage
+        for field_name, ledger_name in (("prompt_tokens", "tokens_in"), ("completion_tokens", "tokens_out")):
+            value = usage.get(field_name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self.ledger, ledger_name, getattr(self.ledger, ledger_name) + value)
+        if not isinstance(content, str):
+            outcome.error = "provider reply has no text content"
+            return outcome
+        outcome.content = content
+        return outcome
+
+    def _from_cache(self, item: Item, entry: Mapping[str, Any]) -> Verdict:
+        return Verdict(item_id=item.id, score=entry["score"], passed=entry["passed"],
+                       rationale=entry["rationale"], judge=self.name, judge_version=self.version,
+                       raw=dict(entry.get("raw") or {}))
+
+    def _unscored(self, item: Item, reason: str, raw: Mapping[str, Any] | None = None) -> Verdict:
+        return Verdict.unscored(item.id, reason, judge=self.name, judge_version=self.version,
+                                raw=raw if raw is not None else {"model": self.config.model,
+                                                                 "rubric": self.rubric.name})
+
+
+@register_judge(NAME, version=VERSION, requires_reference=True,
+                description="an OpenAI-compatible chat model grades each item under a rubric")
+def llm_judge(rubric: Rubric | str = "correctness", config: LLMConfig | None = None,
+              cache: VerdictCache | None = None) -> LLMJudge:
+    """Build the LLM judge; without ``config`` it reads TUNIX_RT_LLM_* (only now, not at import)."""
+    return LLMJudge(rubric=rubric, config=config, cache=cache)
+
+
+__all__ = ["JudgeConfigError", "LLMConfig", "LLMJudge", "Ledger", "MemoryCache", "ReplyError",
+           "VerdictCache", "cache_key", "llm_judge", "parse_reply", "parse_retry_after"]

@@ -1,0 +1,1 @@
+"""Fakes that tests drive the code against: real servers speaking real protocols."""

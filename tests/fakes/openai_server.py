@@ -1,0 +1,180 @@
+"""A real local HTTP server speaking the OpenAI chat-completions API, scriptable per request.
+
+    with fake_openai(Reply.json(0.9, "right")) as server:           # the same reply every time
+    with fake_openai([Reply.http(429, retry_after=0.2), Reply.json(1)]) as server:  # a script
+    with fake_openai(lambda request, attempt: ...) as server:        # a function per request
+
+``server.base_url`` is the ``.../v1`` URL to hand the client; ``server.requests``
+records every request body, ``server.max_in_flight`` the most requests it served at
+once. A scripted queue is consumed in order and its last reply repeats. A function
+gets the request JSON and the attempt number (1 for the first request with these
+messages, 2 for its retry, ...). A ``Reply`` can delay (latency, or a hang longer than
+the client's timeout), fail with any status and headers, or carry garbage content;
+successful replies report token usage (whitespace-separated words).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted response."""
+
+    content: str | None = None  # the assistant message content (status 200)
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering
+    body: str | None = None  # a raw body, instead of a chat completion or an error object
+
+    @classmethod
+    def json(cls, score: Any, rationale: str = "ok", delay: float = 0.0, fenced: bool = False) -> Reply:
+        text = json.dumps({"score": score, "rationale": rationale})
+        return cls(content=f"Here is my grade:\n```json\n{text}\n```" if fenced else text, delay=delay)
+
+    @classmethod
+    def text(cls, content: str, delay: float = 0.0) -> Reply:
+        return cls(content=content, delay=delay)
+
+    @classmethod
+    def http(cls, status: int, retry_after: float | str | None = None, delay: float = 0.0) -> Reply:
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        return cls(status=status, headers=headers, delay=delay)
+
+    @classmethod
+    def hang(cls, seconds: float) -> Reply:
+        """Answer (a valid grade) only after ``seconds``: longer than the client's timeout."""
+        return cls.json(1.0, "late", delay=seconds)
+
+
+Handler = Callable[[dict[str, Any], int], Reply]
+
+
+class FakeOpenAI:
+    """The running server's state, shared with its request threads."""
+
+    def __init__(self, handler: Handler | Reply | Sequence[Reply] | None) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.base_url = ""
+        self._lock = threading.Lock()
+        self._attempts: dict[str, int] = {}
+        self._stopping = threading.Event()
+        if handler is None:
+            handler = Reply.json(1.0, "fine")
+        if isinstance(handler, Reply):
+            self._handler: Handler = lambda request, attempt, reply=handler: reply
+        elif callable(handler):
+            self._handler = handler
+        else:
+            script = list(handler)
+            if not script:
+                raise ValueError("an empty script")
+
+            def next_reply(request: dict[str, Any], attempt: int) -> Reply:
+                with self._lock:
+                    return script.pop(0) if len(script) > 1 else script[0]
+
+            self._handler = next_reply
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    def _handle(self, request: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        key = json.dumps(request.get("messages"), sort_keys=True)
+        with self._lock:
+            self.requests.append(request)
+            self.headers.append(headers)
+            self.arrivals.append(time.monotonic())
+            self._attempts[key] = attempt = self._attempts.get(key, 0) + 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            reply = self._handler(request, attempt)
+            if reply.delay:
+                self._stopping.wait(reply.delay)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+        if reply.body is not None:
+            return reply.status, reply.headers, reply.body.encode()
+        if reply.status != 200:
+            error = {"error": {"message": f"scripted HTTP {reply.status}", "type": "fake"}}
+            return reply.status, reply.headers, json.dumps(error).encode()
+        content = reply.content or ""
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
+        completion = {
+            "id": f"chatcmpl-fake-{len(self.requests)}", "object": "chat.completion",
+            "created": int(time.time()), "model": request.get("model", "fake"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
+                      "total_tokens": prompt_tokens + len(content.split())},
+        }
+        return 200, reply.headers, json.dumps(completion).encode()
+
+
+def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
+    class RequestHandler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                return self._send(404, {}, b'{"error": {"message": "not found"}}')
+            try:
+                request = json.loads(raw)
+            except ValueError:
+                return self._send(400, {}, b'{"error": {"message": "body is not JSON"}}')
+            self._send(*state._handle(request, {k.lower(): v for k, v in self.headers.items()}))
+
+        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return RequestHandler
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # many concurrent connects must not hit the listen backlog
+
+
+@contextmanager
+def fake_openai(handler: Handler | Reply | Sequence[Reply] | None = None) -> Iterator[FakeOpenAI]:
+    """Run a fake OpenAI server on a free loopback port for the duration of the block."""
+    state = FakeOpenAI(handler)
+    server = _Server(("127.0.0.1", 0), _request_handler(state))
+    state.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="fake-openai", daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        state._stopping.set()  # cut scripted delays short
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

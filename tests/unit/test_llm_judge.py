@@ -1,0 +1,369 @@
+"""The LLM judge, driven against a real local OpenAI-compatible server (tests/fakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from judges import Item, ScoringContext, list_judges
+from judges.llm import (JudgeConfigError, LLMConfig, LLMJudge, MemoryCache, ReplyError, cache_key,
+                        llm_judge, parse_reply, parse_retry_after)
+from judges.registry import get_judge
+from judges.rubrics import BUILTIN_RUBRICS, Rubric, build_messages, load_rubric, rubric_hash
+from tests.fakes.openai_server import Reply, fake_openai
+
+CTX = ScoringContext(run_id="run-1", dataset="gsm8k", model="policy")
+FAST = dict(backoff_s=0.01, timeout_s=5.0, max_retries=4)
+
+
+def items(n: int = 3) -> list[Item]:
+    return [Item(id=f"i{k}", prompt=f"What is {k} + {k}?", response=f"#### {2 * k}",
+                 reference=str(2 * k)) for k in range(n)]
+
+
+def judge_for(server: Any, rubric: Rubric | str = "correctness", cache: Any = None,
+              **config: Any) -> LLMJudge:
+    cfg = LLMConfig(base_url=server.base_url, model="judge-model", api_key="sk-test", **{**FAST, **config})
+    return LLMJudge(rubric=rubric, config=cfg, cache=cache)
+
+
+def grade_by_item(request: dict[str, Any], attempt: int) -> Reply:
+    """Passes items with an even id number, with a rationale naming the item."""
+    text = request["messages"][-1]["content"]
+    k = int(text.split("What is ")[1].split(" ")[0])
+    return Reply.json(1.0 if k % 2 == 0 else 0.25, f"item {k}")
+
+
+# --- happy path and what is sent ----------------------------------------------------------
+
+def test_scores_rationales_and_source() -> None:
+    with fake_openai(grade_by_item) as server:
+        judge = judge_for(server)
+        verdicts = judge.score(items(4), CTX)
+    assert [v.item_id for v in verdicts] == ["i0", "i1", "i2", "i3"]
+    assert [v.score for v in verdicts] == [1.0, 0.25, 1.0, 0.25]
+    assert [v.passed for v in verdicts] == [True, False, True, False]
+    assert [v.rationale for v in verdicts] == ["item 0", "item 1", "item 2", "item 3"]
+    v = verdicts[0]
+    assert (v.judge, v.judge_version) == ("llm", "1.0")
+    assert v.raw["model"] == "judge-model"
+    assert json.loads(v.raw["reply"]) == {"score": 1.0, "rationale": "item 0"}
+    assert v.raw["usage"]["completion_tokens"] > 0
+    assert judge.ledger.calls == 4 and judge.ledger.retries == 0 and judge.ledger.cache_hits == 0
+    assert judge.ledger.tokens_in > 0 and judge.ledger.tokens_out > 0
+    assert judge.requires_reference is True
+
+
+def test_request_sends_model_temperature_seed_and_key() -> None:
+    with fake_openai() as server:
+        judge_for(server, seed=1234).score(items(1), CTX)
+    [request] = server.requests
+    assert request["model"] == "judge-model"
+    assert request["temperature"] == 0.0
+    assert request["seed"] == 1234
+    assert [m["role"] for m in request["messages"]] == ["system", "user"]
+    assert "reference" in request["messages"][1]["content"]
+    assert server.headers[0]["authorization"] == "Bearer sk-test"
+
+
+def test_gemma_preset_has_no_system_message() -> None:
+    with fake_openai() as server:
+        judge_for(server, preset="gemma").score(items(1), CTX)
+    [message] = server.requests[0]["messages"]
+    assert message["role"] == "user"
+    assert BUILTIN_RUBRICS["correctness"].instructions in message["content"]
+    assert '"score"' in message["content"]
+
+
+def test_fenced_json_with_prose_and_numeric_string() -> None:
+    with fake_openai([Reply.json(0.75, "close", fenced=True), Reply.text('I think {"score": "0.5"} fits')]) \
+            as server:
+        verdicts = judge_for(server, max_concurrency=1).score(items(2), CTX)
+    assert [v.score for v in verdicts] == [0.75, 0.5]
+    assert verdicts[1].passed is True
+
+
+# --- unscored replies ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("reply, reason", [
+    (Reply.text("The answer looks right to me."), "reply is not JSON"),
+    (Reply.json(7), "score 7 is outside [0, 1]"),
+    (Reply.json(-0.5), "score -0.5 is outside [0, 1]"),
+    (Reply.json("8/10"), "score '8/10' is not a number"),
+    (Reply.text('{"rationale": "fine"}'), 'reply has no "score"'),
+    (Reply(body="<html>gateway</html>"), "provider reply is not a chat completion"),
+])
+def test_unusable_reply_is_unscored_with_reason(reply: Reply, reason: str) -> None:
+    with fake_openai(reply) as server:
+        judge = judge_for(server)
+        [verdict] = judge.score(items(1), CTX)
+    assert not verdict.scored and verdict.passed is None
+    assert reason in verdict.rationale
+    assert verdict.raw["model"] == "judge-model"
+    assert server.calls == 1  # a bad reply is not retried
+
+
+def test_missing_reference_is_unscored_without_a_call() -> None:
+    with fake_openai() as server:
+        [verdict] = judge_for(server).score([Item(id="x", response="42")], CTX)
+    assert not verdict.scored and "no reference" in verdict.rationale
+    assert server.calls == 0
+
+
+@pytest.mark.parametrize("content, expected", [
+    ('{"score": 1, "rationale": "r"}', (1.0, "r")),
+    ('```json\n{"score": 0.2}\n```', (0.2, "")),
+    ('Sure. {"score": " 0.9 ", "rationale": "x"} Hope it helps {', (0.9, "x")),
+])
+def test_parse_reply_accepts(content: str, expected: tuple[float, str]) -> None:
+    assert parse_reply(content) == expected
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("", "reply is empty"), ("[0.5]", "reply is not JSON"), ('{"score": true}', "is not a number"),
+    ('{"score": NaN}', "NaN"), ('{"score": 1.5}', "score 1.5 is outside [0, 1]"),
+    ('{"score": null}', "score null is not a number"),
+])
+def test_parse_reply_rejects(content: str, reason: str) -> None:
+    with pytest.raises(ReplyError, match=re.escape(reason)):
+        parse_reply(content)
+
+
+# --- retries ------------------------------------------------------------------------------
+
+def test_429_with_retry_after_then_success() -> None:
+    with fake_openai([Reply.http(429, retry_after=0.3), Reply.json(0.8, "ok")]) as server:
+        judge = judge_for(server, backoff_s=0.001)
+        started = time.monotonic()
+        [verdict] = judge.score(items(1), CTX)
+        elapsed = time.monotonic() - started
+    assert verdict.score == 0.8
+    assert server.calls == 2
+    assert judge.ledger.retries == 1 and judge.ledger.calls == 2
+    assert elapsed >= 0.28  # waited for Retry-After, not the 1 ms backoff
+    assert server.arrivals[1] - server.arrivals[0] >= 0.28
+
+
+def test_500_every_time_is_unscored_after_all_attempts() -> None:
+    with fake_openai(Reply.http(500)) as server:
+        judge = judge_for(server, max_retries=3)
+        [verdict] = judge.score(items(1), CTX)
+    assert not verdict.scored
+    assert verdict.rationale.startswith("provider failed after 4 attempts: HTTP 500")
+    assert server.calls == 4 and judge.ledger.retries == 3
+
+
+def test_503_then_success() -> None:
+    with fake_openai([Reply.http(503, retry_after=0), Reply.http(502), Reply.json(0.6)]) as server:
+        judge = judge_for(server)
+        [verdict] = judge.score(items(1), CTX)
+    assert verdict.score == 0.6 and server.calls == 3 and judge.ledger.retries == 2
+
+
+def test_timeout_is_retried_then_unscored() -> None:
+    with fake_openai(Reply.hang(3.0)) as server:
+        judge = judge_for(server, timeout_s=0.3, max_retries=1)
+        started = time.monotonic()
+        [verdict] = judge.score(items(1), CTX)
+        elapsed = time.monotonic() - started
+    assert not verdict.scored
+    assert verdict.rationale == "provider failed after 2 attempts: timed out after 0.3 s"
+    assert server.calls == 2
+    assert elapsed < 2.0
+
+
+def test_timeout_then_success() -> None:
+    with fake_openai([Reply.hang(3.0), Reply.json(0.9)]) as server:
+        [verdict] = judge_for(server, timeout_s=0.3).score(items(1), CTX)
+    assert verdict.score == 0.9 and server.calls == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 422])
+def test_other_4xx_is_not_retried(status: int) -> None:
+    with fake_openai(Reply.http(status)) as server:
+        judge = judge_for(server)
+        [verdict] = judge.score(items(1), CTX)
+    assert not verdict.scored
+    assert verdict.rationale.startswith(f"provider rejected the request: HTTP {status}")
+    assert server.calls == 1 and judge.ledger.retries == 0
+
+
+def test_connection_refused_is_retried_then_unscored() -> None:
+    with fake_openai() as server:
+        base_url = server.base_url
+    cfg = LLMConfig(base_url=base_url, model="m", max_retries=2, backoff_s=0.01)
+    judge = LLMJudge("correctness", cfg)
+    [verdict] = judge.score(items(1), CTX)
+    assert verdict.rationale.startswith("provider failed after 3 attempts: connection error")
+    assert judge.ledger.calls == 3
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2", 2.0), ("0.5", 0.5), ("-3", 0.0), (None, None), ("soon", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 10.0),
+])
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    now = 1445412480.0 - 10.0  # 10 s before the date above
+    assert parse_retry_after(value, now=now) == expected
+
+
+# --- concurrency and rate -----------------------------------------------------------------
+
+def test_concurrency_is_bounded_and_used() -> None:
+    with fake_openai(lambda request, attempt: Reply.json(1.0, delay=0.2)) as server:
+        judge = judge_for(server, max_concurrency=8)
+        started = time.monotonic()
+        verdicts = judge.score(items(16), CTX)
+        elapsed = time.monotonic() - started
+    assert all(v.scored for v in verdicts) and server.calls == 16
+    assert server.max_in_flight <= 8
+    assert server.max_in_flight >= 4  # actually concurrent
+    assert elapsed < 16 * 0.2 / 2  # ~0.4 s expected; serial would be 3.2 s
+
+
+def test_concurrency_of_one_is_serial() -> None:
+    with fake_openai(lambda request, attempt: Reply.json(1.0, delay=0.05)) as server:
+        judge_for(server, max_concurrency=1).score(items(4), CTX)
+    assert server.max_in_flight == 1
+
+
+def test_rate_limit_is_respected() -> None:
+    rate, n = 20.0, 8
+    with fake_openai() as server:
+        judge = judge_for(server, requests_per_second=rate, max_concurrency=8)
+        judge.score(items(n), CTX)
+    span = server.arrivals[-1] - server.arrivals[0]
+    assert span >= (n - 1) / rate * 0.85  # ~0.35 s, where unlimited would be a few ms
+    assert span < (n - 1) / rate + 1.0
+
+
+# --- cache --------------------------------------------------------------------------------
+
+def test_second_score_with_same_cache_makes_no_calls() -> None:
+    cache = MemoryCache()
+    with fake_openai(grade_by_item) as server:
+        judge = judge_for(server, cache=cache)
+        first = judge.score(items(3), CTX)
+        assert server.calls == 3 and len(cache.entries) == 3
+        second = judge.score(items(3), CTX)
+    assert server.calls == 3
+    assert second == first
+    assert judge.ledger.calls == 0 and judge.ledger.cache_hits == 3
+
+
+def test_unscored_verdicts_are_not_cached() -> None:
+    cache = MemoryCache()
+    with fake_openai([Reply.text("garbage"), Reply.json(1.0)]) as server:
+        judge = judge_for(server, cache=cache)
+        [first] = judge.score(items(1), CTX)
+        [second] = judge.score(items(1), CTX)
+    assert not first.scored and second.score == 1.0 and server.calls == 2
+
+
+def test_cache_key_follows_rubric_model_and_item() -> None:
+    with fake_openai() as server:
+        correctness = judge_for(server, rubric="correctness")
+        reasoning = judge_for(server, rubric="reasoning")
+        other_model = LLMJudge("correctness", replace(correctness.config, model="other"))
+        gemma = LLMJudge("correctness", replace(correctness.config, preset="gemma"))
+    item = items(1)[0]
+    keys = {j.key_for(item) for j in (correctness, reasoning, other_model, gemma)}
+    assert len(keys) == 4
+    assert correctness.key_for(item) != correctness.key_for(replace(item, response="#### 1"))
+    edited = Rubric("correctness", BUILTIN_RUBRICS["correctness"].instructions + " Be strict.", True)
+    assert rubric_hash(edited) != rubric_hash(BUILTIN_RUBRICS["correctness"])
+    fields = dict(judge="llm", version="1.0", rubric_hash="h", model="m", temperature=0.0, seed=0,
+                  preset="default", item_id="i", prompt=None, response="r", reference=None)
+    assert cache_key(**fields) == cache_key(**fields)
+    assert cache_key(**fields) != cache_key(**{**fields, "rubric_hash": "h2"})
+
+
+# --- rubrics ------------------------------------------------------------------------------
+
+def test_reasoning_rubric_needs_no_reference() -> None:
+    with fake_openai(Reply.json(0.4, "gaps")) as server:
+        judge = judge_for(server, rubric="reasoning")
+        [verdict] = judge.score([Item(id="x", response="because 2 + 2 = 5, 4")], CTX)
+    assert judge.requires_reference is False
+    assert verdict.score == 0.4 and verdict.passed is False
+    assert "reasoning trace" in server.requests[0]["messages"][0]["content"]
+
+
+def test_load_rubric_yaml_and_text(tmp_path: Any) -> None:
+    yaml_file = tmp_path / "tone.yaml"
+    yaml_file.write_text("name: politeness\ninstructions: |\n  Is the response polite?\nrequires_reference: false\n")
+    text_file = tmp_path / "brevity.txt"
+    text_file.write_text("Score 1 if the response is under 50 words.\n")
+    assert load_rubric(yaml_file) == Rubric("politeness", "Is the response polite?\n", False)
+    assert load_rubric(text_file) == Rubric("brevity", "Score 1 if the response is under 50 words.\n", False)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("instructions: x\nweight: 2\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_rubric(bad)
+    with fake_openai() as server:
+        judge = judge_for(server, rubric=str(yaml_file))
+    assert judge.rubric.name == "politeness" and judge.requires_reference is False
+    with pytest.raises(ValueError, match="unknown rubric 'nope'.*correctness, reasoning"):
+        LLMJudge("nope", LLMConfig(base_url="http://x/v1", model="m"))
+
+
+def test_build_messages_rejects_unknown_preset() -> None:
+    with pytest.raises(ValueError, match="unknown prompt preset"):
+        build_messages(BUILTIN_RUBRICS["reasoning"], items(1)[0], preset="llama")
+
+
+# --- configuration and registry -----------------------------------------------------------
+
+def test_from_env_error_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNIX_RT_LLM_BASE_URL", raising=False)
+    monkeypatch.delenv("TUNIX_RT_LLM_MODEL", raising=False)
+    with pytest.raises(JudgeConfigError, match="TUNIX_RT_LLM_BASE_URL and TUNIX_RT_LLM_MODEL"):
+        LLMConfig.from_env()
+    with pytest.raises(ValueError, match="TUNIX_RT_LLM_MODEL"):
+        LLMConfig.from_env({"TUNIX_RT_LLM_BASE_URL": "http://localhost:8000/v1"})
+    with pytest.raises(JudgeConfigError, match="TUNIX_RT_LLM_BASE_URL"):
+        get_judge("llm")  # the factory reads the environment when called
+
+
+def test_from_env_builds_a_working_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    with fake_openai(Reply.json(1.0, "yes")) as server:
+        monkeypatch.setenv("TUNIX_RT_LLM_BASE_URL", server.base_url)
+        monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "served-model")
+        monkeypatch.delenv("TUNIX_RT_LLM_API_KEY", raising=False)
+        judge = get_judge("llm", rubric="correctness")
+        [verdict] = judge.score(items(1), CTX)
+    assert verdict.score == 1.0 and verdict.raw["model"] == "served-model"
+    assert server.requests[0]["model"] == "served-model"
+    assert "authorization" not in server.headers[0]
+    assert LLMConfig.from_env({"TUNIX_RT_LLM_BASE_URL": "u", "TUNIX_RT_LLM_MODEL": "m"},
+                              max_concurrency=2).max_concurrency == 2
+
+
+def test_config_rejects_impossible_values() -> None:
+    with pytest.raises(JudgeConfigError, match="max_concurrency"):
+        LLMConfig(base_url="http://x/v1", model="m", max_concurrency=0)
+    with pytest.raises(JudgeConfigError, match="preset"):
+        LLMConfig(base_url="http://x/v1", model="m", preset="chatml")
+
+
+def test_factory_is_registered() -> None:
+    spec = {s.name: s for s in list_judges()}["llm"]
+    assert spec.version == "1.0" and spec.requires_reference is True and spec.factory is llm_judge
+
+
+def test_score_works_inside_a_running_event_loop() -> None:
+    with fake_openai() as server:
+        judge = judge_for(server)
+
+        async def caller() -> list:
+            return judge.score(items(2), CTX)
+
+        verdicts = asyncio.run(caller())
+        assert [v.score for v in verdicts] == [1.0, 1.0]
+        assert [v.score for v in asyncio.run(judge.ascore(items(1), CTX))] == [1.0]
