@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from judges import Item, ScoringContext, get_judge, judge_spec
+from judges import Item, ScoringContext, judge_spec
 from judges.base import Verdict as JudgeVerdict
 from tunix_rt.errors import TunixRtError
 from tunix_rt.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
@@ -56,6 +56,7 @@ class ScoredRun:
     ci_high: float | None
     started_at: datetime
     duration_s: float
+    cost: dict[str, Any] | None = None
     n_items: int = field(init=False)
     n_scored: int = field(init=False)
 
@@ -85,20 +86,35 @@ class EvaluationSummary:
     n_unscored: int
     error: str | None
     reused: bool = False
+    cost: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, ev: Evaluation, *, reused: bool = False) -> EvaluationSummary:
         return cls(ev.id, ev.run_id, ev.judge, ev.judge_version, ev.status, ev.score, ev.ci_low,
-                   ev.ci_high, ev.n_items, ev.n_scored, ev.n_unscored, ev.error, reused)
+                   ev.ci_high, ev.n_items, ev.n_scored, ev.n_unscored, ev.error, reused, ev.cost)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+def build_judge(judge_name: str, engine: Any = None) -> Any:
+    """The named judge; one that takes a verdict cache gets the database's."""
+    import inspect
+
+    spec = judge_spec(judge_name)
+    if "cache" in inspect.signature(spec.factory).parameters:
+        from tunix_rt.db import get_engine
+        from tunix_rt.judge_cache import DatabaseVerdictCache
+
+        return spec.build(cache=DatabaseVerdictCache(engine or get_engine(), spec.name,
+                                                     spec.version))
+    return spec.build()
+
+
 def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
-                seed: int = 0) -> ScoredRun:
+                seed: int = 0, engine: Any = None) -> ScoredRun:
     """Score ``items`` with the named judge and aggregate the scored verdicts."""
-    judge = get_judge(judge_name)
+    judge = build_judge(judge_name, engine)
     started_at = utcnow()
     start = time.perf_counter()
     verdicts = judge.score(items, ScoringContext(run_id=run.id, dataset=run.dataset,
@@ -111,8 +127,10 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
     if scores:
         ci = bootstrap_mean_ci(scores, seed=seed)
         mean, ci_low, ci_high = ci.mean, ci.ci_low, ci.ci_high
+    ledger = getattr(judge, "ledger", None)  # paid judges say what the scoring cost
+    cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
     return ScoredRun(run.id, judge.name, judge.version, verdicts, mean, ci_low, ci_high,
-                     started_at, time.perf_counter() - start)
+                     started_at, time.perf_counter() - start, cost=cost)
 
 
 def find_evaluation(session: Session, run_id: str, judge_name: str,
@@ -147,7 +165,7 @@ def store_evaluation(session: Session, scored: ScoredRun) -> EvaluationSummary:
         status=EvaluationStatus.completed.value, score=scored.score, ci_low=scored.ci_low,
         ci_high=scored.ci_high, n_items=scored.n_items, n_scored=scored.n_scored,
         n_unscored=scored.n_unscored, error=None, started_at=scored.started_at,
-        finished_at=utcnow(), duration_s=scored.duration_s)
+        finished_at=utcnow(), duration_s=scored.duration_s, cost=scored.cost)
     session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
     rows = [{"evaluation_id": ev_id, "item_id": v.item_id, "score": v.score, "passed": v.passed,
              "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None}

@@ -166,6 +166,8 @@ class Evaluation(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     finished_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # What the judge cost: provider calls (retries included), cache hits, tokens.
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
     run: Mapped[Run] = relationship(back_populates="evaluations", lazy="raise")
 
@@ -387,3 +389,22 @@ class TrialResult(Base):
     iteration: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reported_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class JudgeCacheEntry(Base):
+    """A cached verdict of a paid judge, keyed by everything that decides it.
+
+    The key hashes the judge, its version, the rubric, the model, the sampling
+    parameters, the item id and its prompt, response and reference: re-scoring, or
+    re-running after a crash, pays only for what is missing, and changing a rubric
+    misses only that judge's entries.
+    """
+
+    __tablename__ = "judge_cache"
+    __table_args__ = (Index("ix_judge_cache_judge_version", "judge", "judge_version"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    judge: Mapped[str] = mapped_column(String(64))
+    judge_version: Mapped[str] = mapped_column(String(32))
+    verdict: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
