@@ -17,7 +17,11 @@ from judges import RegisteredJudge
 from tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
                            publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
 from tunix_rt.evaluation import EvaluationSummary
+from tunix_rt.judge_config import ensure_configured_judges
 from tunix_rt.stats import GatePolicy
+
+# Judges defined in configuration must be registered before parameters are validated.
+ensure_configured_judges()
 
 # Never mutated: safe as a parameter default, and the UI form shows it.
 DEFAULT_JUDGES = ["exact_match"]
@@ -30,7 +34,8 @@ def value_of(result: Any) -> Any:
 
 @flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True)
 def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  # noqa: B006
-                 policy: GatePolicy = GatePolicy(), force: bool = False) -> dict[str, Any]:
+                 policy: GatePolicy = GatePolicy(), force: bool = False,
+                 repeat: int = 1) -> dict[str, Any]:
     """Score the run with each judge, rebuild the leaderboards, gate against the baselines.
 
     Args:
@@ -38,11 +43,13 @@ def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  #
         judges: Registered judges to score with (`tunix-rt judges list`).
         policy: How the run is compared with its dataset's baseline.
         force: Score again even when an evaluation is already stored.
+        repeat: Grade a sample this many times (other seeds) and store how often the
+            gradings agreed (self-consistency of sampling judges such as llm).
     """
     run = load_run(run_id)
     results: dict[str, Any] = {"run_id": run.id, "dataset": run.dataset, "judges": {}}
     for judge in judges:
-        scored = value_of(score_run(run, judge, force=force))
+        scored = value_of(score_run(run, judge, force=force, repeat=repeat))
         # quote(): Prefect would otherwise walk every verdict of the argument, twice per
         # task run (2.7-3.2 s of overhead at 20,000 items, benchmarks/README.md).
         summary = (scored if isinstance(scored, EvaluationSummary)

@@ -9,6 +9,9 @@ from judges.registry import (JudgeRegistryError, JudgeSpec, RegisteredJudge, get
 
 # Importing the built-in modules registers them.
 from judges import exact_match, llm, mock, trace_format  # noqa: E402,F401  isort:skip
+from judges.registry import load_plugins  # noqa: E402  isort:skip
+
+PLUGINS = load_plugins()
 
 __all__ = ["Item", "Judge", "JudgeRegistryError", "JudgeSpec", "RegisteredJudge", "ScoringContext", "Verdict",
            "get_judge", "judge_spec", "list_judges", "register_judge"]

@@ -334,6 +334,13 @@ class LLMJudge:
                 self.cache.put_many(to_store)
         return [v for v in verdicts if v is not None]
 
+    def variant(self, seed_offset: int) -> LLMJudge:
+        """The same judge sampling with another seed and no cache (self-consistency)."""
+        import dataclasses
+
+        seed = (self.config.seed or 0) + seed_offset
+        return LLMJudge(rubric=self.rubric, config=dataclasses.replace(self.config, seed=seed))
+
     # Pieces ---------------------------------------------------------------------------
 
     def key_for(self, item: Item) -> str:

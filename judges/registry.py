@@ -84,3 +84,35 @@ def _registered(name: str) -> str:
 # A judge name that must be registered: as a flow parameter's type, it makes Prefect
 # refuse an unknown name before the run starts, with the list of what exists.
 RegisteredJudge = Annotated[str, AfterValidator(_registered)]
+
+
+PLUGIN_GROUP = "tunix_rt.judges"
+
+
+def load_plugins(group: str = PLUGIN_GROUP) -> list[str]:
+    """Register third-party judges named in the ``tunix_rt.judges`` entry point group.
+
+    An entry point names a module whose import registers its judges with
+    :func:`register_judge`, or a factory, registered under the entry point's name
+    (its ``version``, ``description`` and ``requires_reference`` attributes are used
+    when present). A plugin that fails to load is reported and skipped: one broken
+    package must not take every judge down with it.
+    """
+    import warnings
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=group):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - reported, and the others still load
+            warnings.warn(f"judge plugin {ep.name!r} ({ep.value}) failed to load: {exc}",
+                          RuntimeWarning, stacklevel=2)
+            continue
+        if ep.name not in _REGISTRY and callable(obj):
+            register_judge(ep.name, version=str(getattr(obj, "version", "0")),
+                           description=getattr(obj, "description", ""),
+                           requires_reference=bool(getattr(obj, "requires_reference", False)))(
+                               obj)
+        loaded.append(ep.name)
+    return loaded

@@ -56,7 +56,8 @@ def load_run(run_id: str) -> RunInfo:
 
 
 @task(name="score-run", **RETRY_POLICY)
-def score_run(run: RunInfo, judge: str, force: bool = False) -> ScoredRun | State:
+def score_run(run: RunInfo, judge: str, force: bool = False,
+              repeat: int = 1) -> ScoredRun | State:
     """Score the run's predictions with ``judge``, unless a stored evaluation stands.
 
     Reusing is a named no-op state, ``Skipped``, whose result is the stored
@@ -78,7 +79,7 @@ def score_run(run: RunInfo, judge: str, force: bool = False) -> ScoredRun | Stat
         with session_scope() as session:
             evaluation.store_failed_evaluation(session, run.id, spec.name, str(exc))
         raise
-    return evaluation.score_items(run, spec.name, items)
+    return evaluation.score_items(run, spec.name, items, repeat=repeat)
 
 
 @task(name="store-evaluation", **RETRY_POLICY)

@@ -171,6 +171,9 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 def cmd_judges_list(args: argparse.Namespace) -> int:
     from judges import list_judges
+    from tunix_rt.judge_config import ensure_configured_judges
+
+    ensure_configured_judges()
     from tunix_rt.output import to_json, to_table
 
     rows = [{"name": s.name, "version": s.version, "requires_reference": s.requires_reference,
@@ -184,6 +187,9 @@ def cmd_judges_list(args: argparse.Namespace) -> int:
 
 def _check_judges(names: list[str]) -> None:
     from judges import judge_spec
+    from tunix_rt.judge_config import ensure_configured_judges
+
+    ensure_configured_judges()
 
     for name in names:
         judge_spec(name)  # raises, listing the registered judges
@@ -202,7 +208,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.quality_loop import quality_loop
 
     chosen = {"judges": judges} if judges else {}  # else the flow's default judges
-    result = quality_loop(run_id=run_id, policy=policy, force=args.force, **chosen)
+    result = quality_loop(run_id=run_id, policy=policy, force=args.force, repeat=args.repeat,
+                          **chosen)
     if args.format == "json":
         from tunix_rt.output import to_json
 
@@ -511,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", action="append", metavar="NAME",
                    help="a registered judge; repeat for several (default: exact_match)")
     p.add_argument("--force", action="store_true", help="score again even if already evaluated")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="grade a sample K times and store the agreement rate (llm judges)")
     p.add_argument("--auto-promote", action="store_true",
                    help="make the run the baseline when there is none, or when it passes "
                         "with a better score")

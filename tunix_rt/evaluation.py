@@ -57,6 +57,8 @@ class ScoredRun:
     started_at: datetime
     duration_s: float
     cost: dict[str, Any] | None = None
+    agreement_rate: float | None = None
+    agreement_repeats: int | None = None
     n_items: int = field(init=False)
     n_scored: int = field(init=False)
 
@@ -87,11 +89,13 @@ class EvaluationSummary:
     error: str | None
     reused: bool = False
     cost: dict[str, Any] | None = None
+    agreement_rate: float | None = None
 
     @classmethod
     def of(cls, ev: Evaluation, *, reused: bool = False) -> EvaluationSummary:
         return cls(ev.id, ev.run_id, ev.judge, ev.judge_version, ev.status, ev.score, ev.ci_low,
-                   ev.ci_high, ev.n_items, ev.n_scored, ev.n_unscored, ev.error, reused, ev.cost)
+                   ev.ci_high, ev.n_items, ev.n_scored, ev.n_unscored, ev.error, reused, ev.cost,
+                   ev.agreement_rate)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -101,6 +105,9 @@ def build_judge(judge_name: str, engine: Any = None) -> Any:
     """The named judge; one that takes a verdict cache gets the database's."""
     import inspect
 
+    from tunix_rt.judge_config import ensure_configured_judges
+
+    ensure_configured_judges()
     spec = judge_spec(judge_name)
     if "cache" in inspect.signature(spec.factory).parameters:
         from tunix_rt.db import get_engine
@@ -112,13 +119,18 @@ def build_judge(judge_name: str, engine: Any = None) -> Any:
 
 
 def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
-                seed: int = 0, engine: Any = None) -> ScoredRun:
-    """Score ``items`` with the named judge and aggregate the scored verdicts."""
+                seed: int = 0, engine: Any = None, repeat: int = 1) -> ScoredRun:
+    """Score ``items`` with the named judge and aggregate the scored verdicts.
+
+    With ``repeat`` K > 1, a judge that samples (one with a ``variant``) grades a
+    sample of the items K - 1 more times with other seeds, and the share of sampled
+    items on which all K gradings agree (pass or fail) is the agreement rate.
+    """
     judge = build_judge(judge_name, engine)
     started_at = utcnow()
     start = time.perf_counter()
-    verdicts = judge.score(items, ScoringContext(run_id=run.id, dataset=run.dataset,
-                                                 model=run.model))
+    context = ScoringContext(run_id=run.id, dataset=run.dataset, model=run.model)
+    verdicts = judge.score(items, context)
     if len(verdicts) != len(items):
         raise TunixRtError(f"judge {judge_name!r} returned {len(verdicts)} verdicts for "
                            f"{len(items)} items")
@@ -129,8 +141,44 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
         mean, ci_low, ci_high = ci.mean, ci.ci_low, ci.ci_high
     ledger = getattr(judge, "ledger", None)  # paid judges say what the scoring cost
     cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
+    agreement = None
+    if repeat > 1:
+        agreement, extra = self_consistency(judge, items, verdicts, context, repeat)
+        if cost is not None and extra:
+            cost = {**cost, "repeat_calls": extra}
     return ScoredRun(run.id, judge.name, judge.version, verdicts, mean, ci_low, ci_high,
-                     started_at, time.perf_counter() - start, cost=cost)
+                     started_at, time.perf_counter() - start, cost=cost,
+                     agreement_rate=agreement, agreement_repeats=repeat if repeat > 1 else None)
+
+
+SELF_CONSISTENCY_SAMPLE = 50
+
+
+def self_consistency(judge: Any, items: list[Item], verdicts: list[Any], context: Any,
+                     repeat: int) -> tuple[float | None, int]:
+    """Agreement of ``repeat`` gradings on a fixed sample; (rate, provider calls spent).
+
+    Deterministic judges (no ``variant``) agree with themselves by construction: 1.0.
+    """
+    if not hasattr(judge, "variant"):
+        return 1.0, 0
+    import hashlib
+
+    order = sorted(range(len(items)),
+                   key=lambda i: hashlib.blake2b(items[i].id.encode(), digest_size=8).digest())
+    sample = [i for i in order if verdicts[i].scored][:SELF_CONSISTENCY_SAMPLE]
+    if not sample:
+        return None, 0
+    outcomes = {i: [verdicts[i].passed] for i in sample}
+    calls = 0
+    for offset in range(1, repeat):
+        variant = judge.variant(offset)
+        again = variant.score([items[i] for i in sample], context)
+        calls += getattr(getattr(variant, "ledger", None), "calls", 0)
+        for i, verdict in zip(sample, again):
+            outcomes[i].append(verdict.passed if verdict.scored else None)
+    agreed = [len(set(v)) == 1 for v in outcomes.values() if None not in v]
+    return (sum(agreed) / len(agreed) if agreed else None), calls
 
 
 def find_evaluation(session: Session, run_id: str, judge_name: str,
@@ -165,7 +213,8 @@ def store_evaluation(session: Session, scored: ScoredRun) -> EvaluationSummary:
         status=EvaluationStatus.completed.value, score=scored.score, ci_low=scored.ci_low,
         ci_high=scored.ci_high, n_items=scored.n_items, n_scored=scored.n_scored,
         n_unscored=scored.n_unscored, error=None, started_at=scored.started_at,
-        finished_at=utcnow(), duration_s=scored.duration_s, cost=scored.cost)
+        finished_at=utcnow(), duration_s=scored.duration_s, cost=scored.cost,
+        agreement_rate=scored.agreement_rate, agreement_repeats=scored.agreement_repeats)
     session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
     rows = [{"evaluation_id": ev_id, "item_id": v.item_id, "score": v.score, "passed": v.passed,
              "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None}

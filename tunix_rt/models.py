@@ -168,6 +168,9 @@ class Evaluation(Base):
     duration_s: Mapped[float] = mapped_column(Float, default=0.0)
     # What the judge cost: provider calls (retries included), cache hits, tokens.
     cost: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Self-consistency: the share of sampled items on which K repeated gradings agreed.
+    agreement_rate: Mapped[float | None] = mapped_column(Float)
+    agreement_repeats: Mapped[int | None] = mapped_column(Integer)
 
     run: Mapped[Run] = relationship(back_populates="evaluations", lazy="raise")
 

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     ray_address: str | None = None
+    judges_config: str | None = Field(
+        None, description="YAML file of judges defined in configuration (composites)")
     jobs_dir: str = Field("./tunix_rt_jobs",
                           description="Logs and outputs of the jobs `tunix-rt train` launches")
     tune_storage: str = Field("./tunix_rt_tune",

@@ -1,4 +1,4 @@
-"""Judge cache and the cost of an evaluation.
+"""Judge cache, and the cost and self-consistency of an evaluation.
 
 Revision ID: 20261124_0005
 Revises: 20261124_0004
@@ -6,8 +6,9 @@ Create Date: 2026-11-24
 
 Why: an LLM judge costs money and time per item. Its verdicts are cached under a
 key of everything that decides them, so re-scoring a run, or re-running after a
-crash, calls the provider only for what is missing; and each evaluation records
-what it cost (calls, cache hits, tokens) when the judge reports it.
+crash, calls the provider only for what is missing; each evaluation records what
+it cost (calls, cache hits, tokens) when the judge reports it, and, when asked to
+repeat its gradings, how often they agreed.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ def upgrade() -> None:
     op.create_index("ix_judge_cache_judge_version", "judge_cache", ["judge", "judge_version"])
     with op.batch_alter_table("evaluations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("cost", JSON, nullable=True))
+        batch_op.add_column(sa.Column("agreement_rate", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("agreement_repeats", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("evaluations", schema=None) as batch_op:
+        batch_op.drop_column("agreement_repeats")
+        batch_op.drop_column("agreement_rate")
         batch_op.drop_column("cost")
     op.drop_index("ix_judge_cache_judge_version", table_name="judge_cache")
     op.drop_table("judge_cache")

@@ -65,3 +65,29 @@ def test_without_a_provider_the_llm_judge_fails_clearly(engine, tmp_path: Path,
     state = quality_loop(run_id, judges=["llm"], return_state=True)
     with pytest.raises(Exception, match="TUNIX_RT_LLM_BASE_URL"):
         state.result()
+
+
+def moody_grader(request: dict, attempt: int) -> Reply:
+    """A grader that is sure of most items and flips a coin (its seed) on some."""
+    prompt = request["messages"][-1]["content"]
+    unsure = any(f"what is {i}?" in prompt for i in range(0, N, 4))
+    if unsure:
+        return Reply.json(float(request.get("seed", 0) % 2), "hmm")
+    return Reply.json(1.0, "sure")
+
+
+def test_repeat_stores_the_agreement_rate(engine, tmp_path: Path,  # noqa: ANN001
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    run_id = make_run(engine, tmp_path, "moody", [True] * N)
+    with fake_openai(moody_grader) as provider:
+        monkeypatch.setenv("TUNIX_RT_LLM_BASE_URL", provider.base_url)
+        monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "m")
+        ev = quality_loop(run_id, judges=["llm"], repeat=3)["judges"]["llm"]["evaluation"]
+        seeds = {r.get("seed") for r in provider.requests}
+
+    assert seeds == {0, 1, 2}
+    # Items 0, 4, 8 ... (a quarter) flip with the seed; the rest always agree.
+    assert ev["agreement_rate"] == pytest.approx(0.75, abs=0.05)
+    assert ev["cost"]["repeat_calls"] == 2 * N  # a sample of up to 50 items: all 40, twice
+    with session_scope(engine) as session:
+        assert session.scalar(select(Evaluation.agreement_repeats)) == 3
