@@ -31,7 +31,8 @@ from typing import Any  # noqa: E402
 
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
-ALL = ["cli_startup", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead"]
+ALL = ["cli_startup", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
+       "llm_throughput"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import gate
 
             step("gate_bootstrap", lambda: gate.run(scale))
+        if "llm_throughput" in chosen:
+            from benchmarks import llm_throughput
+
+            step("llm_throughput", lambda: llm_throughput.run(scale))
         if "leaderboard" in chosen:
             from benchmarks import board
 

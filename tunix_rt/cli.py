@@ -463,6 +463,12 @@ def cmd_runs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judges_calibrate(args: argparse.Namespace) -> int:
+    from tunix_rt.calibrate import calibrate_command
+
+    return calibrate_command(args.judge, args.labels, args.format)
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -511,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     judges = sub.add_parser("judges", help="the judges").add_subparsers(
         dest="judges_command", required=True, parser_class=_Parser, metavar="COMMAND")
     command(judges, "list", cmd_judges_list, "the judges that can be named, with versions")
+    p = command(judges, "calibrate", cmd_judges_calibrate, "agreement of a judge with human "
+                "labels: accuracy and Cohen's kappa")
+    p.add_argument("--judge", required=True, metavar="NAME")
+    p.add_argument("--labels", required=True, metavar="FILE",
+                   help='JSON Lines of predictions items, each with "label": true/false')
 
     p = command(sub, "evaluate", cmd_evaluate,
                 "run the quality loop (score, leaderboard, gate) for one run through Prefect")
