@@ -94,8 +94,23 @@ class LLMConfig:
                 f"the llm judge is not configured: set {' and '.join(missing)} (an OpenAI-compatible "
                 "endpoint such as http://localhost:8000/v1, and the model it serves; "
                 "TUNIX_RT_LLM_API_KEY if it needs one)")
+        # Optional knobs per provider: how many requests in flight, how many a second,
+        # and the rubric preset its models want.
+        tuning: dict[str, Any] = {}
+        for variable, key, kind in (("TUNIX_RT_LLM_MAX_CONCURRENCY", "max_concurrency", int),
+                                    ("TUNIX_RT_LLM_REQUESTS_PER_SECOND", "requests_per_second",
+                                     float),
+                                    ("TUNIX_RT_LLM_TIMEOUT_S", "timeout_s", float),
+                                    ("TUNIX_RT_LLM_PRESET", "preset", str)):
+            raw = env.get(variable, "").strip()
+            if raw:
+                try:
+                    tuning[key] = kind(raw)
+                except ValueError:
+                    raise JudgeConfigError(f"{variable}={raw!r} is not a valid "
+                                           f"{kind.__name__}") from None
         return cls(base_url=base_url, model=model,
-                   api_key=env.get("TUNIX_RT_LLM_API_KEY") or None, **overrides)
+                   api_key=env.get("TUNIX_RT_LLM_API_KEY") or None, **{**tuning, **overrides})
 
 
 class VerdictCache(Protocol):

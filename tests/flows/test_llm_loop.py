@@ -91,3 +91,21 @@ def test_repeat_stores_the_agreement_rate(engine, tmp_path: Path,  # noqa: ANN00
     assert ev["cost"]["repeat_calls"] == 2 * N  # a sample of up to 50 items: all 40, twice
     with session_scope(engine) as session:
         assert session.scalar(select(Evaluation.agreement_repeats)) == 3
+
+
+def test_a_second_run_after_a_flaky_first_makes_zero_provider_calls(
+        engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    def transient_only(request: dict, attempt: int) -> Reply:
+        return Reply.http(503, retry_after=0) if attempt == 1 else Reply.json(1.0, "fine")
+
+    run_id = make_run(engine, tmp_path, "flaky", [True] * N)
+    with fake_openai(transient_only) as provider:
+        monkeypatch.setenv("TUNIX_RT_LLM_BASE_URL", provider.base_url)
+        monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "m")
+        first = quality_loop(run_id, judges=["llm"])["judges"]["llm"]["evaluation"]
+        paid = len(provider.requests)
+        again = quality_loop(run_id, judges=["llm"], force=True)["judges"]["llm"]["evaluation"]
+
+    assert first["n_unscored"] == 0 and paid == 2 * N  # every item retried once
+    assert again["cost"]["calls"] == 0 and again["cost"]["cache_hits"] == N
+    assert len(provider.requests) == paid

@@ -367,3 +367,16 @@ def test_score_works_inside_a_running_event_loop() -> None:
         verdicts = asyncio.run(caller())
         assert [v.score for v in verdicts] == [1.0, 1.0]
         assert [v.score for v in asyncio.run(judge.ascore(items(1), CTX))] == [1.0]
+
+
+def test_provider_knobs_come_from_the_environment() -> None:
+    from judges.llm import JudgeConfigError, LLMConfig
+
+    env = {"TUNIX_RT_LLM_BASE_URL": "http://h/v1", "TUNIX_RT_LLM_MODEL": "gemma",
+           "TUNIX_RT_LLM_MAX_CONCURRENCY": "3", "TUNIX_RT_LLM_REQUESTS_PER_SECOND": "2.5",
+           "TUNIX_RT_LLM_PRESET": "gemma"}
+    config = LLMConfig.from_env(env)
+    assert (config.max_concurrency, config.requests_per_second, config.preset) == (3, 2.5,
+                                                                                   "gemma")
+    with pytest.raises(JudgeConfigError, match="TUNIX_RT_LLM_MAX_CONCURRENCY='many'"):
+        LLMConfig.from_env({**env, "TUNIX_RT_LLM_MAX_CONCURRENCY": "many"})
