@@ -416,7 +416,7 @@ def test_evaluate_refuses_before_prefect_starts(cli: Cli, engine: Engine, tmp_pa
              ["evaluate", pending], ["evaluate", dry], ["evaluate", "no-such-run"]]
     unknown_judge, not_done, dry_run, unknown_run = cli.concurrently(*argvs, expect=3)
     assert "'no-such-judge'" in unknown_judge.stderr
-    assert "registered judges: exact_match, format, mock" in unknown_judge.stderr
+    assert "registered judges: exact_match, format, llm, mock" in unknown_judge.stderr
     assert f"run {pending} (waiting) is pending" in not_done.stderr
     assert "only completed runs can be evaluated" in not_done.stderr
     assert "dry run" in dry_run.stderr
