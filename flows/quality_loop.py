@@ -7,9 +7,10 @@ Re-running it for a run does no work twice: a stored evaluation is reused (unles
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
+from pydantic import Field
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
@@ -35,7 +36,7 @@ def value_of(result: Any) -> Any:
 @flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True)
 def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  # noqa: B006
                  policy: GatePolicy = GatePolicy(), force: bool = False,
-                 repeat: int = 1) -> dict[str, Any]:
+                 repeat: Annotated[int, Field(ge=1, le=20)] = 1) -> dict[str, Any]:
     """Score the run with each judge, rebuild the leaderboards, gate against the baselines.
 
     Args:

@@ -196,6 +196,8 @@ def _check_judges(names: list[str]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if not 1 <= args.repeat <= 20:
+        raise CliError(f"--repeat must be between 1 and 20, got {args.repeat}")
     judges = args.judge or None
     _check_judges(judges or [])
     policy = _policy(args, auto_promote=args.auto_promote)
