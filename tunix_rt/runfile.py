@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunix_rt.errors import InvalidInputError
-from tunix_rt.specfile import check_resources, read_yaml, validate_spec
+from tunix_rt.specfile import check_resources, check_trainable, read_yaml, validate_spec
 
 TRAINABLE_KEYS = ("trainable", "config")
 COMMAND_KEYS = ("command", "predictions")
@@ -53,10 +53,7 @@ class RunSpec(BaseModel):
     @field_validator("trainable")
     @classmethod
     def _trainable_path(cls, value: str | None) -> str | None:
-        if value is not None and value != "builtin" and (
-                value.count(":") != 1 or value.startswith(":") or value.endswith(":")):
-            raise ValueError('must be "builtin" or "package.module:function"')
-        return value
+        return value if value is None else check_trainable(value)
 
     @field_validator("command")
     @classmethod

@@ -59,3 +59,12 @@ def check_resources(value: dict[str, float], *, unit: str) -> dict[str, float]:
             k not in {"cpu", "gpu", "memory"} for k in value):
         raise ValueError(f"a {unit} needs at least some cpu, gpu or an accelerator resource")
     return value
+
+
+def check_trainable(value: str) -> str:
+    """A trainable path in the form ``load_trainable`` accepts; refused here, not in a trial."""
+    from tunix_rt.trainable import is_trainable_path
+
+    if not is_trainable_path(value):
+        raise ValueError('must be "builtin" or "package.module:function"')
+    return value

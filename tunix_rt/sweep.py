@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tunix_rt.specfile import check_resources, read_yaml, validate_spec
+from tunix_rt.specfile import check_resources, check_trainable, read_yaml, validate_spec
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 
@@ -57,10 +57,7 @@ class Sweep(BaseModel):
     @field_validator("trainable")
     @classmethod
     def _trainable_path(cls, value: str) -> str:
-        if value != "builtin" and (":" not in value or value.startswith(":")
-                                   or value.endswith(":")):
-            raise ValueError('must be "builtin" or "package.module:function"')
-        return value
+        return check_trainable(value)
 
     @field_validator("resources")
     @classmethod

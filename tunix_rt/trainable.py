@@ -191,18 +191,26 @@ def reporting_to(reporter: Reporter) -> Iterator[Reporter]:
 
 # --- loading trainables -----------------------------------------------------------------
 
+def is_trainable_path(path: str) -> bool:
+    """``"builtin"``, or ``"package.module:function"`` made of identifiers (nothing imported)."""
+    if path == BUILTIN:
+        return True
+    module_name, sep, attr = path.partition(":")
+    return bool(sep and module_name.strip() and attr.strip() and ":" not in attr
+                and all(part.isidentifier() for part in module_name.split("."))
+                and all(part.isidentifier() for part in attr.split(".")))
+
+
 def load_trainable(path: str) -> Trainable:
     """Resolve ``"builtin"`` or ``"package.module:function"`` to the trainable function."""
     if not isinstance(path, str):
         raise ValueError(f"trainable: expected a string, got {type(path).__name__}")
     if path == BUILTIN:
         return builtin_trainable
-    module_name, sep, attr = path.partition(":")
-    if (not sep or not module_name.strip() or not attr.strip() or ":" in attr
-            or any(not part.isidentifier() for part in module_name.split("."))
-            or any(not part.isidentifier() for part in attr.split("."))):
+    if not is_trainable_path(path):
         raise ValueError(f"trainable {path!r}: expected \"builtin\" or "
                          f"\"package.module:function\"")
+    module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

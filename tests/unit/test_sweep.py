@@ -73,3 +73,10 @@ def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(InvalidInputError, match="not valid YAML"):
         load_sweep(bad)
+
+
+def test_a_trainable_path_that_cannot_load_is_refused_before_any_trial() -> None:
+    """The same form check as tunix_rt.trainable.load_trainable: no trial fails on it later."""
+    for path in ("pkg.mod:fn:extra", "pkg-mod:fn", "pkg.mod:"):
+        with pytest.raises(InvalidInputError, match="trainable: must be"):
+            parse_sweep({**VALID, "trainable": path})
