@@ -98,7 +98,6 @@ def rebuild_leaderboard(dataset: str, judge: str) -> leaderboard.Page:
     """Re-rank the board of ``dataset`` under ``judge``; returns its first page."""
     with session_scope() as session:
         leaderboard.rebuild_leaderboard(session, dataset, judge)
-    with session_scope() as session:
         return leaderboard.leaderboard_page(session, dataset, judge, limit=ARTIFACT_ROWS)
 
 

@@ -227,3 +227,15 @@ def test_gate_decisions_are_emitted_as_prefect_events(engine, tmp_path: Path) ->
     assert failed.payload["baseline_run_id"] == first and failed.payload["decision"] == "fail"
     assert failed.resource["tunix.judge"] == "exact_match"
     assert any(r.id == f"tunix.run.{first}" and r.role == "baseline" for r in failed.related)
+
+
+def test_the_nightly_rebuild_restores_every_board(engine, tmp_path: Path) -> None:
+    from flows.maintenance import rebuild_leaderboards
+
+    run_id = make_run(engine, tmp_path, "nightly", correctness(N, 0.5, seed=12))
+    quality_loop(run_id, judges=["exact_match", "format"])
+    with session_scope(engine) as session:
+        session.execute(LeaderboardEntry.__table__.delete())
+
+    assert rebuild_leaderboards() == 2
+    assert _count(engine, LeaderboardEntry) == 2
