@@ -632,8 +632,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence, with the cause named
         from judges import JudgeRegistryError
+        from judges.llm import JudgeConfigError
 
-        if isinstance(exc, JudgeRegistryError):
+        if isinstance(exc, (JudgeRegistryError, JudgeConfigError)):
             print(f"tunix-rt: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
         from sqlalchemy.exc import OperationalError
