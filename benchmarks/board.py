@@ -11,10 +11,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from benchmarks.common import JUDGE, Result, Scale, analyze, bulk_board, interleaved
-from tunix_rt.cursor import encode_cursor
-from tunix_rt.db import make_engine, session_scope
-from tunix_rt.leaderboard import Entry, leaderboard_page, rebuild_leaderboard
-from tunix_rt.models import Evaluation, EvaluationStatus, LeaderboardEntry, Run, utcnow
+from tunix_rt.store.cursor import encode_cursor
+from tunix_rt.store.db import make_engine, session_scope
+from tunix_rt.quality.leaderboard import Entry, leaderboard_page, rebuild_leaderboard
+from tunix_rt.store.models import Evaluation, EvaluationStatus, LeaderboardEntry, Run, utcnow
 
 DATASET = "bench-board"
 PAGE = 20

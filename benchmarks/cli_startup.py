@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import JUDGE, Result, Scale, bulk_board
-from tunix_rt import db
-from tunix_rt.db import session_scope
-from tunix_rt.leaderboard import rebuild_leaderboard
+from tunix_rt.store import db
+from tunix_rt.store.db import session_scope
+from tunix_rt.quality.leaderboard import rebuild_leaderboard
 
 DATASET = "x"
 BOARD_RUNS = 50

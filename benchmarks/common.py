@@ -119,7 +119,7 @@ def databases(want_postgres: bool = True) -> Iterator[dict[str, Callable[[str], 
     import tempfile
     from pathlib import Path
 
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     tmp = Path(tempfile.mkdtemp(prefix="tunix-rt-bench-"))
     counter = iter(range(1_000_000))
@@ -180,7 +180,7 @@ def bulk_board(engine: Any, dataset: str, n_runs: int, *, seed: int = 0,
     """
     from sqlalchemy import insert
 
-    from tunix_rt.models import Evaluation, Run, utcnow
+    from tunix_rt.store.models import Evaluation, Run, utcnow
 
     rng = np.random.default_rng(seed)
     t0 = utcnow() - timedelta(days=30)

@@ -29,15 +29,16 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.testing.utilities import prefect_test_harness
 
 from benchmarks.common import Result, Scale
-from flows.quality_loop import quality_loop
-from judges import judge_spec
+from tunix_rt.flows.quality_loop import quality_loop
+from tunix_rt.judges import judge_spec
 from tests.factories import correctness, write_predictions
-from tunix_rt import gating, leaderboard, runs
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.evaluation import RunInfo, score_items, store_evaluation
-from tunix_rt.gating import GateReport
-from tunix_rt.predictions import read_predictions
-from tunix_rt.stats import GatePolicy
+from tunix_rt.quality import gating, leaderboard
+from tunix_rt.store import runs
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.quality.evaluation import RunInfo, score_items, store_evaluation
+from tunix_rt.quality.gating import GateReport
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.quality.stats import GatePolicy
 
 DATASET = "bench-flow"
 JUDGE = "exact_match"

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from benchmarks.common import Result, Scale, interleaved
-from tunix_rt.stats import GateOutcome, GatePolicy, decide_gate
+from tunix_rt.quality.stats import GateOutcome, GatePolicy, decide_gate
 
 
 def paired_scores(n: int, *, seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:

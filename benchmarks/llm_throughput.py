@@ -14,8 +14,8 @@ import statistics
 import time
 
 from benchmarks.common import Result, Scale
-from judges import Item, ScoringContext
-from judges.llm import LLMConfig, LLMJudge, MemoryCache
+from tunix_rt.judges import Item, ScoringContext
+from tunix_rt.judges.llm import LLMConfig, LLMJudge, MemoryCache
 from tests.fakes.openai_server import Reply, fake_openai
 
 LATENCY_S = 0.1

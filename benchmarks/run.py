@@ -68,7 +68,7 @@ def _versions() -> dict[str, str]:
 def _pg_version(url: str) -> str:
     from sqlalchemy import text
 
-    from tunix_rt.db import make_engine
+    from tunix_rt.store.db import make_engine
 
     engine = make_engine(url)
     with engine.connect() as conn:

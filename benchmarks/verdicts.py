@@ -1,6 +1,6 @@
 """Benchmark 4: storing an evaluation's verdicts, and the memory of scoring + storing.
 
-Ours is ``tunix_rt.evaluation.store_evaluation`` (Core ``executemany`` in batches of
+Ours is ``tunix_rt.quality.evaluation.store_evaluation`` (Core ``executemany`` in batches of
 VERDICT_BATCH rows). The naive sides add one ORM ``Verdict`` per item, with a flush
 after each (one INSERT round trip per row), or all at once with one flush (the ORM
 unit of work, which SQLAlchemy 2 batches itself).
@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import func, insert, select
 
 from benchmarks.common import Result, Scale
-from judges import Item
-from tunix_rt.db import make_engine, session_scope
-from tunix_rt.evaluation import (VERDICT_BATCH, RunInfo, ScoredRun, score_items,
+from tunix_rt.judges import Item
+from tunix_rt.store.db import make_engine, session_scope
+from tunix_rt.quality.evaluation import (VERDICT_BATCH, RunInfo, ScoredRun, score_items,
                                  store_evaluation)
-from tunix_rt.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
+from tunix_rt.store.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
 
 DATASET = "bench-verdicts"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.maintenance import list_boards, rebuild_board
+from tunix_rt.tasks.maintenance import list_boards, rebuild_board
 
 
 @flow(name="rebuild-leaderboards")

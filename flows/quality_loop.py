@@ -14,12 +14,12 @@ from pydantic import Field
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
-from judges import RegisteredJudge
-from tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
+from tunix_rt.judges import RegisteredJudge
+from tunix_rt.tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
                            publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
-from tunix_rt.evaluation import EvaluationSummary
-from tunix_rt.judge_config import ensure_configured_judges
-from tunix_rt.stats import GatePolicy
+from tunix_rt.quality.evaluation import EvaluationSummary
+from tunix_rt.quality.judge_config import ensure_configured_judges
+from tunix_rt.quality.stats import GatePolicy
 
 # Judges defined in configuration must be registered before parameters are validated.
 ensure_configured_judges()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from tasks.dispatch import DeploymentDispatcher, InlineDispatcher, find_owed, has_prefect_server
-from tasks.dispatch import redispatch
+from tunix_rt.flows.dispatch import DeploymentDispatcher, InlineDispatcher, has_prefect_server
+from tunix_rt.tasks.sweeper import find_owed, redispatch
 
 
 @flow(name="sweep-owed-loops")

@@ -7,11 +7,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.quality_loop import quality_loop
-from flows.subflows import without_heartbeats
-from tasks.training import mark_cancelled, register_job_run, run_training_job
-from tunix_rt.runfile import RunSpec
-from tunix_rt.stats import GatePolicy
+from tunix_rt.flows.quality_loop import quality_loop
+from tunix_rt.flows.subflows import without_heartbeats
+from tunix_rt.tasks.training import mark_cancelled, register_job_run, run_training_job
+from tunix_rt.training.runfile import RunSpec
+from tunix_rt.quality.stats import GatePolicy
 
 
 def _external_id(spec: RunSpec) -> str:

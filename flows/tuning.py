@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.quality_loop import quality_loop
-from flows.subflows import without_heartbeats
-from tasks.tuning import check_cluster, register_best_trials, run_sweep, start_study
-from tunix_rt.stats import GatePolicy
-from tunix_rt.sweep import Sweep
+from tunix_rt.flows.quality_loop import quality_loop
+from tunix_rt.flows.subflows import without_heartbeats
+from tunix_rt.tasks.tuning import check_cluster, register_best_trials, run_sweep, start_study
+from tunix_rt.quality.stats import GatePolicy
+from tunix_rt.tuning.sweep import Sweep
 
 
 @flow(name="tune", flow_run_name="tune-{sweep.name}", validate_parameters=True)

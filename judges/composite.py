@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from judges.base import Item, Judge, ScoringContext, Verdict
-from judges.registry import judge_spec, register_judge
+from tunix_rt.judges.base import Item, Judge, ScoringContext, Verdict
+from tunix_rt.judges.registry import judge_spec, register_judge
 
 
 @dataclass

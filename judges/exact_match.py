@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from judges._text import extract_answer, normalize_answer
-from judges.base import Item, ScoringContext, Verdict
-from judges.registry import register_judge
+from tunix_rt.judges._text import extract_answer, normalize_answer
+from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.registry import register_judge
 
 NAME = "exact_match"
 VERSION = "1.0"

@@ -31,9 +31,9 @@ from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from judges.base import Item, ScoringContext, Verdict
-from judges.registry import register_judge
-from judges.rubrics import PRESETS, Rubric, build_messages, resolve_rubric, rubric_hash
+from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.registry import register_judge
+from tunix_rt.judges.rubrics import PRESETS, Rubric, build_messages, resolve_rubric, rubric_hash
 
 if TYPE_CHECKING:  # httpx is imported when a judge first calls its provider
     import httpx

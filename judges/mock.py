@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from judges.base import Item, ScoringContext, Verdict
-from judges.registry import register_judge
+from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.registry import register_judge
 
 NAME = "mock"
 VERSION = "1.0"

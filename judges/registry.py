@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-from judges.base import Judge
+from tunix_rt.judges.base import Judge
 
 JudgeFactory = Callable[..., Judge]
 

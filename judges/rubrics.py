@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from judges.base import Item
+from tunix_rt.judges.base import Item
 
 PRESETS = ("default", "gemma")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from judges.base import Item, ScoringContext, Verdict
-from judges.registry import register_judge
+from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.registry import register_judge
 
 NAME = "format"
 VERSION = "1.0"

@@ -1,6 +1,6 @@
 """Alembic environment for tunix-rt.
 
-The engine comes from ``tunix_rt.db.alembic_config`` (``config.attributes["engine"]``)
+The engine comes from ``tunix_rt.store.db.alembic_config`` (``config.attributes["engine"]``)
 when tunix-rt runs a migration itself, or from ``sqlalchemy.url`` / the configured
 ``TUNIX_RT_DATABASE_URL`` when a developer runs ``alembic`` by hand.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from tunix_rt.models import Base
+from tunix_rt.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

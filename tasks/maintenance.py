@@ -5,10 +5,10 @@ from __future__ import annotations
 from prefect import task
 from sqlalchemy import select
 
-from tasks.quality import RETRY_POLICY
-from tunix_rt import leaderboard
-from tunix_rt.db import session_scope
-from tunix_rt.models import Evaluation, EvaluationStatus, Run
+from tunix_rt.tasks.quality import RETRY_POLICY
+from tunix_rt.quality import leaderboard
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import Evaluation, EvaluationStatus, Run
 
 
 @task(name="list-boards", **RETRY_POLICY)

@@ -14,14 +14,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
-from tunix_rt import evaluation, gating, leaderboard, runs
-from tunix_rt.db import session_scope
+from tunix_rt.tasks import events
+from tunix_rt.quality import evaluation, gating, leaderboard
+from tunix_rt.store import runs
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import PredictionsError, is_transient
-from tunix_rt.evaluation import EvaluationSummary, RunInfo, ScoredRun
-from tunix_rt.gating import GateReport
-from tunix_rt.predictions import read_predictions
-from tunix_rt.stats import GatePolicy
-from judges import judge_spec
+from tunix_rt.quality.evaluation import EvaluationSummary, RunInfo, ScoredRun
+from tunix_rt.quality.gating import GateReport
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.quality.stats import GatePolicy
+from tunix_rt.judges import judge_spec
 
 RETRIES = 3
 ARTIFACT_ROWS = 50
@@ -133,24 +135,13 @@ def publish_artifacts(board: leaderboard.Page, report: GateReport, promoted: str
         description=f"Gate decision for run {report.run_id}")
 
 
-GATE_EVENTS = {"pass": "tunix.gate.passed", "fail": "tunix.gate.failed",
-               "inconclusive": "tunix.gate.inconclusive", "no_baseline": "tunix.gate.no_baseline"}
-
-
 @task(name="announce-gate", **RETRY_POLICY)
 def announce_gate(report: GateReport, promoted: str | None) -> str:
     """Emit the decision as a Prefect event (``tunix.gate.passed`` ...) for automations."""
-    from prefect.events import emit_event
-
-    event = GATE_EVENTS[report.decision]
-    emit_event(event=event,
-               resource={"prefect.resource.id": f"tunix.run.{report.run_id}",
-                         "prefect.resource.name": report.run_id,
-                         "tunix.dataset": report.dataset, "tunix.judge": report.judge},
-               related=([{"prefect.resource.id": f"tunix.run.{report.baseline_run_id}",
-                          "prefect.resource.role": "baseline"}]
-                        if report.baseline_run_id else None),
-               payload={**report.to_dict(), "promoted": promoted})
+    event = events.GATE_EVENTS[report.decision]
+    events.emit_run_event(event, report.run_id, {**report.to_dict(), "promoted": promoted},
+                          labels={"tunix.dataset": report.dataset, "tunix.judge": report.judge},
+                          baseline_run_id=report.baseline_run_id)
     return event
 
 

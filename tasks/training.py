@@ -15,13 +15,14 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from tasks.quality import RETRY_POLICY
-from tunix_rt import runs
-from tunix_rt.db import session_scope
+from tunix_rt.tasks import events
+from tunix_rt.tasks.quality import RETRY_POLICY
+from tunix_rt.store import runs
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import TunixRtError
-from tunix_rt.jobs import job_command, run_job
-from tunix_rt.models import RunOrigin, RunStatus
-from tunix_rt.runfile import RunSpec
+from tunix_rt.training.jobs import job_command, run_job
+from tunix_rt.store.models import RunOrigin, RunStatus
+from tunix_rt.training.runfile import RunSpec
 from tunix_rt.settings import get_settings
 
 METRICS_EVERY_S = 2.0
@@ -116,15 +117,10 @@ def _run_on_ray(spec: RunSpec, cmd: list[str], extra_env: dict[str, str], log_pa
     """
     import ray
 
-    from tasks.tuning import RAY_RESOURCE_NAMES
+    from tunix_rt.ray_cluster import connect, task_options
 
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address=get_settings().ray_address, include_dashboard=False,
-                 log_to_driver=False)
-    wanted = {RAY_RESOURCE_NAMES.get(k, k): float(v) for k, v in spec.resources.items()}
-    options = {"num_cpus": wanted.pop("CPU", 0.0), "num_gpus": wanted.pop("GPU", 0.0),
-               "resources": wanted, "max_retries": 0}
+    connect()
+    options = {**task_options(spec.resources), "max_retries": 0}
     database_url = get_settings().database_url
     ref = ray.remote(_supervise_remotely).options(**options).remote(
         cmd, extra_env, spec.timeout_s, str(log_path), run_id, database_url)
@@ -133,7 +129,7 @@ def _run_on_ray(spec: RunSpec, cmd: list[str], extra_env: dict[str, str], log_pa
 
 def _supervise_remotely(cmd: list[str], extra_env: dict[str, str], timeout_s: float,
                         log_path: str, run_id: str, database_url: str) -> Any:
-    from tunix_rt.db import get_engine
+    from tunix_rt.store.db import get_engine
 
     def should_cancel() -> bool:
         with session_scope(get_engine(database_url)) as session:
@@ -153,12 +149,8 @@ def _flush_metrics(run_id: str, pending: dict[str, Any]) -> None:
 
 
 def _announce_failure(run_id: str, status: str, exit_code: int | None) -> None:
-    from prefect.events import emit_event
-
-    emit_event(event="tunix.run.failed",
-               resource={"prefect.resource.id": f"tunix.run.{run_id}",
-                         "prefect.resource.name": run_id},
-               payload={"run_id": run_id, "status": status, "exit_code": exit_code})
+    events.emit_run_event(events.RUN_FAILED, run_id,
+                          {"run_id": run_id, "status": status, "exit_code": exit_code})
 
 
 def mark_cancelled(external_id: str) -> None:

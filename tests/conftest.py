@@ -44,7 +44,7 @@ def pg_admin_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file migrated once; each test gets a copy (a migration costs ~0.3 s)."""
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     path = tmp_path_factory.mktemp("template") / "tunix_rt.db"
     engine = db.make_engine(f"sqlite:///{path}")
@@ -58,7 +58,7 @@ def pg_template(pg_admin_url: str) -> str:
     """A PostgreSQL database migrated once, the template each test's database is cloned from."""
     from sqlalchemy.engine import make_url
 
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     url = create_database(pg_admin_url, prefix="template")
     engine = db.make_engine(url)
@@ -84,7 +84,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path,
     It is also the configured database (TUNIX_RT_DATABASE_URL) for code that reads
     the settings, as flows and the CLI do.
     """
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     url = _database_url(request.param, tmp_path, request)
     monkeypatch.setenv("TUNIX_RT_DATABASE_URL", url)
@@ -94,7 +94,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path,
 
 @pytest.fixture
 def engine(db_url: str) -> Engine:
-    from tunix_rt.db import get_engine
+    from tunix_rt.store.db import get_engine
 
     return get_engine(db_url)
 

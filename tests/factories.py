@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tunix_rt.db import session_scope
-from tunix_rt.models import RunStatus
-from tunix_rt.runs import register_run
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import RunStatus
+from tunix_rt.store.runs import register_run
 
 
 def write_predictions(path: Path, correct: Sequence[bool], *, prefix: str = "q") -> str:

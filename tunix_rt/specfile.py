@@ -63,7 +63,7 @@ def check_resources(value: dict[str, float], *, unit: str) -> dict[str, float]:
 
 def check_trainable(value: str) -> str:
     """A trainable path in the form ``load_trainable`` accepts; refused here, not in a trial."""
-    from tunix_rt.trainable import is_trainable_path
+    from tunix_rt.training.trainable import is_trainable_path
 
     if not is_trainable_path(value):
         raise ValueError('must be "builtin" or "package.module:function"')

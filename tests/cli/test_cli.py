@@ -19,8 +19,8 @@ from sqlalchemy import Engine, func, select, update
 
 from tests.cli.conftest import Cli, expect_code
 from tests.factories import make_run, write_predictions
-from tunix_rt.db import SCHEMA_HEAD, session_scope
-from tunix_rt.models import Run, RunStatus
+from tunix_rt.store.db import SCHEMA_HEAD, session_scope
+from tunix_rt.store.models import Run, RunStatus
 
 RUN_KEYS = {"id", "external_id", "name", "dataset", "model", "status", "dry_run", "origin",
             "created_at"}

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from sqlalchemy import Engine, func, select, update
 
-from judges import judge_spec
+from tunix_rt.judges import judge_spec
 from tests.factories import make_run
-from tunix_rt.db import session_scope
-from tunix_rt.evaluation import (EvaluationSummary, RunInfo, score_items, store_evaluation)
-from tunix_rt.models import Run
-from tunix_rt.predictions import read_predictions
-from tunix_rt.runs import ensure_evaluable, get_run
+from tunix_rt.store.db import session_scope
+from tunix_rt.quality.evaluation import (EvaluationSummary, RunInfo, score_items, store_evaluation)
+from tunix_rt.store.models import Run
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.store.runs import ensure_evaluable, get_run
 
 JUDGE = "exact_match"
 

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import select
 
 from tests.db.support import evaluate
-from tunix_rt.db import session_scope
-from tunix_rt.deliveries import (MAX_DISPATCH_ATTEMPTS, dispatch_now, mark_dispatched,
+from tunix_rt.store.db import session_scope
+from tunix_rt.service.deliveries import (MAX_DISPATCH_ATTEMPTS, dispatch_now, mark_dispatched,
                                  owed_dispatches, receive)
-from tunix_rt.models import Dispatch, utcnow
-from tunix_rt.webhooks import RunEvent
+from tunix_rt.store.models import Dispatch, utcnow
+from tunix_rt.service.webhooks import RunEvent
 
 
 def _completed(engine, tmp_path, external_id: str, delivery: str) -> int:  # noqa: ANN001

@@ -9,19 +9,19 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from judges import judge_spec
-from judges.base import Verdict as JudgeVerdict
+from tunix_rt.judges import judge_spec
+from tunix_rt.judges.base import Verdict as JudgeVerdict
 from tests.db.support import JUDGE, count, evaluate
 from tests.factories import correctness, make_run, write_predictions
-from tunix_rt import evaluation
-from tunix_rt.db import session_scope
+from tunix_rt.quality import evaluation
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import PredictionsError
-from tunix_rt.evaluation import (RunInfo, ScoredRun, find_evaluation, item_scores,
+from tunix_rt.quality.evaluation import (RunInfo, ScoredRun, find_evaluation, item_scores,
                                  latest_evaluation, score_items, store_evaluation,
                                  store_failed_evaluation)
-from tunix_rt.models import Evaluation, Verdict, utcnow
-from tunix_rt.predictions import read_predictions
-from tunix_rt.runs import get_run
+from tunix_rt.store.models import Evaluation, Verdict, utcnow
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.store.runs import get_run
 
 
 def _info(engine: Engine, run_id: str) -> RunInfo:

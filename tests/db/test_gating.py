@@ -10,13 +10,13 @@ from sqlalchemy import Engine, select
 
 from tests.db.support import JUDGE, count, evaluate, evaluated_run
 from tests.factories import correctness, make_run, write_predictions
-from tunix_rt.db import session_scope
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import InvalidInputError, NotFoundError, RunNotEvaluableError
-from tunix_rt.evaluation import store_failed_evaluation
-from tunix_rt.gating import (GateReport, get_baseline, gate_run, latest_gate,
+from tunix_rt.quality.evaluation import store_failed_evaluation
+from tunix_rt.quality.gating import (GateReport, get_baseline, gate_run, latest_gate,
                              promote_if_allowed, resolve_gate_judge, set_baseline)
-from tunix_rt.models import Baseline, BaselinePromotion, GateResult, RunStatus
-from tunix_rt.stats import GatePolicy
+from tunix_rt.store.models import Baseline, BaselinePromotion, GateResult, RunStatus
+from tunix_rt.quality.stats import GatePolicy
 
 N = 200
 BASE = correctness(N, 0.6, seed=11)
@@ -321,9 +321,9 @@ def test_a_gate_against_a_replaced_baseline_does_not_promote(engine, tmp_path) -
     """The baseline moved after the gate ran: the run was never compared with the new one."""
     from tests.factories import correctness, make_run
     from tests.db.support import evaluate
-    from tunix_rt.db import session_scope
-    from tunix_rt.gating import gate_run, get_baseline, promote_if_allowed, set_baseline
-    from tunix_rt.stats import GatePolicy
+    from tunix_rt.store.db import session_scope
+    from tunix_rt.quality.gating import gate_run, get_baseline, promote_if_allowed, set_baseline
+    from tunix_rt.quality.stats import GatePolicy
 
     policy = GatePolicy(auto_promote=True)
     base = correctness(200, 0.5, seed=11)

@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 
-from judges import judge_spec
-from judges.base import Verdict as JudgeVerdict
+from tunix_rt.judges import judge_spec
+from tunix_rt.judges.base import Verdict as JudgeVerdict
 from tests.db.support import JUDGE, count, evaluate, evaluated_run, set_created_at
 from tests.factories import make_run, write_predictions
-from tunix_rt.cursor import encode_cursor
-from tunix_rt.db import session_scope
+from tunix_rt.store.cursor import encode_cursor
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import InvalidInputError, NotFoundError
-from tunix_rt.evaluation import (RunInfo, ScoredRun, score_items, store_evaluation,
+from tunix_rt.quality.evaluation import (RunInfo, ScoredRun, score_items, store_evaluation,
                                  store_failed_evaluation)
-from tunix_rt.leaderboard import (MAX_PAGE, board_judges, leaderboard_page, rebuild_leaderboard,
+from tunix_rt.quality.leaderboard import (MAX_PAGE, board_judges, leaderboard_page, rebuild_leaderboard,
                                   resolve_judge)
-from tunix_rt.models import LeaderboardEntry, Run, utcnow
-from tunix_rt.predictions import read_predictions
-from tunix_rt.runs import get_run
+from tunix_rt.store.models import LeaderboardEntry, Run, utcnow
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.store.runs import get_run
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=timezone.utc)
 

@@ -13,14 +13,14 @@ from sqlalchemy import Engine, inspect
 from tests.db.support import JUDGE, count, evaluated_run
 from tests.factories import correctness
 from tests.pgserver import create_database
-from tunix_rt import db
-from tunix_rt.db import session_scope
+from tunix_rt.store import db
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import DatabaseNotMigratedError
-from tunix_rt.gating import gate_run, set_baseline
-from tunix_rt.models import (Base, Baseline, BaselinePromotion, Evaluation, GateResult,
+from tunix_rt.quality.gating import gate_run, set_baseline
+from tunix_rt.store.models import (Base, Baseline, BaselinePromotion, Evaluation, GateResult,
                              LeaderboardEntry, Run, Verdict)
-from tunix_rt.leaderboard import rebuild_leaderboard
-from tunix_rt.stats import GatePolicy
+from tunix_rt.quality.leaderboard import rebuild_leaderboard
+from tunix_rt.quality.stats import GatePolicy
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}
 ALL_MODELS = (Run, Evaluation, Verdict, LeaderboardEntry, Baseline, BaselinePromotion,

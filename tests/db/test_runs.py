@@ -11,11 +11,11 @@ from sqlalchemy import Engine
 
 from tests.db.support import count, set_created_at
 from tests.factories import make_run
-from tunix_rt.cursor import encode_cursor
-from tunix_rt.db import session_scope
+from tunix_rt.store.cursor import encode_cursor
+from tunix_rt.store.db import session_scope
 from tunix_rt.errors import InvalidInputError, NotFoundError, RunNotEvaluableError
-from tunix_rt.models import Run, RunOrigin, RunStatus
-from tunix_rt.runs import ensure_evaluable, get_run, list_runs, register_run, run_to_dict
+from tunix_rt.store.models import Run, RunOrigin, RunStatus
+from tunix_rt.store.runs import ensure_evaluable, get_run, list_runs, register_run, run_to_dict
 
 CONTRACT_KEYS = {"id", "external_id", "name", "dataset", "model", "status", "dry_run", "origin",
                  "created_at"}

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tasks.tuning import PersistCallback
-from tunix_rt import studies
-from tunix_rt.db import session_scope
-from tunix_rt.models import Trial, TrialResult
-from tunix_rt.sweep import parse_sweep
+from tunix_rt.tuning.ray_tune import PersistCallback
+from tunix_rt.tuning import studies
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import Trial, TrialResult
+from tunix_rt.tuning.sweep import parse_sweep
 
 
 @dataclass

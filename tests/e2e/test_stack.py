@@ -23,9 +23,9 @@ from sqlalchemy import select
 from tests.factories import correctness, write_predictions
 from tests.http.conftest import SECRET, _free_port, event, sign
 from tests.pgserver import create_database
-from tunix_rt import db
-from tunix_rt.db import session_scope
-from tunix_rt.models import Dispatch, Evaluation, GateResult, Run
+from tunix_rt.store import db
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import Dispatch, Evaluation, GateResult, Run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_a_deployment_run_with_parameters_runs_the_loop(stack: dict) -> None:
     """What a click on Run in the UI does: the deployment with parameters from the form."""
     predictions = write_predictions(stack["tmp"] / "job-ui.jsonl", correctness(60, 0.6, 7))
     with session_scope(db.get_engine(stack["db_url"])) as session:
-        from tunix_rt.runs import register_run
+        from tunix_rt.store.runs import register_run
 
         run_id = register_run(session, name="job-ui", dataset="ui-set", model="m",
                               predictions_uri=predictions, external_id="job-ui").id

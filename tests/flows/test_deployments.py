@@ -32,7 +32,7 @@ def test_deployment_entrypoint_and_parameters(deployment: dict, monkeypatch) -> 
 
 
 def test_quality_loop_form_is_typed() -> None:
-    from flows.quality_loop import quality_loop
+    from tunix_rt.flows.quality_loop import quality_loop
 
     props = parameter_schema(quality_loop.fn).model_dump_for_openapi()
     assert props["required"] == ["run_id"]
@@ -44,7 +44,7 @@ def test_quality_loop_form_is_typed() -> None:
 
 
 def test_unknown_judge_is_refused_before_the_run_starts() -> None:
-    from flows.quality_loop import quality_loop
+    from tunix_rt.flows.quality_loop import quality_loop
 
     with pytest.raises(Exception, match="unknown judge 'nope'; registered judges: .*exact_match"):
         quality_loop.validate_parameters({"run_id": "x", "judges": ["nope"]})

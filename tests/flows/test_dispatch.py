@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from tests.factories import correctness, write_predictions
 from tests.http.conftest import event, serve_app, sign, webhook_env  # noqa: F401
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.models import Dispatch, GateResult
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.store.models import Dispatch, GateResult
 
 pytestmark = pytest.mark.flows
 
@@ -22,8 +22,8 @@ def _prefect(prefect_api_url: str) -> None:
 
 
 def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Path) -> None:
-    from tasks.dispatch import LocalDispatcher
-    from tunix_rt.server import create_app
+    from tunix_rt.flows.dispatch import LocalDispatcher
+    from tunix_rt.service.server import create_app
 
     dispatcher = LocalDispatcher()
     predictions = write_predictions(tmp_path / "p.jsonl", correctness(40, 0.7, 1))
@@ -46,8 +46,9 @@ def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Pa
 
 
 def test_the_sweeper_runs_owed_loops_inline(webhook_env: str, tmp_path: Path) -> None:
-    from tasks.dispatch import InlineDispatcher, find_owed, redispatch
-    from tunix_rt.server import create_app
+    from tunix_rt.flows.dispatch import InlineDispatcher
+    from tunix_rt.tasks.sweeper import find_owed, redispatch
+    from tunix_rt.service.server import create_app
 
     predictions = write_predictions(tmp_path / "p.jsonl", correctness(40, 0.7, 2))
     body = event(external_id="job-owed", predictions_uri=predictions)

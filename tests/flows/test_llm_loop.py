@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from flows.quality_loop import quality_loop
+from tunix_rt.flows.quality_loop import quality_loop
 from tests.factories import correctness, make_run
 from tests.fakes.openai_server import Reply, fake_openai
-from tunix_rt.db import session_scope
-from tunix_rt.models import Evaluation, JudgeCacheEntry, Verdict
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import Evaluation, JudgeCacheEntry, Verdict
 
 pytestmark = pytest.mark.flows
 N = 40

@@ -14,12 +14,12 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, F
                                             FlowRunFilterId)
 from sqlalchemy import func, select
 
-from flows.quality_loop import quality_loop
+from tunix_rt.flows.quality_loop import quality_loop
 from tests.factories import correctness, make_run, write_predictions
-from tunix_rt.db import session_scope
-from tunix_rt.models import (BaselinePromotion, Evaluation, GateResult, LeaderboardEntry,
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import (BaselinePromotion, Evaluation, GateResult, LeaderboardEntry,
                              RunStatus, Verdict)
-from tunix_rt.stats import GatePolicy
+from tunix_rt.quality.stats import GatePolicy
 
 pytestmark = pytest.mark.flows
 
@@ -230,7 +230,7 @@ def test_gate_decisions_are_emitted_as_prefect_events(engine, tmp_path: Path) ->
 
 
 def test_the_nightly_rebuild_restores_every_board(engine, tmp_path: Path) -> None:
-    from flows.maintenance import rebuild_leaderboards
+    from tunix_rt.flows.maintenance import rebuild_leaderboards
 
     run_id = make_run(engine, tmp_path, "nightly", correctness(N, 0.5, seed=12))
     quality_loop(run_id, judges=["exact_match", "format"])

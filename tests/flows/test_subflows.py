@@ -7,7 +7,7 @@ import threading
 import pytest
 from prefect import flow
 
-from flows.subflows import without_heartbeats
+from tunix_rt.flows.subflows import without_heartbeats
 
 pytestmark = pytest.mark.flows
 

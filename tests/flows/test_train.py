@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from flows.training import train_flow
+from tunix_rt.flows.training import train_flow
 from tests.flows.test_quality_loop import _events
-from tunix_rt.db import get_engine, session_scope
+from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.errors import RunNotEvaluableError
-from tunix_rt.models import GateResult, LeaderboardEntry, Run
-from tunix_rt.runfile import parse_run_spec
-from tunix_rt.runs import request_cancel
+from tunix_rt.store.models import GateResult, LeaderboardEntry, Run
+from tunix_rt.training.runfile import parse_run_spec
+from tunix_rt.store.runs import request_cancel
 
 pytestmark = pytest.mark.flows
 
@@ -78,7 +78,7 @@ def test_a_dry_run_trains_nothing_and_is_refused_by_the_judges(db_url: str) -> N
 
     run = _run(db_url, result["run_id"])
     assert run.dry_run and run.log_uri is None and run.started_at is None
-    from flows.quality_loop import quality_loop
+    from tunix_rt.flows.quality_loop import quality_loop
 
     state = quality_loop(run.id, return_state=True)
     with pytest.raises(RunNotEvaluableError, match="is a dry run"):

@@ -56,7 +56,7 @@ def test_train_refuses_a_bad_run_file_naming_the_key(db_url: str, tmp_path: Path
 
 def test_cancelling_a_finished_run_is_refused(db_url: str, tmp_path: Path) -> None:
     from tests.factories import make_run
-    from tunix_rt.db import get_engine
+    from tunix_rt.store.db import get_engine
 
     run_id = make_run(get_engine(db_url), tmp_path, "done", [True])
     result = _cli("runs", "cancel", run_id)

@@ -86,6 +86,6 @@ def webhook_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def service(webhook_env: str) -> Iterator[Service]:
     """The receiver with no dispatcher: completed runs leave a pending dispatch row."""
-    from tunix_rt.server import create_app
+    from tunix_rt.service.server import create_app
 
     yield from serve_app(create_app())

@@ -12,13 +12,13 @@ from sqlalchemy import Engine
 from tests.db.support import JUDGE, evaluate, evaluated_run, set_created_at
 from tests.factories import correctness, make_run, write_predictions
 from tests.http.conftest import Service
-from tunix_rt.cursor import encode_cursor
-from tunix_rt.db import session_scope
-from tunix_rt.gating import gate_run, set_baseline
-from tunix_rt.leaderboard import rebuild_leaderboard
-from tunix_rt.models import RunStatus
-from tunix_rt.runs import register_run
-from tunix_rt.stats import GatePolicy
+from tunix_rt.store.cursor import encode_cursor
+from tunix_rt.store.db import session_scope
+from tunix_rt.quality.gating import gate_run, set_baseline
+from tunix_rt.quality.leaderboard import rebuild_leaderboard
+from tunix_rt.store.models import RunStatus
+from tunix_rt.store.runs import register_run
+from tunix_rt.quality.stats import GatePolicy
 
 RUN_FIELDS = {"id", "external_id", "name", "dataset", "model", "status", "dry_run", "origin",
               "created_at"}

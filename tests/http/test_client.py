@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from tests.http.conftest import SECRET, Service, sign
 from tunix_rt import client
 from tunix_rt.client import NotifyError, TunixRtHook, notify, sign_delivery
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.models import Dispatch, Run, WebhookDelivery
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.store.models import Dispatch, Run, WebhookDelivery
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER_SECRET = "whsec_" + "QW5vdGhlciBzZWNyZXQsIG5vdCB0aGUgcmVjZWl2ZXIncw=="

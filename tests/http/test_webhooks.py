@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.http.conftest import SECRET, Service, event, serve_app, sign
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.models import Dispatch, Run, WebhookDelivery
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.store.models import Dispatch, Run, WebhookDelivery
 from tunix_rt.settings import Settings
 
 
@@ -160,7 +160,7 @@ def test_failed_runs_record_the_error_and_owe_no_loop(service: Service, db_url) 
 
 
 def test_rotated_secrets_are_all_accepted(webhook_env, monkeypatch) -> None:  # noqa: ANN001
-    from tunix_rt.server import create_app
+    from tunix_rt.service.server import create_app
 
     new = b"the next secret, also 32 bytes!!"
     monkeypatch.setenv("TUNIX_RT_WEBHOOK_SECRET",
@@ -172,7 +172,7 @@ def test_rotated_secrets_are_all_accepted(webhook_env, monkeypatch) -> None:  # 
 
 
 def test_an_oversized_body_is_refused_before_parsing(webhook_env) -> None:  # noqa: ANN001
-    from tunix_rt.server import create_app
+    from tunix_rt.service.server import create_app
 
     for service in serve_app(create_app(max_body_bytes=1024)):
         body = event(predictions_uri="file:///p.jsonl", config={"blob": "x" * 2000})
@@ -183,7 +183,7 @@ def test_an_oversized_body_is_refused_before_parsing(webhook_env) -> None:  # no
 
 def test_the_receiver_refuses_to_start_without_a_secret(db_url) -> None:  # noqa: ANN001
     from tunix_rt.errors import InvalidInputError
-    from tunix_rt.server import create_app
+    from tunix_rt.service.server import create_app
 
     with pytest.raises(InvalidInputError, match="TUNIX_RT_WEBHOOK_SECRET is not set"):
         create_app(Settings(database_url=db_url, webhook_secret=None))
@@ -198,13 +198,13 @@ def test_healthz_reports_the_database(service: Service) -> None:
 
 
 def test_healthz_reports_an_unreachable_database(tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    from tunix_rt.server import create_app
+    from tunix_rt.service.server import create_app
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     app = create_app(Settings(database_url=url, webhook_secret=SECRET))
     (tmp_path / "db.sqlite").unlink()
     (tmp_path / "db.sqlite").mkdir()  # a directory where the file was: cannot open
-    from tunix_rt.db import dispose_engines
+    from tunix_rt.store.db import dispose_engines
 
     dispose_engines()
     for service in serve_app(app):

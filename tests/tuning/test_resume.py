@@ -13,11 +13,11 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from flows.tuning import tune_flow
-from tunix_rt import studies
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.models import Study, Trial, TrialResult
-from tunix_rt.sweep import Sweep
+from tunix_rt.flows.tuning import tune_flow
+from tunix_rt.tuning import studies
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.store.models import Study, Trial, TrialResult
+from tunix_rt.tuning.sweep import Sweep
 
 pytestmark = [pytest.mark.flows, pytest.mark.tuning]
 SWEEP = {"name": "resumable", "trainable": "builtin", "dataset": "arithmetic",

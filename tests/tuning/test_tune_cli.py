@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunix_rt import studies
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.studies import ResultRow
-from tunix_rt.sweep import parse_sweep
+from tunix_rt.tuning import studies
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.tuning.studies import ResultRow
+from tunix_rt.tuning.sweep import parse_sweep
 
 BIN = Path(sys.executable).parent / "tunix-rt"
 

@@ -7,12 +7,12 @@ from collections import defaultdict
 import pytest
 from sqlalchemy import func, select
 
-from flows.tuning import tune_flow
-from tunix_rt import studies
-from tunix_rt.db import get_engine, session_scope
+from tunix_rt.flows.tuning import tune_flow
+from tunix_rt.tuning import studies
+from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.errors import InvalidInputError
-from tunix_rt.models import (GateResult, LeaderboardEntry, Run, Study, Trial, TrialResult)
-from tunix_rt.sweep import parse_sweep
+from tunix_rt.store.models import (GateResult, LeaderboardEntry, Run, Study, Trial, TrialResult)
+from tunix_rt.tuning.sweep import parse_sweep
 
 pytestmark = [pytest.mark.flows, pytest.mark.tuning]
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.openai_server import Reply, fake_openai
-from tunix_rt.calibrate import (Confusion, accuracy, calibrate, calibrate_command, cohen_kappa,
+from tunix_rt.quality.calibrate import (Confusion, accuracy, calibrate, calibrate_command, cohen_kappa,
                                 read_labels)
 from tunix_rt.errors import InvalidInputError
 
@@ -132,7 +132,7 @@ def grade(request: dict[str, Any], attempt: int) -> Reply:
 
 def test_calibrate_llm_judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture) -> None:
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     path = write_labels(tmp_path / "labels.jsonl", [
         row(0, "2", "2", True),    # judge pass: tp
@@ -164,7 +164,7 @@ def test_calibrate_llm_judge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_llm_judge_not_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     monkeypatch.setenv("TUNIX_RT_DATABASE_URL", f"sqlite:///{tmp_path / 'cache.db'}")
     monkeypatch.delenv("TUNIX_RT_LLM_BASE_URL", raising=False)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunix_rt.stats import GatePolicy, decide_gate
+from tunix_rt.quality.stats import GatePolicy, decide_gate
 
 A, B = 0.09, 0.06
 MU = A / (A + B)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tunix_rt.jobs import JobResult, job_command, run_job
-from tunix_rt.predictions import read_predictions
-from tunix_rt.runfile import parse_run_spec
+from tunix_rt.training.jobs import JobResult, job_command, run_job
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.training.runfile import parse_run_spec
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,7 +212,7 @@ def test_lines_arrive_while_the_job_runs(tmp_path: Path) -> None:
 def test_the_supervisors_death_kills_the_job(tmp_path: Path) -> None:
     supervisor = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
         from pathlib import Path
-        from tunix_rt.jobs import run_job
+        from tunix_rt.training.jobs import run_job
         run_job([{PY!r}, "-c", "import os, time; print(f'child={{os.getpid()}}', flush=True); "
                  "time.sleep(60)"], timeout_s=60, log_path=Path({str(tmp_path / 'job.log')!r}),
                 on_line=lambda line: print(line, flush=True))
@@ -239,7 +239,7 @@ def test_job_command_for_both_forms(tmp_path: Path) -> None:
     assert job_command(command, out_dir=tmp_path) == ["train.sh", "--lr", "1"]
     trainable = parse_run_spec({**base, "trainable": "builtin", "config": {"steps": 3}})
     assert job_command(trainable, out_dir=tmp_path) == [
-        sys.executable, "-m", "tunix_rt.job_entry", "--trainable", "builtin",
+        sys.executable, "-m", "tunix_rt.training.job_entry", "--trainable", "builtin",
         "--config", '{"steps": 3}', "--out", str(tmp_path)]
 
 
@@ -261,12 +261,12 @@ def test_the_builtin_trainable_runs_as_a_job(tmp_path: Path) -> None:
 
 
 def test_a_trainable_that_raises_fails_with_its_traceback(tmp_path: Path) -> None:
-    result = run_job([PY, "-m", "tunix_rt.job_entry", "--trainable", "builtin",
+    result = run_job([PY, "-m", "tunix_rt.training.job_entry", "--trainable", "builtin",
                       "--config", '{"learning_rate": -1}'], cwd=ROOT, timeout_s=60,
                      log_path=tmp_path / "job.log")
     assert result.status == "failed" and result.exit_code == 1
     assert "learning_rate: must be a finite number > 0" in result.log_tail
-    result = run_job([PY, "-m", "tunix_rt.job_entry", "--trainable", "nope_xyz:run"], cwd=ROOT,
+    result = run_job([PY, "-m", "tunix_rt.training.job_entry", "--trainable", "nope_xyz:run"], cwd=ROOT,
                      timeout_s=60, log_path=tmp_path / "job.log")
     assert result.status == "failed" and result.exit_code == 2
     assert "cannot load trainable" in result.log_tail

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from judges import Item, ScoringContext, get_judge
-from judges.composite import register_composites
-from judges.registry import JudgeRegistryError, unregister_judge
+from tunix_rt.judges import Item, ScoringContext, get_judge
+from tunix_rt.judges.composite import register_composites
+from tunix_rt.judges.registry import JudgeRegistryError, unregister_judge
 
 BIN = Path(sys.executable).parent / "tunix-rt"
 CONTEXT = ScoringContext(run_id="r")
@@ -31,7 +31,7 @@ def _plugin_site(tmp_path: Path, body: str) -> Path:
 
 
 PLUGIN = '''
-from judges import Verdict
+from tunix_rt.judges import Verdict
 
 class Length:
     name, version, requires_reference = "length", "2.1", False
@@ -97,7 +97,7 @@ def test_bad_composites_are_refused(definition: dict, message: str) -> None:
 
 
 def test_composites_from_the_configured_file(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    from tunix_rt.judge_config import ensure_configured_judges
+    from tunix_rt.quality.judge_config import ensure_configured_judges
 
     config = tmp_path / "judges.yaml"
     config.write_text("composites:\n  both: {type: weighted, judges: {exact_match: 1, format: 1}}\n")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from judges import Item, JudgeRegistryError, ScoringContext, Verdict, get_judge, list_judges
-from judges._text import extract_answer, normalize_answer
-from judges.registry import register_judge, unregister_judge
+from tunix_rt.judges import Item, JudgeRegistryError, ScoringContext, Verdict, get_judge, list_judges
+from tunix_rt.judges._text import extract_answer, normalize_answer
+from tunix_rt.judges.registry import register_judge, unregister_judge
 
 CTX = ScoringContext(run_id="run-1", dataset="gsm8k", model="m")
 BUILT_INS = {"exact_match": "1.0", "format": "1.0", "mock": "1.0"}

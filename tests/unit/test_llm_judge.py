@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from judges import Item, ScoringContext, list_judges
-from judges.llm import (JudgeConfigError, LLMConfig, LLMJudge, MemoryCache, ReplyError, cache_key,
+from tunix_rt.judges import Item, ScoringContext, list_judges
+from tunix_rt.judges.llm import (JudgeConfigError, LLMConfig, LLMJudge, MemoryCache, ReplyError, cache_key,
                         llm_judge, parse_reply, parse_retry_after)
-from judges.registry import get_judge
-from judges.rubrics import BUILTIN_RUBRICS, Rubric, build_messages, load_rubric, rubric_hash
+from tunix_rt.judges.registry import get_judge
+from tunix_rt.judges.rubrics import BUILTIN_RUBRICS, Rubric, build_messages, load_rubric, rubric_hash
 from tests.fakes.openai_server import Reply, fake_openai
 
 CTX = ScoringContext(run_id="run-1", dataset="gsm8k", model="policy")
@@ -370,7 +370,7 @@ def test_score_works_inside_a_running_event_loop() -> None:
 
 
 def test_provider_knobs_come_from_the_environment() -> None:
-    from judges.llm import JudgeConfigError, LLMConfig
+    from tunix_rt.judges.llm import JudgeConfigError, LLMConfig
 
     env = {"TUNIX_RT_LLM_BASE_URL": "http://h/v1", "TUNIX_RT_LLM_MODEL": "gemma",
            "TUNIX_RT_LLM_MAX_CONCURRENCY": "3", "TUNIX_RT_LLM_REQUESTS_PER_SECOND": "2.5",

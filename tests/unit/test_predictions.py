@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from judges.base import Item
+from tunix_rt.judges.base import Item
 from tunix_rt.errors import PredictionsError, TunixRtError, is_transient
-from tunix_rt.predictions import MAX_ID_LENGTH, parse_predictions, read_predictions
+from tunix_rt.quality.predictions import MAX_ID_LENGTH, parse_predictions, read_predictions
 
 GOOD = json.dumps({"id": "a", "response": "r", "reference": "1"})
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunix_rt.errors import InvalidInputError
-from tunix_rt.runfile import RunSpec, load_run_spec, parse_run_spec
+from tunix_rt.training.runfile import RunSpec, load_run_spec, parse_run_spec
 
 CONTRACT_EXAMPLE = """\
 name: arith-lr01
@@ -133,8 +133,8 @@ def test_dry_run_refuses_an_unknown_uri_protocol() -> None:
 
 @pytest.mark.parametrize("trainable, message", [
     ("no_such_package_xyz.train:run", "module 'no_such_package_xyz.train' not found"),
-    ("tunix_rt.trainable:no_such_function", "has no attribute 'no_such_function'"),
-    ("tunix_rt.trainable:DATASET", "is not callable"),
+    ("tunix_rt.training.trainable:no_such_function", "has no attribute 'no_such_function'"),
+    ("tunix_rt.training.trainable:DATASET", "is not callable"),
 ])
 def test_dry_run_refuses_an_unresolvable_trainable(trainable: str, message: str) -> None:
     spec = parse_run_spec({**BASE, "trainable": trainable})
@@ -143,7 +143,7 @@ def test_dry_run_refuses_an_unresolvable_trainable(trainable: str, message: str)
 
 
 def test_dry_run_resolves_a_users_trainable() -> None:
-    parse_run_spec({**BASE, "trainable": "tunix_rt.trainable:builtin_trainable"}).check()
+    parse_run_spec({**BASE, "trainable": "tunix_rt.training.trainable:builtin_trainable"}).check()
 
 
 def test_dry_run_checks_the_builtins_config() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for tunix_rt.stats: bootstrap intervals, the gate and its policy."""
+"""Unit tests for tunix_rt.quality.stats: bootstrap intervals, the gate and its policy."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from tunix_rt import stats
-from tunix_rt.stats import (
+from tunix_rt.quality import stats
+from tunix_rt.quality.stats import (
     GateOutcome,
     GatePolicy,
     MeanCI,

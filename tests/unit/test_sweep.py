@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tunix_rt.errors import InvalidInputError
-from tunix_rt.sweep import load_sweep, parse_sweep
+from tunix_rt.tuning.sweep import load_sweep, parse_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_a_missing_or_broken_file_is_named(tmp_path: Path) -> None:
 
 
 def test_a_trainable_path_that_cannot_load_is_refused_before_any_trial() -> None:
-    """The same form check as tunix_rt.trainable.load_trainable: no trial fails on it later."""
+    """The same form check as tunix_rt.training.trainable.load_trainable: no trial fails on it later."""
     for path in ("pkg.mod:fn:extra", "pkg-mod:fn", "pkg.mod:"):
         with pytest.raises(InvalidInputError, match="trainable: must be"):
             parse_sweep({**VALID, "trainable": path})

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from judges import ScoringContext, get_judge
-from tunix_rt import trainable
-from tunix_rt.predictions import read_predictions
-from tunix_rt.trainable import (arithmetic_items, builtin_trainable, clear_reports, load_trainable,
+from tunix_rt.judges import ScoringContext, get_judge
+from tunix_rt.training import trainable
+from tunix_rt.quality.predictions import read_predictions
+from tunix_rt.training.trainable import (arithmetic_items, builtin_trainable, clear_reports, load_trainable,
                                 report, reporting_to, reports, set_reporter, train_arithmetic,
                                 training_pairs)
 
@@ -213,20 +213,20 @@ def test_builtin_trainable_reports_through_report(tmp_path: Path, monkeypatch:
 
 def test_load_trainable_resolves_builtin_and_paths() -> None:
     assert load_trainable("builtin") is builtin_trainable
-    assert load_trainable("tunix_rt.trainable:train_arithmetic") is train_arithmetic
-    assert load_trainable("tunix_rt.trainable:Path.cwd") == Path.cwd
+    assert load_trainable("tunix_rt.training.trainable:train_arithmetic") is train_arithmetic
+    assert load_trainable("tunix_rt.training.trainable:Path.cwd") == Path.cwd
 
 
 @pytest.mark.parametrize("path, message", [
-    ("tunix_rt.trainable", "package.module:function"),
-    ("tunix_rt.trainable:", "package.module:function"),
+    ("tunix_rt.training.trainable", "package.module:function"),
+    ("tunix_rt.training.trainable:", "package.module:function"),
     (":train_arithmetic", "package.module:function"),
     ("tunix rt:train", "package.module:function"),
     ("a:b:c", "package.module:function"),
     ("no_such_module_xyz:train", "module 'no_such_module_xyz' not found"),
     ("tunix_rt.no_such_module_xyz:train", "module 'tunix_rt.no_such_module_xyz' not found"),
-    ("tunix_rt.trainable:no_such_function", "has no attribute 'no_such_function'"),
-    ("tunix_rt.trainable:DATASET", "is not callable"),
+    ("tunix_rt.training.trainable:no_such_function", "has no attribute 'no_such_function'"),
+    ("tunix_rt.training.trainable:DATASET", "is not callable"),
 ])
 def test_load_trainable_errors_name_the_path(path: str, message: str) -> None:
     with pytest.raises(ValueError) as excinfo:
@@ -239,7 +239,7 @@ def test_a_missing_import_inside_the_users_module_is_not_hidden(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "user_trainable_broken.py").write_text("import no_such_dependency_xyz\n")
     (tmp_path / "user_trainable_ok.py").write_text(textwrap.dedent("""
-        from tunix_rt.trainable import report
+        from tunix_rt.training.trainable import report
 
         def train(config):
             report({"accuracy": config["x"]})
@@ -259,7 +259,7 @@ def test_a_missing_import_inside_the_users_module_is_not_hidden(
 def test_import_and_report_load_no_jax_optax_or_ray() -> None:
     code = textwrap.dedent("""
         import sys
-        import tunix_rt.trainable as t
+        import tunix_rt.training.trainable as t
         t.load_trainable("builtin")
         t.arithmetic_items()
         t.report({"accuracy": 1.0})

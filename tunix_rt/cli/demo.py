@@ -117,8 +117,8 @@ def _reset_demo_dataset() -> int:
     """Remove what an earlier demo recorded, so the demo always starts from nothing."""
     from sqlalchemy import delete, select
 
-    from tunix_rt.db import session_scope
-    from tunix_rt.models import Baseline, BaselinePromotion, LeaderboardEntry, Run, Study
+    from tunix_rt.store.db import session_scope
+    from tunix_rt.store.models import Baseline, BaselinePromotion, LeaderboardEntry, Run, Study
 
     datasets = (DATASET, SWEEP_DATASET)
     with session_scope() as session:
@@ -132,8 +132,8 @@ def _reset_demo_dataset() -> int:
 
 def _run_sweep(say: Any) -> dict[str, Any]:
     """A small Ray Tune sweep through the tuning flow; its best trial goes through the loop."""
-    from flows.tuning import tune_flow
-    from tunix_rt.sweep import parse_sweep
+    from tunix_rt.flows.tuning import tune_flow
+    from tunix_rt.tuning.sweep import parse_sweep
 
     sweep = parse_sweep(SWEEP, source="demo sweep")
     say(f"Tuning: {sweep.total_trials} trials of the built-in JAX trainable on Ray "
@@ -144,10 +144,11 @@ def _run_sweep(say: Any) -> dict[str, Any]:
 def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
              output_format: str = "table", tune: bool = True) -> int:
     """A small sweep, then three sample runs through the loop; print it all."""
-    from tunix_rt import gating, leaderboard, runs
-    from tunix_rt.db import session_scope
-    from tunix_rt.output import to_json, to_table
-    from tunix_rt.stats import GatePolicy
+    from tunix_rt.quality import gating, leaderboard
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+    from tunix_rt.cli.output import to_json, to_table
+    from tunix_rt.quality.stats import GatePolicy
 
     say = (lambda *a: print(*a, file=sys.stderr)) if output_format == "json" else print
     root = Path(workdir).resolve()
@@ -174,7 +175,7 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
                                     external_id=f"demo-{sim.name}")
             run_ids.append(run.id)
 
-    from flows.quality_loop import quality_loop
+    from tunix_rt.flows.quality_loop import quality_loop
 
     policy = GatePolicy(auto_promote=True)
     results = [quality_loop(run_id=run_id, judges=JUDGES, policy=policy) for run_id in run_ids]

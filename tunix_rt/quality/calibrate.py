@@ -100,7 +100,7 @@ def _label(value: Any, where: str) -> bool:
 
 def read_labels(path: str) -> tuple[list[Any], list[bool]]:
     """(items, labels) from a labels file; :class:`InvalidInputError` names the bad line."""
-    from tunix_rt.predictions import parse_predictions
+    from tunix_rt.quality.predictions import parse_predictions
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -130,9 +130,9 @@ def read_labels(path: str) -> tuple[list[Any], list[bool]]:
 
 def calibrate(judge_name: str, labels_path: str) -> Calibration:
     """Score the labelled items with the named judge and measure its agreement."""
-    from judges import ScoringContext
-    from judges.llm import JudgeConfigError
-    from tunix_rt.evaluation import build_judge
+    from tunix_rt.judges import ScoringContext
+    from tunix_rt.judges.llm import JudgeConfigError
+    from tunix_rt.quality.evaluation import build_judge
 
     items, labels = read_labels(labels_path)
     try:
@@ -153,7 +153,7 @@ def calibrate(judge_name: str, labels_path: str) -> Calibration:
 
 def calibrate_command(judge: str, labels_path: str, fmt: str) -> int:
     """``tunix-rt judges calibrate``: print the calibration as a table or JSON; 0."""
-    from tunix_rt.output import key_values, to_json
+    from tunix_rt.cli.output import key_values, to_json
 
     if fmt not in ("table", "json"):
         raise InvalidInputError(f"unknown format {fmt!r}; use table or json")

@@ -18,16 +18,19 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from tunix_rt import __version__, deliveries, gating, leaderboard, runs
-from tunix_rt.db import get_engine, session_scope
-from tunix_rt.deliveries import Dispatcher
+from tunix_rt import __version__
+from tunix_rt.service import deliveries
+from tunix_rt.quality import gating, leaderboard
+from tunix_rt.store import runs
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.service.deliveries import Dispatcher
 from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_transient
-from tunix_rt.models import LeaderboardEntry
+from tunix_rt.store.models import LeaderboardEntry
 from tunix_rt.settings import Settings, get_settings
-from tunix_rt.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
+from tunix_rt.service.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
                                Verifier, parse_event)
 
-log = logging.getLogger("tunix_rt.server")
+log = logging.getLogger("tunix_rt.service.server")
 
 
 class BodyTooLarge(Exception):

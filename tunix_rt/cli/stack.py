@@ -26,10 +26,10 @@ def serve(host: str, port: int, dispatcher: object | None = None) -> None:
     """Run the HTTP service until interrupted."""
     import uvicorn
 
-    from tunix_rt.server import create_app
+    from tunix_rt.service.server import create_app
 
     if dispatcher is None:
-        from tasks.dispatch import receiver_dispatcher
+        from tunix_rt.flows.dispatch import receiver_dispatcher
 
         dispatcher = receiver_dispatcher()
     app = create_app(dispatcher=dispatcher)
@@ -40,7 +40,7 @@ def serve(host: str, port: int, dispatcher: object | None = None) -> None:
 
 def project_dir() -> Path:
     """The folder with prefect.yaml: this checkout's root."""
-    import flows
+    from tunix_rt import flows
 
     root = Path(flows.__file__).resolve().parents[1]
     if not (root / "prefect.yaml").exists():
@@ -132,7 +132,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
               "Ctrl-C stops everything.", flush=True)
         os.environ["PREFECT_API_URL"] = api_url
         try:
-            from tasks.dispatch import EventDispatcher
+            from tunix_rt.flows.dispatch import EventDispatcher
 
             serve(host, port, dispatcher=EventDispatcher())
         except KeyboardInterrupt:

@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from tunix_rt.db import session_scope
-from tunix_rt.models import JudgeCacheEntry, utcnow
-from tunix_rt.upsert import insert_ignore
+from tunix_rt.store.db import session_scope
+from tunix_rt.store.models import JudgeCacheEntry, utcnow
+from tunix_rt.store.upsert import insert_ignore
 
 LOOKUP_BATCH = 1_000
 

@@ -16,9 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import NotFoundError
-from tunix_rt.models import Study, StudyStatus, Trial, TrialResult, TrialStatus, utcnow
-from tunix_rt.sweep import Sweep
-from tunix_rt.upsert import upsert
+from tunix_rt.store.models import Study, StudyStatus, Trial, TrialResult, TrialStatus, utcnow
+from tunix_rt.tuning.sweep import Sweep
+from tunix_rt.store.upsert import upsert
 
 TRIAL_COLUMNS = ["trial_id", "status", "iterations", "config", "last_metrics", "error",
                  "predictions_uri", "run_id", "started_at", "finished_at"]

@@ -3,7 +3,7 @@
 A run file names one training job in one of two forms (CONTRACT.md, "Run file"):
 
 * ``trainable`` (``"builtin"`` or ``"package.module:function"``) with its ``config``:
-  tunix-rt runs the trainable in a child process (:mod:`tunix_rt.job_entry`);
+  tunix-rt runs the trainable in a child process (:mod:`tunix_rt.training.job_entry`);
 * ``command`` (the argv of any program) with the ``predictions`` URI it will write.
 
 Parsing is pure: unknown keys, mixed forms and impossible values are refused with
@@ -123,7 +123,7 @@ class RunSpec(BaseModel):
         predictions URI must be non-empty and of a protocol fsspec knows.
         """
         if self.trainable is not None:
-            from tunix_rt import trainable as trainables
+            from tunix_rt.training import trainable as trainables
 
             try:
                 trainables.load_trainable(self.trainable)

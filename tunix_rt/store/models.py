@@ -46,7 +46,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime given for a UTC column; use tunix_rt.models.utcnow()")
+            raise ValueError("naive datetime given for a UTC column; use tunix_rt.store.models.utcnow()")
         return value.astimezone(timezone.utc)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:

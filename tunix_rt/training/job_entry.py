@@ -1,8 +1,8 @@
 """Run one trainable in this process and speak the job protocol on stdout.
 
-``python -m tunix_rt.job_entry --trainable T --config JSON [--out DIR]`` is the child
-process :func:`tunix_rt.jobs.run_job` supervises for a run file's trainable form. Each
-:func:`tunix_rt.trainable.report` becomes one line ``TUNIX_RT_METRICS {json}``; the URI
+``python -m tunix_rt.training.job_entry --trainable T --config JSON [--out DIR]`` is the child
+process :func:`tunix_rt.training.jobs.run_job` supervises for a run file's trainable form. Each
+:func:`tunix_rt.training.trainable.report` becomes one line ``TUNIX_RT_METRICS {json}``; the URI
 the trainable returns becomes a final line ``TUNIX_RT_PREDICTIONS <uri>``.
 
 ``--out DIR`` is where predictions should go: the built-in trainable writes there; a
@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tunix_rt.jobs import METRICS_PREFIX, PREDICTIONS_PREFIX
+from tunix_rt.training.jobs import METRICS_PREFIX, PREDICTIONS_PREFIX
 
 OUT_DIR_ENV = "TUNIX_RT_OUT_DIR"
 
@@ -57,7 +57,7 @@ def _predictions_uri(value: Any) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunix_rt.job_entry",
+    parser = argparse.ArgumentParser(prog="python -m tunix_rt.training.job_entry",
                                      description="Run one tunix-rt trainable as a job.")
     parser.add_argument("--trainable", required=True,
                         help='"builtin" or "package.module:function"')
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tunix-rt: --config: expected a JSON object", file=sys.stderr, flush=True)
         return 2
 
-    from tunix_rt import trainable as trainables
+    from tunix_rt.training import trainable as trainables
 
     out_dir = Path(args.out).resolve() if args.out else None
     if out_dir is not None:

@@ -1,4 +1,4 @@
-"""Starting the quality loop for a run, three ways, and the sweeper's tasks.
+"""Starting the quality loop for a run: the dispatchers the receiver and the sweeper use.
 
 - ``EventDispatcher`` (a Prefect server is configured): emits ``tunix.run.completed``
   for resource ``tunix.run.<id>``; the quality-loop deployment's trigger in
@@ -15,18 +15,11 @@ import logging
 import queue
 import threading
 import uuid
-from datetime import timedelta
-from typing import Any
 
-from prefect import task
-
-from tasks.quality import RETRY_POLICY
-from tunix_rt import deliveries
-from tunix_rt.db import session_scope
-from tunix_rt.deliveries import Dispatcher, Owed
+from tunix_rt.service.deliveries import Dispatcher
+from tunix_rt.tasks import events
 
 QUALITY_LOOP_DEPLOYMENT = "quality-loop/quality-loop"
-EVENT_RUN_COMPLETED = "tunix.run.completed"
 # Event ids derive from the delivery id: the same delivery emitted twice is one event.
 _EVENT_NAMESPACE = uuid.UUID("9b1f3c2e-6a55-4f0e-9d43-2b7f1d7d5a10")
 
@@ -43,14 +36,9 @@ class EventDispatcher:
     target = "event"
 
     def dispatch(self, run_id: str, key: str) -> str | None:
-        from prefect.events import emit_event
-
-        event = emit_event(
-            event=EVENT_RUN_COMPLETED,
-            resource={"prefect.resource.id": f"tunix.run.{run_id}",
-                      "prefect.resource.name": run_id},
-            payload={"run_id": run_id, "delivery_id": key},
-            id=uuid.uuid5(_EVENT_NAMESPACE, key))
+        event = events.emit_run_event(events.RUN_COMPLETED, run_id,
+                                      {"run_id": run_id, "delivery_id": key},
+                                      event_id=uuid.uuid5(_EVENT_NAMESPACE, key))
         if event is None:
             raise RuntimeError("Prefect events are disabled in this process")
         return None
@@ -94,7 +82,7 @@ class LocalDispatcher:
         self._thread.join(timeout=30)
 
     def _work(self) -> None:
-        from flows.quality_loop import quality_loop
+        from tunix_rt.flows.quality_loop import quality_loop
 
         while True:
             run_id = self._queue.get()
@@ -114,8 +102,8 @@ class InlineDispatcher:
     target = "inline"
 
     def dispatch(self, run_id: str, key: str) -> str | None:
-        from flows.quality_loop import quality_loop
-        from flows.subflows import without_heartbeats
+        from tunix_rt.flows.quality_loop import quality_loop
+        from tunix_rt.flows.subflows import without_heartbeats
 
         with without_heartbeats():  # the calling flow (the sweeper) sends heartbeats
             state = quality_loop(run_id=run_id, return_state=True)
@@ -125,18 +113,3 @@ class InlineDispatcher:
 def receiver_dispatcher() -> Dispatcher:
     """What ``tunix-rt serve`` uses: events with a server, a local worker without."""
     return EventDispatcher() if has_prefect_server() else LocalDispatcher()
-
-
-@task(name="find-owed-loops", **RETRY_POLICY)
-def find_owed(older_than_minutes: float, limit: int) -> list[Owed]:
-    with session_scope() as session:
-        return deliveries.owed_dispatches(session, older_than=timedelta(
-            minutes=older_than_minutes), limit=limit)
-
-
-@task(name="redispatch", **RETRY_POLICY)
-def redispatch(owed: Owed, dispatcher: Any) -> str | None:
-    # A new key per attempt: the idempotency key of a deployment run that crashed
-    # would otherwise hand back that same dead run.
-    key = f"{owed.key}#retry{owed.attempts}"
-    return deliveries.dispatch_now(session_scope, dispatcher, owed.dispatch_id, owed.run_id, key)

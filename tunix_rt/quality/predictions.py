@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from judges.base import Item
+from tunix_rt.judges.base import Item
 from tunix_rt.errors import PredictionsError
 
 MAX_ID_LENGTH = 255

@@ -13,7 +13,7 @@ def ensure_configured_judges() -> list[str]:
     path = get_settings().judges_config
     if not path or path in _loaded:
         return []
-    from judges.composite import register_composites
+    from tunix_rt.judges.composite import register_composites
     from tunix_rt.specfile import read_yaml
 
     document = read_yaml(path, what="judges config") or {}

@@ -17,10 +17,10 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError
-from tunix_rt.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
+from tunix_rt.store.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
                              WebhookDelivery, utcnow)
-from tunix_rt.upsert import insert_ignore
-from tunix_rt.webhooks import RunEvent
+from tunix_rt.store.upsert import insert_ignore
+from tunix_rt.service.webhooks import RunEvent
 
 # Status order: a delivery never moves a run backwards (a late run.started after
 # run.completed changes nothing), and the first terminal status stands.

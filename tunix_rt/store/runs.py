@@ -11,9 +11,9 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from tunix_rt.cursor import decode_cursor, encode_cursor
+from tunix_rt.store.cursor import decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError, NotFoundError, RunNotEvaluableError
-from tunix_rt.models import Run, RunOrigin, RunStatus, utcnow
+from tunix_rt.store.models import Run, RunOrigin, RunStatus, utcnow
 
 MAX_PAGE = 500
 

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import delete, func, insert, literal, select, text
 from sqlalchemy.orm import Session
 
-from tunix_rt.cursor import decode_cursor, encode_cursor
+from tunix_rt.store.cursor import decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError, NotFoundError
-from tunix_rt.models import Evaluation, EvaluationStatus, LeaderboardEntry, Run, utcnow
+from tunix_rt.store.models import Evaluation, EvaluationStatus, LeaderboardEntry, Run, utcnow
 
 MAX_PAGE = 500
 

@@ -7,7 +7,7 @@ or run file as ``"package.module:function"``:
 * it is a function taking one argument, the trial's config dict (the sampled
   ``param_space`` values of a sweep, or a run file's ``config``); it should ignore
   keys it does not know;
-* while it trains it calls :func:`tunix_rt.trainable.report` with a dict of metrics,
+* while it trains it calls :func:`tunix_rt.training.trainable.report` with a dict of metrics,
   for example ``report({"accuracy": 0.8, "loss": 0.4, "step": 100})``; the metric the
   sweep optimizes (``metric:`` in the sweep file) must be among them. Inside a Ray Tune
   trial each call is one Tune iteration (what ASHA's ``max_t`` and ``grace_period``

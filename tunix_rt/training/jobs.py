@@ -1,6 +1,6 @@
 """Supervise one training job as a child process: pure stdlib, no Prefect, Ray or database.
 
-:func:`job_command` turns a :class:`~tunix_rt.runfile.RunSpec` into an argv;
+:func:`job_command` turns a :class:`~tunix_rt.training.runfile.RunSpec` into an argv;
 :func:`run_job` runs it and answers a :class:`JobResult`.
 
 The child runs in its own process group (its own session) with stdout and stderr
@@ -11,7 +11,7 @@ merged into one pipe. Every line it prints is appended to a log file and handed 
     TUNIX_RT_PREDICTIONS file:///data/runs/x/predictions.jsonl
 
 report metrics (merged, the last value of a key wins) and the predictions URI (the
-last one wins). :mod:`tunix_rt.job_entry` prints them for a trainable; a command of
+last one wins). :mod:`tunix_rt.training.job_entry` prints them for a trainable; a command of
 the user's own may print them too.
 
 A timeout or ``should_cancel()`` stops the whole process group: SIGTERM, then SIGKILL
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from tunix_rt.runfile import RunSpec
+    from tunix_rt.training.runfile import RunSpec
 
 __all__ = ["METRICS_PREFIX", "PREDICTIONS_PREFIX", "JobResult", "JobStatus", "job_command",
            "run_job"]
@@ -73,7 +73,7 @@ class JobResult:
 
 def job_command(spec: RunSpec, *, out_dir: str | Path | None = None,
                 python: str | None = None) -> list[str]:
-    """The argv that runs ``spec``: its ``command``, or :mod:`tunix_rt.job_entry` for a trainable.
+    """The argv that runs ``spec``: its ``command``, or :mod:`tunix_rt.training.job_entry` for a trainable.
 
     ``out_dir`` is where a trainable writes its predictions (passed as ``--out``; without
     it the trainable chooses, the built-in one a new temporary directory). ``python``
@@ -82,7 +82,7 @@ def job_command(spec: RunSpec, *, out_dir: str | Path | None = None,
     if spec.command is not None:
         return list(spec.command)
     assert spec.trainable is not None
-    argv = [python or sys.executable, "-m", "tunix_rt.job_entry", "--trainable", spec.trainable,
+    argv = [python or sys.executable, "-m", "tunix_rt.training.job_entry", "--trainable", spec.trainable,
             "--config", json.dumps(spec.config or {}, sort_keys=True)]
     if out_dir is not None:
         argv += ["--out", str(out_dir)]

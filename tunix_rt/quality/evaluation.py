@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from judges import Item, ScoringContext, judge_spec
-from judges.base import Verdict as JudgeVerdict
+from tunix_rt.judges import Item, ScoringContext, judge_spec
+from tunix_rt.judges.base import Verdict as JudgeVerdict
 from tunix_rt.errors import TunixRtError
-from tunix_rt.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
-from tunix_rt.stats import bootstrap_mean_ci
-from tunix_rt.upsert import upsert
+from tunix_rt.store.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
+from tunix_rt.quality.stats import bootstrap_mean_ci
+from tunix_rt.store.upsert import upsert
 
 # Rows per INSERT when storing verdicts: large enough to amortize round trips,
 # small enough to stay well under any driver's parameter limit.
@@ -105,13 +105,13 @@ def build_judge(judge_name: str, engine: Any = None) -> Any:
     """The named judge; one that takes a verdict cache gets the database's."""
     import inspect
 
-    from tunix_rt.judge_config import ensure_configured_judges
+    from tunix_rt.quality.judge_config import ensure_configured_judges
 
     ensure_configured_judges()
     spec = judge_spec(judge_name)
     if "cache" in inspect.signature(spec.factory).parameters:
-        from tunix_rt.db import get_engine
-        from tunix_rt.judge_cache import DatabaseVerdictCache
+        from tunix_rt.store.db import get_engine
+        from tunix_rt.quality.judge_cache import DatabaseVerdictCache
 
         return spec.build(cache=DatabaseVerdictCache(engine or get_engine(), spec.name,
                                                      spec.version))

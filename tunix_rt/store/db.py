@@ -132,7 +132,7 @@ def alembic_config(engine: Engine):  # noqa: ANN201  (alembic is imported lazily
     """An Alembic config bound to ``engine``, wherever tunix-rt is installed."""
     from alembic.config import Config
 
-    import migrations
+    from tunix_rt import migrations
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))

@@ -1,6 +1,6 @@
 """Baselines and the gate: is a run at least as good as the dataset's baseline?
 
-The statistics live in :mod:`tunix_rt.stats`; this module finds the verdicts to
+The statistics live in :mod:`tunix_rt.quality.stats`; this module finds the verdicts to
 compare, records the decision (one row per candidate, judge, baseline and policy),
 and keeps the baseline and its history.
 """
@@ -15,12 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError, NotFoundError
-from tunix_rt.evaluation import item_scores, latest_evaluation
-from tunix_rt.models import (Baseline, BaselinePromotion, Evaluation, GateDecision, GateResult,
+from tunix_rt.quality.evaluation import item_scores, latest_evaluation
+from tunix_rt.store.models import (Baseline, BaselinePromotion, Evaluation, GateDecision, GateResult,
                              Run, utcnow)
-from tunix_rt.runs import ensure_evaluable, get_run
-from tunix_rt.stats import GatePolicy, decide_gate
-from tunix_rt.upsert import upsert
+from tunix_rt.store.runs import ensure_evaluable, get_run
+from tunix_rt.quality.stats import GatePolicy, decide_gate
+from tunix_rt.store.upsert import upsert
 
 EXIT_CODES = {GateDecision.passed.value: 0, GateDecision.failed.value: 1,
               GateDecision.inconclusive.value: 2, GateDecision.no_baseline.value: 2}

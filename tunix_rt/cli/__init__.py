@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _session():  # noqa: ANN202
-    from tunix_rt.db import session_scope
+    from tunix_rt.store.db import session_scope
 
     return session_scope()
 
@@ -61,7 +61,7 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
 def _policy(args: argparse.Namespace, auto_promote: bool = False):  # noqa: ANN202
     from pydantic import ValidationError
 
-    from tunix_rt.stats import GatePolicy
+    from tunix_rt.quality.stats import GatePolicy
 
     try:
         return GatePolicy(margin=args.margin, confidence=args.confidence,
@@ -89,14 +89,14 @@ def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from tunix_rt import db
+    from tunix_rt.store import db
 
     engine = db.get_engine(migrate_embedded=False)
     before = db.current_revision(engine)
     db.upgrade(engine, args.revision)
     after = db.current_revision(engine)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json({"from": before, "to": after})
     else:
@@ -105,8 +105,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_register(args: argparse.Namespace) -> int:
-    from tunix_rt import runs
-    from tunix_rt.models import RunStatus
+    from tunix_rt.store import runs
+    from tunix_rt.store.models import RunStatus
 
     config = _json_object(args.config, "--config")
     metrics = _json_object(args.metrics, "--metrics")
@@ -116,7 +116,7 @@ def cmd_runs_register(args: argparse.Namespace) -> int:
                                 external_id=args.external_id, status=RunStatus.completed)
         data = runs.run_to_dict(run)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json(data)
     else:
@@ -125,8 +125,8 @@ def cmd_runs_register(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from tunix_rt import runs
-    from tunix_rt.output import to_json, to_table
+    from tunix_rt.store import runs
+    from tunix_rt.cli.output import to_json, to_table
 
     with _session() as session:
         page, cursor = runs.list_runs(session, dataset=args.dataset, status=args.status,
@@ -144,9 +144,9 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 def cmd_runs_show(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from tunix_rt import runs
-    from tunix_rt.models import Evaluation
-    from tunix_rt.output import key_values, to_json, to_table
+    from tunix_rt.store import runs
+    from tunix_rt.store.models import Evaluation
+    from tunix_rt.cli.output import key_values, to_json, to_table
 
     with _session() as session:
         run = runs.get_run(session, args.run_id)
@@ -170,11 +170,11 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_judges_list(args: argparse.Namespace) -> int:
-    from judges import list_judges
-    from tunix_rt.judge_config import ensure_configured_judges
+    from tunix_rt.judges import list_judges
+    from tunix_rt.quality.judge_config import ensure_configured_judges
 
     ensure_configured_judges()
-    from tunix_rt.output import to_json, to_table
+    from tunix_rt.cli.output import to_json, to_table
 
     rows = [{"name": s.name, "version": s.version, "requires_reference": s.requires_reference,
              "description": s.description} for s in list_judges()]
@@ -186,8 +186,8 @@ def cmd_judges_list(args: argparse.Namespace) -> int:
 
 
 def _check_judges(names: list[str]) -> None:
-    from judges import judge_spec
-    from tunix_rt.judge_config import ensure_configured_judges
+    from tunix_rt.judges import judge_spec
+    from tunix_rt.quality.judge_config import ensure_configured_judges
 
     ensure_configured_judges()
 
@@ -202,18 +202,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_judges(judges or [])
     policy = _policy(args, auto_promote=args.auto_promote)
     with _session() as session:  # fail fast, before Prefect starts, on a bad run id
-        from tunix_rt import runs
+        from tunix_rt.store import runs
 
         run = runs.get_run(session, args.run_id)
         runs.ensure_evaluable(run)
         run_id = run.id
-    from flows.quality_loop import quality_loop
+    from tunix_rt.flows.quality_loop import quality_loop
 
     chosen = {"judges": judges} if judges else {}  # else the flow's default judges
     result = quality_loop(run_id=run_id, policy=policy, force=args.force, repeat=args.repeat,
                           **chosen)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json(result)
         return 0
@@ -230,8 +230,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from tunix_rt import leaderboard
-    from tunix_rt.output import to_csv, to_json, to_table
+    from tunix_rt.quality import leaderboard
+    from tunix_rt.cli.output import to_csv, to_json, to_table
 
     with _session() as session:
         judge = leaderboard.resolve_judge(session, args.dataset, args.judge)
@@ -251,7 +251,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_set(args: argparse.Namespace) -> int:
-    from tunix_rt import gating
+    from tunix_rt.quality import gating
 
     with _session() as session:
         judge = gating.resolve_gate_judge(session, args.run_id, args.judge)
@@ -261,7 +261,7 @@ def cmd_baseline_set(args: argparse.Namespace) -> int:
 
 
 def cmd_baseline_show(args: argparse.Namespace) -> int:
-    from tunix_rt import gating, leaderboard
+    from tunix_rt.quality import gating, leaderboard
     from tunix_rt.errors import NotFoundError
 
     with _session() as session:
@@ -274,7 +274,7 @@ def cmd_baseline_show(args: argparse.Namespace) -> int:
 
 
 def _print_baseline(info: Any, fmt: str) -> int:
-    from tunix_rt.output import key_values, to_json, to_table
+    from tunix_rt.cli.output import key_values, to_json, to_table
 
     doc = info.to_dict()
     if fmt == "json":
@@ -288,8 +288,8 @@ def _print_baseline(info: Any, fmt: str) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from tunix_rt import gating
-    from tunix_rt.output import key_values, to_json
+    from tunix_rt.quality import gating
+    from tunix_rt.cli.output import key_values, to_json
 
     policy = _policy(args)
     with _session() as session:
@@ -303,31 +303,31 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from tunix_rt.demo import run_demo
+    from tunix_rt.cli.demo import run_demo
 
     return run_demo(workdir=args.workdir, items=args.items, output_format=args.format,
                     tune=not args.no_tune)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from tunix_rt.stack import serve
+    from tunix_rt.cli.stack import serve
 
     serve(args.host, args.port)
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from tunix_rt.stack import up
+    from tunix_rt.cli.stack import up
 
     return up(host=args.host, port=args.port, prefect_port=args.prefect_port, logs=args.logs)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from flows.sweeper import sweep_owed_loops
+    from tunix_rt.flows.sweeper import sweep_owed_loops
 
     count = sweep_owed_loops(older_than_minutes=args.older_than_minutes, limit=args.limit)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json({"redispatched": count})
     else:
@@ -344,7 +344,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
                     metrics=_json_object(args.metrics, "--metrics"), error=args.error,
                     url=args.url)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json(result.to_dict() if hasattr(result, "to_dict") else result.__dict__)
     elif result.ok:
@@ -363,10 +363,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return _tune_show(args.what[1], args.format)
     if not args.config and not args.resume:
         raise CliError("tune needs --config SWEEP.yaml (or --resume STUDY)")
-    from tunix_rt.sweep import Sweep, load_sweep
+    from tunix_rt.tuning.sweep import Sweep, load_sweep
 
     if args.resume:
-        from tunix_rt import studies
+        from tunix_rt.tuning import studies
 
         with _session() as session:
             study = studies.get_study(session, args.resume)
@@ -377,11 +377,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sweep = sweep.model_copy(update={"num_samples": 1, "time_budget_s": 120})
     print(f"tune: {sweep.name}: {sweep.total_trials} trial(s), {sweep.max_concurrent_trials} at "
           f"a time, {sweep.resources} each", file=sys.stderr)
-    from flows.tuning import tune_flow
+    from tunix_rt.flows.tuning import tune_flow
 
     result = tune_flow(sweep=sweep, resume_study=resume)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json(result)
         return 130 if result["unfinished"] else 0
@@ -398,7 +398,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _tune_show(study_ref: str, fmt: str) -> int:
-    from tunix_rt import studies
+    from tunix_rt.tuning import studies
 
     with _session() as session:
         study = studies.get_study(session, study_ref)
@@ -406,13 +406,13 @@ def _tune_show(study_ref: str, fmt: str) -> int:
         head = {"study_id": study.id, "name": study.name, "status": study.status,
                 "metric": study.metric, "mode": study.mode, "best_trial_id": study.best_trial_id}
     if fmt == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json({**head, "trials": json.loads(frame.to_json(orient="records", date_format="iso"))})
     elif fmt == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     else:
-        from tunix_rt.output import key_values
+        from tunix_rt.cli.output import key_values
 
         key_values(head)
         print()
@@ -421,12 +421,12 @@ def _tune_show(study_ref: str, fmt: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tunix_rt.runfile import load_run_spec
+    from tunix_rt.training.runfile import load_run_spec
 
     spec = load_run_spec(args.config)
     if args.dry_run:
         spec.check()  # fail here, before Prefect starts, on what a dry run would refuse
-    from flows.training import train_flow
+    from tunix_rt.flows.training import train_flow
 
     state = train_flow(spec=spec, dry_run=args.dry_run, return_state=True)
     result = state.result(raise_on_failure=False)
@@ -437,7 +437,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise result
         raise CliError(f"the train flow failed: {result}")
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json(result)
     else:
@@ -451,13 +451,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_cancel(args: argparse.Namespace) -> int:
-    from tunix_rt import runs
+    from tunix_rt.store import runs
 
     with _session() as session:
         run = runs.request_cancel(session, args.run_id)
         data = runs.run_to_dict(run)
     if args.format == "json":
-        from tunix_rt.output import to_json
+        from tunix_rt.cli.output import to_json
 
         to_json(data)
     else:
@@ -466,7 +466,7 @@ def cmd_runs_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_judges_calibrate(args: argparse.Namespace) -> int:
-    from tunix_rt.calibrate import calibrate_command
+    from tunix_rt.quality.calibrate import calibrate_command
 
     return calibrate_command(args.judge, args.labels, args.format)
 
@@ -631,8 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tunix-rt: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence, with the cause named
-        from judges import JudgeRegistryError
-        from judges.llm import JudgeConfigError
+        from tunix_rt.judges import JudgeRegistryError
+        from tunix_rt.judges.llm import JudgeConfigError
 
         if isinstance(exc, (JudgeRegistryError, JudgeConfigError)):
             print(f"tunix-rt: error: {exc}", file=sys.stderr)

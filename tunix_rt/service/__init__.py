@@ -1,0 +1,1 @@
+"""The HTTP service: webhook verification, deliveries and their outbox, the read API."""

@@ -1,0 +1,1 @@
+"""The store: engine and sessions, the ORM models, upserts, keyset cursors, run records."""

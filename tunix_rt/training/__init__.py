@@ -1,0 +1,1 @@
+"""Training jobs: run files, supervised job processes, trainables."""

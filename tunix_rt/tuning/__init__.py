@@ -1,0 +1,1 @@
+"""Tuning: sweep files, studies on record, and the Ray Tune adapters."""
