@@ -16,21 +16,18 @@ verdicts are stored, so a re-run retries the items that failed.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import math
 import os
-import random
 import re
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tunix_rt import retrying
 from tunix_rt.judges.base import Item, ScoringContext, Verdict
 from tunix_rt.judges.registry import register_judge
 from tunix_rt.judges.rubrics import PRESETS, Rubric, build_messages, resolve_rubric, rubric_hash
@@ -218,24 +215,6 @@ def parse_reply(content: str) -> tuple[float, str]:
     return score, rationale.strip()
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
@@ -404,7 +383,7 @@ class LLMJudge:
         last_error = ""
         for attempt in range(1, max_attempts + 1):
             outcome.attempts = attempt
-            retry_after: float | None = None
+            retry_after: str | None = None  # the header, honoured on 429 and 503 only
             async with semaphore:
                 if limiter is not None:
                     await limiter.acquire()
@@ -426,13 +405,13 @@ class LLMJudge:
                     outcome.error = f"provider rejected the request: {last_error}"
                     return outcome
                 if status in (429, 503):
-                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                    retry_after = response.headers.get("retry-after")
             if attempt == max_attempts:
                 break
             self.ledger.retries += 1
-            if retry_after is None:  # exponential backoff with full jitter
-                retry_after = random.uniform(0.0, cfg.backoff_s * 2 ** (attempt - 1))
-            await asyncio.sleep(min(retry_after, cfg.max_backoff_s))
+            await asyncio.sleep(retrying.retry_delay(attempt, base=cfg.backoff_s,
+                                                     cap=cfg.max_backoff_s,
+                                                     retry_after=retry_after))
         outcome.error = f"provider failed after {outcome.attempts} attempts: {last_error}"
         return outcome
 
@@ -475,4 +454,4 @@ def llm_judge(rubric: Rubric | str = "correctness", config: LLMConfig | None = N
 
 
 __all__ = ["JudgeConfigError", "LLMConfig", "LLMJudge", "Ledger", "MemoryCache", "ReplyError",
-           "VerdictCache", "cache_key", "llm_judge", "parse_reply", "parse_retry_after"]
+           "VerdictCache", "cache_key", "llm_judge", "parse_reply"]

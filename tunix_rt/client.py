@@ -53,20 +53,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import hashlib
 import hmac
 import json
 import logging
 import math
 import os
-import random
 import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tunix_rt.retrying import retry_delay
 
 __all__ = ["EVENT_TYPES", "NotifyError", "NotifyResult", "TunixRtHook", "notify",
            "sign_delivery"]
@@ -173,22 +173,6 @@ def _endpoint(url: str) -> str:
     return base if base.endswith(WEBHOOK_PATH) else base + WEBHOOK_PATH
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_DELAY_S)
-
-
 def _json_body(response: Any) -> dict[str, Any] | None:
     try:
         parsed = response.json()
@@ -271,7 +255,7 @@ def notify(event_type: str, *, external_id: str, name: str | None = None,
             attempts += 1
             headers = sign_delivery(secret, delivery_id, int(time.time()), body)
             headers["content-type"] = "application/json"
-            delay: float | None = None
+            retry_after: str | None = None  # honoured on 429 and 503 only
             try:
                 response = client.post(endpoint, content=body, headers=headers)
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
@@ -290,10 +274,10 @@ def notify(event_type: str, *, external_id: str, name: str | None = None,
                     return finish(NotifyResult(False, status, attempts, delivery_id,
                                                last_error, answer))
                 if status in _RETRY_AFTER_STATUSES:
-                    delay = _retry_after(response.headers.get("retry-after"))
+                    retry_after = response.headers.get("retry-after")
             if attempts < retries:
-                if delay is None:
-                    delay = random.uniform(0.0, min(MAX_DELAY_S, backoff * 2 ** (attempts - 1)))
+                delay = retry_delay(attempts, base=backoff, cap=MAX_DELAY_S,
+                                    retry_after=retry_after)
                 log.info("tunix-rt %s for %s: attempt %d failed (%s); retrying in %.2f s",
                          event_type, external_id, attempts, last_error, delay)
                 time.sleep(delay)
