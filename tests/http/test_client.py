@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.http.conftest import SECRET, Service, sign
-from tunix_rt import retrying
+from tunix_rt import client, retrying
 from tunix_rt.client import NotifyError, TunixRtHook, notify, sign_delivery
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.store.models import Dispatch, Run, WebhookDelivery
@@ -48,6 +48,22 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every wait notify makes between attempts, in seconds, in order (still waited)."""
+    seen: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        seen.append(seconds)
+        time.sleep(seconds)
+
+    clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time)
+                               if not name.startswith("_")})
+    clock.sleep = sleep
+    monkeypatch.setattr(client, "time", clock)  # only the client's time, not other threads'
+    return seen
 
 
 class FlakyProxy:
@@ -156,15 +172,17 @@ def test_a_missing_configuration_is_a_failed_delivery_not_a_crash(
         notify("run.started", **fields, raise_on_error=True)
 
 
-def test_an_unreachable_receiver_is_retried_then_given_up(fields: dict[str, Any]) -> None:
+def test_an_unreachable_receiver_is_retried_then_given_up(fields: dict[str, Any],
+                                                          waits: list[float]) -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
-    started = time.monotonic()
 
     result = notify("run.started", **fields, url=url, secret=SECRET, retries=3, **FAST)
 
     assert not result.ok and result.status is None and result.attempts == 3
     assert "Connect" in result.error and result.delivery_id.startswith("msg_")
-    assert time.monotonic() - started < 5
+    # Two waits between three attempts, each within its backoff window (full jitter).
+    assert len(waits) == 2
+    assert all(0 <= wait <= FAST["backoff"] * 2 ** i for i, wait in enumerate(waits)), waits
     with pytest.raises(NotifyError) as raised:
         notify("run.started", **fields, url=url, secret=SECRET, retries=2,
                raise_on_error=True, **FAST)

@@ -92,7 +92,7 @@ def test_a_job_that_reports_completes_with_merged_metrics(tmp_path: Path) -> Non
     assert reports == [{"accuracy": 0.5, "loss": 2.0, "step": 10},
                        {"accuracy": 0.75, "step": 20}]
     assert result.predictions_uri == "file:///tmp/p.jsonl"
-    assert 0 < result.duration_s < 30 and result.pid is not None
+    assert result.duration_s > 0 and result.pid is not None
     lines = log_path.read_text().splitlines()
     for expected in ("starting", 'TUNIX_RT_METRICS {"accuracy": 0.5, "loss": 2.0, "step": 10}',
                      "to stderr", "TUNIX_RT_METRICS not json",
@@ -121,12 +121,10 @@ def test_a_failing_job_records_its_exit_code_and_the_tail(tmp_path: Path) -> Non
 
 
 def test_a_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
-    started = time.monotonic()
     result = run_job(_code(WITH_GRANDCHILD), timeout_s=1, log_path=tmp_path / "job.log",
                      poll_s=0.1)
-    elapsed = time.monotonic() - started
     assert result.status == "timeout" and result.exit_code == -signal.SIGTERM
-    assert 1 <= elapsed < 5
+    assert result.duration_s >= 1  # it had its whole second before it was stopped
     assert "[tunix-rt] timed out after 1 s" in result.log_tail
     pgid, grandchild = _pids(result, "pgid"), _pids(result, "grandchild")
     assert pgid == result.pid
@@ -135,16 +133,19 @@ def test_a_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_processes_left_behind_by_a_finished_job_are_stopped(tmp_path: Path) -> None:
-    result = run_job(_code("""
+    woke = tmp_path / "grandchild-woke"
+    result = run_job(_code(f"""
         import os, subprocess, sys
-        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        print(f"pgid={os.getpgrp()}", flush=True)
-        print(f"grandchild={grandchild.pid}", flush=True)
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time, pathlib; "
+                                       "time.sleep(60); pathlib.Path({str(woke)!r}).touch()"])
+        print(f"pgid={{os.getpgrp()}}", flush=True)
+        print(f"grandchild={{grandchild.pid}}", flush=True)
     """), timeout_s=30, log_path=tmp_path / "job.log", grace_s=2)
     assert result.status == "completed" and result.exit_code == 0
-    assert result.duration_s < 10  # the grandchild holding the pipe did not keep it open
     assert "[tunix-rt] the job left processes running" in result.log_tail
     assert not _running(_pids(result, "grandchild"))
+    # Stopped, not waited for: the grandchild holding the pipe did not keep it open.
+    assert not woke.exists()
     assert not _group_running(result.pid)
 
 
@@ -154,7 +155,6 @@ def test_cancelling_stops_the_job(tmp_path: Path) -> None:
                      on_line=lambda line: ready.set() if line.startswith("grandchild=") else None,
                      should_cancel=ready.is_set, poll_s=0.05)
     assert result.status == "cancelled" and result.exit_code == -signal.SIGTERM
-    assert result.duration_s < 10
     assert "[tunix-rt] cancelled" in result.log_tail
     assert not _running(_pids(result, "grandchild"))
     assert not _group_running(result.pid)
@@ -170,7 +170,7 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Pat
     """), timeout_s=30, log_path=tmp_path / "job.log", poll_s=0.05, grace_s=0.5,
         on_line=lambda line: ready.set() if line == "ready" else None, should_cancel=ready.is_set)
     assert result.status == "cancelled" and result.exit_code == -signal.SIGKILL
-    assert 0.5 <= result.duration_s < 10
+    assert result.duration_s >= 0.5  # SIGKILL only after the grace period
     assert "still running 0.5 s after SIGTERM: sent SIGKILL" in result.log_tail
     assert not _group_running(result.pid)
 
