@@ -57,7 +57,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import os
 import time
 import traceback
@@ -66,6 +65,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tunix_rt.jsonsafe import json_safe
 from tunix_rt.retrying import retry_delay
 
 __all__ = ["EVENT_TYPES", "NotifyError", "NotifyResult", "TunixRtHook", "notify",
@@ -146,28 +146,6 @@ def stable_delivery_id(external_id: str, event_type: str) -> str:
     return f"msg_{uuid.uuid5(uuid.NAMESPACE_URL, f'tunix-rt:{external_id}:{event_type}').hex}"
 
 
-def _jsonable(value: Any) -> Any:
-    """Plain JSON: array scalars via ``.item()``/``.tolist()``, NaN/inf as null, else str."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    for method in ("item", "tolist"):  # numpy / jax scalars and arrays, without importing them
-        convert = getattr(value, method, None)
-        if callable(convert):
-            try:
-                converted = convert()
-            except Exception:  # noqa: BLE001 - e.g. .item() of a many-element array
-                continue
-            if converted is not value:
-                return _jsonable(converted)
-    return str(value)
-
-
 def _endpoint(url: str) -> str:
     base = url.strip().rstrip("/")
     return base if base.endswith(WEBHOOK_PATH) else base + WEBHOOK_PATH
@@ -214,7 +192,7 @@ def notify(event_type: str, *, external_id: str, name: str | None = None,
             "predictions_uri": predictions_uri, "config": config, "metrics": metrics,
             "error": error}
     payload = {"type": event_type,
-               "data": {k: _jsonable(v) for k, v in data.items() if v is not None}}
+               "data": {k: json_safe(v) for k, v in data.items() if v is not None}}
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
     def finish(result: NotifyResult) -> NotifyResult:

@@ -22,26 +22,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tunix_rt.jsonsafe import json_safe
 from tunix_rt.training.jobs import METRICS_PREFIX, PREDICTIONS_PREFIX
 
 OUT_DIR_ENV = "TUNIX_RT_OUT_DIR"
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy and jax scalars and arrays via ``.item()``/``.tolist()``; anything else as text."""
-    for method in ("item", "tolist"):
-        convert = getattr(value, method, None)
-        if callable(convert):
-            try:
-                return convert()
-            except (TypeError, ValueError):
-                continue
-    return str(value)
-
-
 def emit_metrics(metrics: dict[str, Any]) -> None:
     """Print one metrics report as a protocol line."""
-    line = json.dumps(metrics, default=_jsonable, separators=(",", ":"))
+    line = json.dumps(json_safe(metrics), separators=(",", ":"), allow_nan=False)
     print(f"{METRICS_PREFIX} {line}", flush=True)
 
 

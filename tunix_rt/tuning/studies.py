@@ -7,7 +7,6 @@ duplicates. Query functions take a session and never commit.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,30 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import NotFoundError
+from tunix_rt.jsonsafe import json_safe
 from tunix_rt.store.models import Study, StudyStatus, Trial, TrialResult, TrialStatus, utcnow
 from tunix_rt.tuning.sweep import Sweep
 from tunix_rt.store.upsert import upsert
 
 TRIAL_COLUMNS = ["trial_id", "status", "iterations", "config", "last_metrics", "error",
                  "predictions_uri", "run_id", "started_at", "finished_at"]
-
-
-def json_safe(value: Any) -> Any:
-    """Metrics as JSON: numpy scalars to Python, NaN and infinities to None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            value = value.item()
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def create_study(session: Session, sweep: Sweep, storage_path: str) -> Study:
