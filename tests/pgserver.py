@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,18 +91,19 @@ def create_database(admin_url: str, prefix: str = "t", template: str | None = No
     import psycopg
     from sqlalchemy.engine import make_url
 
+    from tests.waiting import wait_for
+
     url = make_url(admin_url)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with psycopg.connect(conninfo, autocommit=True) as conn:
-                clause = f' TEMPLATE "{template}"' if template else ""
-                conn.execute(f'CREATE DATABASE "{name}"{clause}')
-            break
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    clause = f' TEMPLATE "{template}"' if template else ""
+
+    def create() -> bool:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"{clause}')
+        return True
+
+    # A server still starting refuses connections; a template still in use refuses to be
+    # copied: both pass.
+    wait_for(create, 10, f"database {name} to be created", retry_on=psycopg.OperationalError)
     return url.set(database=name).render_as_string(hide_password=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from sqlalchemy import select
 
 from tests.factories import correctness, write_predictions
 from tests.http.conftest import event, serve_app, sign, webhook_env  # noqa: F401
+from tests.waiting import wait_for
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.store.models import Dispatch, GateResult
 
@@ -19,6 +19,16 @@ pytestmark = pytest.mark.flows
 @pytest.fixture(autouse=True)
 def _prefect(prefect_api_url: str) -> None:
     """Every test here talks to the session's Prefect server."""
+
+
+def _gated_and_dispatched(db_url: str) -> tuple[GateResult, Dispatch] | None:
+    """The gate result and the dispatch once the loop has gated and the row is marked."""
+    with session_scope(get_engine(db_url)) as session:
+        gate = session.scalar(select(GateResult))
+        dispatch = session.scalar(select(Dispatch))
+    if gate is not None and dispatch is not None and dispatch.status == "dispatched":
+        return gate, dispatch
+    return None
 
 
 def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Path) -> None:
@@ -31,14 +41,8 @@ def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Pa
     try:
         for service in serve_app(create_app(dispatcher=dispatcher)):
             assert service.post(body, sign(body)).status_code == 202
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                with session_scope(get_engine(webhook_env)) as session:
-                    gate = session.scalar(select(GateResult))
-                    dispatch = session.scalar(select(Dispatch))
-                if gate is not None and dispatch.status == "dispatched":
-                    break
-                time.sleep(0.2)
+            gate, dispatch = wait_for(lambda: _gated_and_dispatched(webhook_env), 60,
+                                      "the local worker to gate the run and mark it dispatched")
     finally:
         dispatcher.close()
     assert gate is not None and gate.decision == "no_baseline"

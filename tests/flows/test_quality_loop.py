@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from tunix_rt.flows.quality_loop import quality_loop
 from tests.factories import correctness, make_run, write_predictions
+from tests.waiting import wait_for
 from tunix_rt.store.db import session_scope
 from tunix_rt.store.models import (BaselinePromotion, Evaluation, GateResult, LeaderboardEntry,
                              RunStatus, Verdict)
@@ -192,8 +193,10 @@ def test_artifacts_record_the_board_and_the_decision(engine, tmp_path: Path) -> 
 
 
 def _events(prefix: str, resource: str, timeout: float = 20.0) -> list:
-    """Events named ``prefix*`` about ``resource``, as the Prefect server stored them."""
-    import time
+    """Events named ``prefix*`` about ``resource``, as the Prefect server stored them.
+
+    Waits (up to ``timeout``) for at least one: the server stores events asynchronously.
+    """
     from datetime import datetime, timedelta, timezone
 
     from prefect.events.filters import (EventFilter, EventNameFilter, EventOccurredFilter,
@@ -203,13 +206,12 @@ def _events(prefix: str, resource: str, timeout: float = 20.0) -> list:
         occurred=EventOccurredFilter(since=datetime.now(timezone.utc) - timedelta(hours=1)),
         event=EventNameFilter(prefix=[prefix]),
         resource=EventResourceFilter(id=[resource]))
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def read() -> list:
         with get_client(sync_client=True) as client:
-            events = client.read_events(filter=event_filter, limit=50).events
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
+            return client.read_events(filter=event_filter, limit=50).events
+
+    return wait_for(read, timeout, f"Prefect events {prefix}* about {resource}", interval=0.5)
 
 
 def test_gate_decisions_are_emitted_as_prefect_events(engine, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from sqlalchemy import select
 
 from tunix_rt.flows.training import train_flow
 from tests.flows.test_quality_loop import _events
+from tests.waiting import wait_for
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.errors import RunNotEvaluableError
 from tunix_rt.store.models import GateResult, LeaderboardEntry, Run
@@ -114,10 +114,8 @@ def test_runs_cancel_stops_a_running_job(db_url: str) -> None:
     thread = threading.Thread(target=lambda: outcome.update(
         state=train_flow(spec=spec, return_state=True)))
     thread.start()
-    deadline = time.monotonic() + 60
-    while not (runs := _all_runs(db_url)) or runs[0].status != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    runs = wait_for(lambda: [r for r in _all_runs(db_url) if r.status == "running"], 60,
+                    "the job to be running", alive=thread.is_alive)
     with session_scope(get_engine(db_url)) as session:
         request_cancel(session, runs[0].id)
     thread.join(timeout=60)

@@ -18,6 +18,8 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.waiting import wait_for
+
 SECRET_BYTES = b"tunix-rt test secret, 32 bytes!!"
 SECRET = "whsec_" + base64.b64encode(SECRET_BYTES).decode()
 
@@ -65,11 +67,8 @@ def serve_app(app: Any) -> Iterator[Service]:
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+    wait_for(lambda: server.started, 20, "uvicorn to start", interval=0.02,
+             alive=thread.is_alive)
     try:
         yield Service(f"http://127.0.0.1:{port}", app)
     finally:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from tunix_rt.flows.tuning import tune_flow
 from tunix_rt.tuning import studies
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.store.models import Study, Trial, TrialResult
+from tests.waiting import wait_for
 from tunix_rt.tuning.sweep import Sweep
 
 pytestmark = [pytest.mark.flows, pytest.mark.tuning]
@@ -46,11 +46,8 @@ def test_an_interrupted_study_resumes_without_duplicates(
             return session.scalar(select(func.count()).select_from(Trial).where(
                 Trial.status == "completed")) or 0
 
-    deadline = time.monotonic() + 180
-    while finished() < 1:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
+    wait_for(lambda: finished() >= 1, 180, "a first trial to complete", interval=0.3,
+             proc=proc, log=log)
     proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
     with session_scope(engine) as session:

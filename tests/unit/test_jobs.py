@@ -8,11 +8,11 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_for
 from tunix_rt.training.jobs import JobResult, job_command, run_job
 from tunix_rt.quality.predictions import read_predictions
 from tunix_rt.training.runfile import parse_run_spec
@@ -196,15 +196,13 @@ def test_lines_arrive_while_the_job_runs(tmp_path: Path) -> None:
             flag.touch()
 
     result = run_job(_code(f"""
-        import os, sys, time
+        import os
+        from tests.waiting import wait_for
         print("first")  # not flushed by hand: run_job sets PYTHONUNBUFFERED
-        deadline = time.monotonic() + 20
-        while not os.path.exists({str(flag)!r}):
-            if time.monotonic() > deadline:
-                sys.exit("on_line never saw the first line")
-            time.sleep(0.02)
+        wait_for(lambda: os.path.exists({str(flag)!r}), 20, "on_line to see the first line",
+                 interval=0.02)
         print("second")
-    """), timeout_s=30, log_path=tmp_path / "job.log", on_line=on_line)
+    """), timeout_s=30, log_path=tmp_path / "job.log", on_line=on_line, cwd=ROOT)
     assert result.status == "completed", result.log_tail
     assert seen == ["first", "second"]
 
@@ -226,10 +224,8 @@ def test_the_supervisors_death_kills_the_job(tmp_path: Path) -> None:
     finally:
         supervisor.kill()
         supervisor.wait()
-    deadline = time.monotonic() + 5
-    while _running(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _running(child)
+    wait_for(lambda: not _running(child), 30, f"the job (pid {child}) to die with its supervisor",
+             interval=0.05)
 
 
 def test_job_command_for_both_forms(tmp_path: Path) -> None:
