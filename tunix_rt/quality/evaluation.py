@@ -9,6 +9,7 @@ one row its unique key allows.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.judges import Item, ScoringContext, judge_spec
 from tunix_rt.judges.base import Verdict as JudgeVerdict
-from tunix_rt.errors import TunixRtError
+from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError
 from tunix_rt.store.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
 from tunix_rt.quality.stats import bootstrap_mean_ci
 from tunix_rt.store.upsert import upsert
@@ -99,6 +100,25 @@ class EvaluationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def choose_judge(asked: str | None, judges: Callable[[], Sequence[str]], *, none: str,
+                 several: str) -> str:
+    """The judge asked for, or else the only one there is.
+
+    ``judges()`` (called only when no judge was asked for) names the judges to choose
+    from: those that evaluated a run, those with a board for a dataset. None of them is
+    a :class:`NotFoundError` saying ``none``; several an :class:`InvalidInputError`
+    saying ``several`` with ``{judges}`` replaced by their names.
+    """
+    if asked:
+        return asked
+    available = list(judges())
+    if len(available) == 1:
+        return available[0]
+    if not available:
+        raise NotFoundError(none)
+    raise InvalidInputError(several.replace("{judges}", ", ".join(available)))
 
 
 def build_judge(judge_name: str, engine: Any = None) -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tunix_rt.errors import InvalidInputError, NotFoundError
-from tunix_rt.quality.evaluation import item_scores, latest_evaluation
+from tunix_rt.errors import NotFoundError
+from tunix_rt.quality.evaluation import choose_judge, item_scores, latest_evaluation
 from tunix_rt.store.models import (Baseline, BaselinePromotion, Evaluation, GateDecision, GateResult,
                              Run, utcnow)
 from tunix_rt.store.runs import ensure_evaluable, get_run
@@ -82,18 +82,16 @@ def _completed_evaluation(session: Session, run: Run, judge: str) -> Evaluation:
 
 def resolve_gate_judge(session: Session, run_id: str, judge: str | None) -> str:
     """The judge to gate on: the one asked for, or the only one that evaluated the run."""
-    if judge:
-        return judge
-    run = get_run(session, run_id)
-    judges = sorted(set(session.scalars(select(Evaluation.judge).where(
-        Evaluation.run_id == run.id, Evaluation.status == "completed"))))
-    if len(judges) == 1:
-        return judges[0]
-    if not judges:
-        raise NotFoundError(f"run {run.id} ({run.name}) has no completed evaluation: run "
-                            f"`tunix-rt evaluate {run.id}` first")
-    raise InvalidInputError(f"run {run.id} was evaluated by several judges "
-                            f"({', '.join(judges)}); pick one with --judge")
+    def evaluated_by() -> list[str]:
+        run = get_run(session, run_id)
+        return sorted(set(session.scalars(select(Evaluation.judge).where(
+            Evaluation.run_id == run.id, Evaluation.status == "completed"))))
+
+    return choose_judge(judge, evaluated_by,
+                        none=f"run {run_id} has no completed evaluation: run "
+                             f"`tunix-rt evaluate {run_id}` first",
+                        several=f"run {run_id} was evaluated by several judges ({{judges}}); "
+                                "pick one with --judge")
 
 
 def set_baseline(session: Session, run_id: str, judge: str, *, source: str = "manual",

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.store.cursor import decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError, NotFoundError
+from tunix_rt.quality.evaluation import choose_judge
 from tunix_rt.store.models import Evaluation, EvaluationStatus, LeaderboardEntry, Run, utcnow
 
 MAX_PAGE = 500
@@ -103,16 +104,11 @@ def board_judges(session: Session, dataset: str) -> list[str]:
 
 def resolve_judge(session: Session, dataset: str, judge: str | None) -> str:
     """The judge to show: the one asked for, or the dataset's only one."""
-    if judge:
-        return judge
-    judges = board_judges(session, dataset)
-    if len(judges) == 1:
-        return judges[0]
-    if not judges:
-        raise NotFoundError(f"no leaderboard for dataset {dataset!r} yet: evaluate a run of it "
-                            "first (`tunix-rt evaluate RUN_ID`)")
-    raise InvalidInputError(f"dataset {dataset!r} has boards for several judges "
-                            f"({', '.join(judges)}); name one (--judge, or ?judge= in the API)")
+    return choose_judge(judge, lambda: board_judges(session, dataset),
+                        none=f"no leaderboard for dataset {dataset!r} yet: evaluate a run of "
+                             "it first (`tunix-rt evaluate RUN_ID`)",
+                        several=f"dataset {dataset!r} has boards for several judges "
+                                "({judges}); name one (--judge, or ?judge= in the API)")
 
 
 def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int = 20,
