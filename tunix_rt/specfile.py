@@ -1,15 +1,52 @@
-"""What sweep files and run files share: YAML loading, error messages, resource rules."""
+"""What sweep files and run files share: YAML loading, error messages, resource rules.
+
+:func:`validation_problems` is also how the webhook receiver, the settings and the
+CLI word a pydantic validation error: one ``field: message`` per problem.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from tunix_rt.errors import InvalidInputError
 
 Spec = TypeVar("Spec", bound=BaseModel)
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a validated document: where (a dotted path) and what."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        if not self.field or self.message.startswith(self.field):
+            return self.message
+        return f"{self.field}: {self.message}"
+
+
+def validation_problems(exc: ValidationError, *, root: str = "",
+                        label: Callable[[str], str] | None = None) -> tuple[list[Problem], str]:
+    """The problems of a pydantic validation error, and their text (``; ``-joined).
+
+    A problem's ``field`` is its location, dotted (``scheduler.max_steps``), passed
+    through ``label`` when given (e.g. to name a flag or an environment variable), or
+    ``root`` for a problem of the whole document. Its ``message`` is pydantic's without
+    the ``Value error, `` prefix; an unexpected key's is ``unknown key``.
+    """
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        where = (label(where) if label else where) if where else root
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(Problem(where, message))
+    return problems, "; ".join(str(p) for p in problems)
 
 
 def validate_spec(model: type[Spec], document: Any, *, source: str, what: str) -> Spec:
@@ -19,16 +56,7 @@ def validate_spec(model: type[Spec], document: Any, *, source: str, what: str) -
     try:
         return model.model_validate(document)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"])
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "extra_forbidden":
-                message = "unknown key"
-            if where and not message.startswith(where):
-                message = f"{where}: {message}"
-            problems.append(message)
-        raise InvalidInputError(f"{source}: {'; '.join(problems)}") from None
+        raise InvalidInputError(f"{source}: {validation_problems(exc)[1]}") from None
 
 
 def read_yaml(path: str | Path, *, what: str) -> Any:

@@ -97,6 +97,19 @@ def test_invalid_payloads_name_the_field(service: Service, db_url, body: bytes, 
     assert _counts(db_url) == (0, 0, 0)
 
 
+def test_every_problem_of_a_payload_is_named(service: Service, db_url) -> None:  # noqa: ANN001
+    body = b'{"type": "run.finished", "data": {"name": ""}}'
+
+    response = service.post(body, sign(body))
+
+    assert response.status_code == 422, response.text
+    answer = response.json()
+    assert answer["field"] == "type"  # the first problem's field, as given, not parsed back
+    for where in ("type: ", "data.external_id: ", "data.name: "):
+        assert where in answer["error"]
+    assert _counts(db_url) == (0, 0, 0)
+
+
 def test_a_repeated_delivery_is_processed_once(service: Service, db_url) -> None:  # noqa: ANN001
     body = event(predictions_uri="file:///p.jsonl")
     headers = sign(body, msg_id="msg_repeat")

@@ -97,11 +97,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         try:
             event = parse_event(body)
         except PayloadError as exc:
-            return _error(422, f"invalid payload: {exc}", field=str(exc).split(":")[0])
+            return _error(422, f"invalid payload: {exc}", field=exc.field)
         delivery_id = request.headers["webhook-id"]
         try:
             received = await run_in_threadpool(_store, scope, delivery_id, event)
-        except InvalidInputError as exc:
+        except InvalidInputError as exc:  # deliveries.receive words it "data.<field>: ..."
             return _error(422, f"invalid payload: {exc}", field=str(exc).split(":")[0])
         except DBAPIError as exc:
             if not is_transient(exc):

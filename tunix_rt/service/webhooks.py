@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from tunix_rt.specfile import Problem, validation_problems
+
 REQUIRED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 MAX_BODY_BYTES = 256 * 1024
 
@@ -26,7 +28,15 @@ class SignatureError(ValueError):
 
 
 class PayloadError(ValueError):
-    """A verified body that is not a valid training event; names the field."""
+    """A verified body that is not a valid training event.
+
+    ``problems`` are its (field, message) pairs; ``field`` is the first one's field.
+    """
+
+    def __init__(self, problems: list[Problem], text: str) -> None:
+        super().__init__(text)
+        self.problems = problems
+        self.field = problems[0].field if problems else "body"
 
 
 class RunEventData(BaseModel):
@@ -90,10 +100,8 @@ class Verifier:
 
 
 def parse_event(body: bytes) -> RunEvent:
-    """Validate a verified body; the error names the first bad field."""
+    """Validate a verified body; the error names every bad field (``body``: not JSON)."""
     try:
         return RunEvent.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise PayloadError(f"{where}: {first['msg']}") from None
+        raise PayloadError(*validation_problems(exc, root="body")) from None
