@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,6 @@ def base(engine: Engine, tmp_path: Path) -> str:
 
 def test_sanity_of_the_constructed_runs() -> None:
     assert 0.5 < np.mean(BASE) < 0.7 and np.mean(BETTER) > 0.85 and np.mean(WORSE) < 0.4
-    assert all(b <= c for b, c in zip(BASE, BETTER))  # paired: better everywhere or equal
 
 
 def test_no_baseline(engine: Engine, tmp_path: Path) -> None:
@@ -170,7 +170,8 @@ def test_gating_twice_with_one_policy_keeps_one_row(engine: Engine, tmp_path: Pa
     assert count(engine, GateResult, GateResult.run_id == cand) == 1
     assert (second.decision, second.delta, second.ci_low) == (first.decision, first.delta,
                                                               first.ci_low)
-    assert second.created_at >= first.created_at
+    # The one row was updated (its time moved on), not merely read back.
+    assert datetime.fromisoformat(second.created_at) > datetime.fromisoformat(first.created_at)
     # auto_promote does not change the decision, so it is the same policy for the key.
     _gate(engine, cand, GatePolicy(auto_promote=True))
     assert count(engine, GateResult, GateResult.run_id == cand) == 1

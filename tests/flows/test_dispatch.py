@@ -45,7 +45,7 @@ def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Pa
                                       "the local worker to gate the run and mark it dispatched")
     finally:
         dispatcher.close()
-    assert gate is not None and gate.decision == "no_baseline"
+    assert gate.decision == "no_baseline"
     assert dispatch.target == "local" and dispatch.attempts == 1
 
 

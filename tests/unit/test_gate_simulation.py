@@ -84,11 +84,9 @@ def test_model_has_exact_true_delta(delta):
     assert np.all((q >= 0) & (q <= 1))
     # Exact in expectation; Monte Carlo error on 2e6 items is ~1e-4.
     assert float(np.mean(q - p)) == pytest.approx(delta, abs=5e-4)
-    # Closed form: the shift is linear in p with E[p] = MU.
-    if delta <= 0:
-        assert MU * (1 + delta / MU) - MU == pytest.approx(delta, abs=1e-15)
-    else:
-        assert (1 - (1 - MU) * (1 - delta / (1 - MU))) - MU == pytest.approx(delta, abs=1e-15)
+    # Closed form: the shift is linear in p, so E[q] = q(E[p]) = q(MU) = MU + delta.
+    at_mean = float(candidate_probabilities(np.array([MU]), delta)[0])
+    assert at_mean - MU == pytest.approx(delta, abs=1e-15)
 
 
 def test_model_runs_are_strongly_correlated():

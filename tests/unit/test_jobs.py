@@ -216,7 +216,6 @@ def test_the_supervisors_death_kills_the_job(tmp_path: Path) -> None:
                 on_line=lambda line: print(line, flush=True))
     """)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        assert supervisor.stdout is not None
         line = supervisor.stdout.readline()
         assert line.startswith("child="), line
         child = int(line.split("=")[1])

@@ -340,7 +340,7 @@ def test_policy_defaults():
 
 def test_policy_digest_is_stable():
     d = GatePolicy().digest()
-    assert len(d) == 16 and int(d, 16) >= 0
+    assert len(d) == 16 and set(d) <= set("0123456789abcdef")  # 16 lowercase hex digits
     assert d == GatePolicy().digest()
     # Pinned: the digest is stored with gate results, so its canonical form
     # must not change silently across releases.
