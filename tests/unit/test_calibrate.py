@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.openai_server import Reply, fake_openai
-from tunix_rt.quality.calibrate import (Confusion, accuracy, calibrate, calibrate_command, cohen_kappa,
-                                read_labels)
+from tunix_rt.cli.judges import calibrate_command
+from tunix_rt.quality.calibrate import Confusion, accuracy, calibrate, cohen_kappa, read_labels
 from tunix_rt.errors import InvalidInputError
 
 

@@ -13,8 +13,8 @@ labels both give one and the same verdict to every item) the formula is 0/0; kap
 is then defined as 1.0 if the observed agreement is 1, else 0.0. With no scored item,
 accuracy and kappa are ``None``.
 
-``tunix-rt judges calibrate --judge NAME --labels FILE [--format table|json]`` calls
-:func:`calibrate_command`.
+``tunix-rt judges calibrate --judge NAME --labels FILE [--format table|json]`` prints
+:func:`calibrate`'s result (:mod:`tunix_rt.cli.judges`).
 """
 
 from __future__ import annotations
@@ -151,19 +151,4 @@ def calibrate(judge_name: str, labels_path: str) -> Calibration:
                        confusion=confusion.as_dict())
 
 
-def calibrate_command(judge: str, labels_path: str, fmt: str) -> int:
-    """``tunix-rt judges calibrate``: print the calibration as a table or JSON; 0."""
-    from tunix_rt.cli.output import key_values, to_json
-
-    if fmt not in ("table", "json"):
-        raise InvalidInputError(f"unknown format {fmt!r}; use table or json")
-    result = calibrate(judge, labels_path)
-    if fmt == "json":
-        to_json(result.to_dict())
-    else:
-        key_values(result.to_dict())
-    return 0
-
-
-__all__ = ["Calibration", "Confusion", "accuracy", "calibrate", "calibrate_command",
-           "cohen_kappa", "read_labels"]
+__all__ = ["Calibration", "Confusion", "accuracy", "calibrate", "cohen_kappa", "read_labels"]

@@ -1,0 +1,118 @@
+"""``tunix-rt runs``: register, list, show and cancel training runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tunix_rt.cli._args import add_command, add_group, json_object
+from tunix_rt.cli.output import key_values, to_json, to_table
+
+RUN_COLUMNS = ["id", "name", "dataset", "model", "status", "origin", "created_at"]
+EVALUATION_COLUMNS = ["judge", "judge_version", "status", "score", "ci_low", "ci_high",
+                      "n_items", "n_unscored", "error"]
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+    from tunix_rt.store.models import RunStatus
+
+    config = json_object(args.config, "--config")
+    metrics = json_object(args.metrics, "--metrics")
+    with session_scope() as session:
+        run = runs.register_run(session, name=args.name, dataset=args.dataset, model=args.model,
+                                predictions_uri=args.predictions, config=config, metrics=metrics,
+                                external_id=args.external_id, status=RunStatus.completed)
+        data = runs.run_to_dict(run)
+    if args.format == "json":
+        to_json(data)
+    else:
+        print(data["id"])
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+
+    with session_scope() as session:
+        page, cursor = runs.list_runs(session, dataset=args.dataset, status=args.status,
+                                      limit=args.limit, cursor=args.cursor)
+        rows = [runs.run_to_dict(r) for r in page]
+    if args.format == "json":
+        to_json({"runs": rows, "next_cursor": cursor})
+    else:
+        to_table(rows, RUN_COLUMNS)
+        if cursor:
+            print(f"next page: --cursor {cursor}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+
+    with session_scope() as session:
+        run = runs.get_run(session, args.run_id)
+        data = runs.run_to_dict(run)
+        data["evaluations"] = _evaluations(session, run.id)
+    if args.format == "json":
+        to_json(data)
+    else:
+        evaluations = data.pop("evaluations")
+        key_values(data)
+        print()
+        to_table(evaluations, EVALUATION_COLUMNS)
+    return 0
+
+
+def _evaluations(session: Any, run_id: str) -> list[dict[str, Any]]:
+    """The run's evaluations, one dict each, by judge and judge version."""
+    from sqlalchemy import select
+
+    from tunix_rt.store.models import Evaluation
+
+    evs = session.scalars(select(Evaluation).where(Evaluation.run_id == run_id)
+                          .order_by(Evaluation.judge, Evaluation.judge_version))
+    return [{"judge": e.judge, "judge_version": e.judge_version, "status": e.status,
+             "score": e.score, "ci_low": e.ci_low, "ci_high": e.ci_high, "n_items": e.n_items,
+             "n_unscored": e.n_unscored, "error": e.error,
+             "finished_at": e.finished_at.isoformat()} for e in evs]
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+
+    with session_scope() as session:
+        run = runs.request_cancel(session, args.run_id)
+        data = runs.run_to_dict(run)
+    if args.format == "json":
+        to_json(data)
+    else:
+        print(f"cancellation requested for run {data['id']}; its job stops within seconds")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    runs = add_group(subparsers, "runs", "training runs")
+    p = add_command(runs, "register", cmd_register, "record a completed run; prints its id")
+    p.add_argument("--name", required=True)
+    p.add_argument("--dataset", required=True, help="the eval set the predictions answer")
+    p.add_argument("--model", required=True)
+    p.add_argument("--predictions", required=True, metavar="URI",
+                   help="JSON Lines predictions: a path, file://, s3:// ... (fsspec)")
+    p.add_argument("--config", metavar="JSON", help="training config, a JSON object")
+    p.add_argument("--metrics", metavar="JSON", help="training metrics, a JSON object")
+    p.add_argument("--external-id", help="the training job's own id (unique)")
+    p = add_command(runs, "list", cmd_list, "list runs, newest first")
+    p.add_argument("--dataset")
+    p.add_argument("--status", choices=["pending", "running", "completed", "failed"])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor")
+    p = add_command(runs, "show", cmd_show, "one run with its evaluations")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p = add_command(runs, "cancel", cmd_cancel, "stop the job of a run `tunix-rt train` launched")
+    p.add_argument("run_id", metavar="RUN_ID")
