@@ -19,11 +19,10 @@ import asyncio
 import hashlib
 import json
 import math
-import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -35,6 +34,8 @@ from tunix_rt.judges.rubrics import PRESETS, Rubric, build_messages, resolve_rub
 if TYPE_CHECKING:  # httpx is imported when a judge first calls its provider
     import httpx
 
+    from tunix_rt import settings as tunix_settings
+
 NAME = "llm"
 VERSION = "1.0"
 REPLY_CHARS = 500  # how much of the model's reply a verdict keeps
@@ -44,9 +45,9 @@ class JudgeConfigError(ValueError):
     """The LLM judge is not configured (or configured with impossible values)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class LLMConfig:
-    """Where the judge model is and how to call it."""
+    """Where the judge model is and how to call it (the repr hides the API key)."""
 
     base_url: str
     model: str
@@ -75,15 +76,26 @@ class LLMConfig:
         if self.preset not in PRESETS:
             raise JudgeConfigError(f"unknown prompt preset {self.preset!r}; presets: {', '.join(PRESETS)}")
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> LLMConfig:
-        """Read TUNIX_RT_LLM_BASE_URL, TUNIX_RT_LLM_MODEL and TUNIX_RT_LLM_API_KEY.
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        if shown["api_key"] is not None:
+            shown["api_key"] = "**********"
+        return f"LLMConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
-        Raises ``JudgeConfigError`` naming the variables that are unset.
+    @classmethod
+    def from_settings(cls, settings: tunix_settings.Settings | None = None,
+                      **overrides: Any) -> LLMConfig:
+        """The endpoint and knobs of the ``TUNIX_RT_LLM_*`` settings (default: read now).
+
+        Knobs left unset keep this class's defaults; ``overrides`` win over both. Raises
+        ``JudgeConfigError`` naming the variables that are unset.
         """
-        env = os.environ if environ is None else environ
-        base_url = env.get("TUNIX_RT_LLM_BASE_URL", "").strip()
-        model = env.get("TUNIX_RT_LLM_MODEL", "").strip()
+        if settings is None:
+            from tunix_rt import settings as tunix_settings
+
+            settings = tunix_settings.get_settings()
+        base_url = (settings.llm_base_url or "").strip()
+        model = (settings.llm_model or "").strip()
         missing = [name for name, value in (("TUNIX_RT_LLM_BASE_URL", base_url),
                                             ("TUNIX_RT_LLM_MODEL", model)) if not value]
         if missing:
@@ -91,23 +103,13 @@ class LLMConfig:
                 f"the llm judge is not configured: set {' and '.join(missing)} (an OpenAI-compatible "
                 "endpoint such as http://localhost:8000/v1, and the model it serves; "
                 "TUNIX_RT_LLM_API_KEY if it needs one)")
-        # Optional knobs per provider: how many requests in flight, how many a second,
-        # and the rubric preset its models want.
-        tuning: dict[str, Any] = {}
-        for variable, key, kind in (("TUNIX_RT_LLM_MAX_CONCURRENCY", "max_concurrency", int),
-                                    ("TUNIX_RT_LLM_REQUESTS_PER_SECOND", "requests_per_second",
-                                     float),
-                                    ("TUNIX_RT_LLM_TIMEOUT_S", "timeout_s", float),
-                                    ("TUNIX_RT_LLM_PRESET", "preset", str)):
-            raw = env.get(variable, "").strip()
-            if raw:
-                try:
-                    tuning[key] = kind(raw)
-                except ValueError:
-                    raise JudgeConfigError(f"{variable}={raw!r} is not a valid "
-                                           f"{kind.__name__}") from None
-        return cls(base_url=base_url, model=model,
-                   api_key=env.get("TUNIX_RT_LLM_API_KEY") or None, **{**tuning, **overrides})
+        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        knobs = {"max_concurrency": settings.llm_max_concurrency,
+                 "requests_per_second": settings.llm_requests_per_second,
+                 "timeout_s": settings.llm_timeout_s, "preset": settings.llm_preset}
+        knobs = {key: value for key, value in knobs.items() if value is not None}
+        return cls(base_url=base_url, model=model, api_key=api_key or None,
+                   **{**knobs, **overrides})
 
 
 class VerdictCache(Protocol):
@@ -257,7 +259,7 @@ class LLMJudge:
                  cache: VerdictCache | None = None) -> None:
         self.rubric = resolve_rubric(rubric)
         self.rubric_hash = rubric_hash(self.rubric)
-        self.config = config if config is not None else LLMConfig.from_env()
+        self.config = config if config is not None else LLMConfig.from_settings()
         self.cache = cache
         self.requires_reference = self.rubric.requires_reference
         self.ledger = Ledger()

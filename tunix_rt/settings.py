@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tunix_rt.errors import InvalidInputError
+
+ENV_PREFIX = "TUNIX_RT_"
 EMBEDDED_DATABASE_URL = "sqlite:///./tunix_rt.db"
 
 
 class Settings(BaseSettings):
-    """Every knob tunix-rt reads, each from a ``TUNIX_RT_*`` environment variable."""
+    """Every knob tunix-rt reads, each from a ``TUNIX_RT_*`` environment variable.
 
-    model_config = SettingsConfigDict(env_prefix="TUNIX_RT_", extra="ignore")
+    An empty variable counts as unset. The ``llm_*`` knobs left unset keep the llm
+    judge's own defaults (:class:`tunix_rt.judges.llm.LLMConfig`).
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+                                      env_ignore_empty=True)
 
     database_url: str = Field(
         EMBEDDED_DATABASE_URL,
@@ -19,9 +27,14 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(
         None, description="Standard Webhooks secret(s), whsec_<base64>, space-separated during rotation")
-    llm_base_url: str | None = None
-    llm_model: str | None = None
-    llm_api_key: SecretStr | None = None
+    llm_base_url: str | None = Field(
+        None, description="The llm judge's OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    llm_model: str | None = Field(None, description="The model that endpoint serves")
+    llm_api_key: SecretStr | None = Field(None, description="The endpoint's API key, if it needs one")
+    llm_max_concurrency: int | None = Field(None, description="Requests in flight at once")
+    llm_requests_per_second: float | None = Field(None, description="A rate limit; unset: none")
+    llm_timeout_s: float | None = Field(None, description="Seconds allowed for one request")
+    llm_preset: str | None = Field(None, description="The prompt preset its models want (gemma)")
     ray_address: str | None = None
     judges_config: str | None = Field(
         None, description="YAML file of judges defined in configuration (composites)")
@@ -30,12 +43,17 @@ class Settings(BaseSettings):
     tune_storage: str = Field("./tunix_rt_tune",
                               description="Where Ray Tune keeps each study's state (resume)")
 
-    @property
-    def is_embedded(self) -> bool:
-        """True for the zero-configuration SQLite file (migrated on first use)."""
-        return self.database_url.startswith("sqlite")
-
 
 def get_settings() -> Settings:
-    """Read the settings afresh (cheap; the engine is cached per URL, not the settings)."""
-    return Settings()
+    """Read the settings afresh (cheap; the engine is cached per URL, not the settings).
+
+    A variable that cannot be read (``TUNIX_RT_LLM_MAX_CONCURRENCY=many``) is an
+    :class:`InvalidInputError` naming it.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        from tunix_rt.specfile import validation_problems
+
+        _, text = validation_problems(exc, label=lambda field: ENV_PREFIX + field.upper())
+        raise InvalidInputError(f"invalid settings: {text}") from None

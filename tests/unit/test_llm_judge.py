@@ -14,8 +14,10 @@ import pytest
 from tunix_rt.judges import Item, ScoringContext, list_judges
 from tunix_rt.judges.llm import (JudgeConfigError, LLMConfig, LLMJudge, MemoryCache, ReplyError, cache_key,
                         llm_judge, parse_reply)
+from tunix_rt.errors import InvalidInputError
 from tunix_rt.judges.registry import get_judge
 from tunix_rt.judges.rubrics import BUILTIN_RUBRICS, Rubric, build_messages, load_rubric, rubric_hash
+from tunix_rt.settings import Settings
 from tests.fakes.openai_server import Reply, fake_openai
 
 CTX = ScoringContext(run_id="run-1", dataset="gsm8k", model="policy")
@@ -304,18 +306,19 @@ def test_build_messages_rejects_unknown_preset() -> None:
 
 # --- configuration and registry -----------------------------------------------------------
 
-def test_from_env_error_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unset_endpoint_error_names_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TUNIX_RT_LLM_BASE_URL", raising=False)
     monkeypatch.delenv("TUNIX_RT_LLM_MODEL", raising=False)
     with pytest.raises(JudgeConfigError, match="TUNIX_RT_LLM_BASE_URL and TUNIX_RT_LLM_MODEL"):
-        LLMConfig.from_env()
-    with pytest.raises(ValueError, match="TUNIX_RT_LLM_MODEL"):
-        LLMConfig.from_env({"TUNIX_RT_LLM_BASE_URL": "http://localhost:8000/v1"})
+        LLMConfig.from_settings()
+    with pytest.raises(JudgeConfigError, match="set TUNIX_RT_LLM_MODEL "):
+        LLMConfig.from_settings(Settings(llm_base_url="http://localhost:8000/v1"))
+    monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "  ")  # blank is unset
     with pytest.raises(JudgeConfigError, match="TUNIX_RT_LLM_BASE_URL"):
-        get_judge("llm")  # the factory reads the environment when called
+        get_judge("llm")  # the factory reads the settings when called
 
 
-def test_from_env_builds_a_working_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_settings_build_a_working_judge(monkeypatch: pytest.MonkeyPatch) -> None:
     with fake_openai(Reply.json(1.0, "yes")) as server:
         monkeypatch.setenv("TUNIX_RT_LLM_BASE_URL", server.base_url)
         monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "served-model")
@@ -325,8 +328,19 @@ def test_from_env_builds_a_working_judge(monkeypatch: pytest.MonkeyPatch) -> Non
     assert verdict.score == 1.0 and verdict.raw["model"] == "served-model"
     assert server.requests[0]["model"] == "served-model"
     assert "authorization" not in server.headers[0]
-    assert LLMConfig.from_env({"TUNIX_RT_LLM_BASE_URL": "u", "TUNIX_RT_LLM_MODEL": "m"},
-                              max_concurrency=2).max_concurrency == 2
+    explicit = Settings(llm_base_url="u", llm_model="m", llm_max_concurrency=3)
+    assert LLMConfig.from_settings(explicit).max_concurrency == 3
+    assert LLMConfig.from_settings(explicit, max_concurrency=2).max_concurrency == 2
+
+
+def test_the_api_key_is_sent_but_never_shown() -> None:
+    with fake_openai(Reply.json(1.0)) as server:
+        config = LLMConfig.from_settings(Settings(llm_base_url=server.base_url, llm_model="m",
+                                                  llm_api_key="sk-secret"))
+        LLMJudge("correctness", config).score(items(1), CTX)
+    assert server.headers[0]["authorization"] == "Bearer sk-secret"
+    assert "sk-secret" not in repr(config) and "api_key='**********'" in repr(config)
+    assert "api_key=None" in repr(LLMConfig(base_url="http://x/v1", model="m"))
 
 
 def test_config_rejects_impossible_values() -> None:
@@ -353,14 +367,17 @@ def test_score_works_inside_a_running_event_loop() -> None:
         assert [v.score for v in asyncio.run(judge.ascore(items(1), CTX))] == [1.0]
 
 
-def test_provider_knobs_come_from_the_environment() -> None:
-    from tunix_rt.judges.llm import JudgeConfigError, LLMConfig
-
+def test_provider_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {"TUNIX_RT_LLM_BASE_URL": "http://h/v1", "TUNIX_RT_LLM_MODEL": "gemma",
            "TUNIX_RT_LLM_MAX_CONCURRENCY": "3", "TUNIX_RT_LLM_REQUESTS_PER_SECOND": "2.5",
-           "TUNIX_RT_LLM_PRESET": "gemma"}
-    config = LLMConfig.from_env(env)
-    assert (config.max_concurrency, config.requests_per_second, config.preset) == (3, 2.5,
-                                                                                   "gemma")
-    with pytest.raises(JudgeConfigError, match="TUNIX_RT_LLM_MAX_CONCURRENCY='many'"):
-        LLMConfig.from_env({**env, "TUNIX_RT_LLM_MAX_CONCURRENCY": "many"})
+           "TUNIX_RT_LLM_TIMEOUT_S": "12", "TUNIX_RT_LLM_PRESET": "gemma"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = LLMConfig.from_settings()
+    assert (config.max_concurrency, config.requests_per_second, config.timeout_s,
+            config.preset) == (3, 2.5, 12.0, "gemma")
+    monkeypatch.setenv("TUNIX_RT_LLM_TIMEOUT_S", "")  # empty is unset: the default
+    assert LLMConfig.from_settings().timeout_s == LLMConfig(base_url="u", model="m").timeout_s
+    monkeypatch.setenv("TUNIX_RT_LLM_MAX_CONCURRENCY", "many")
+    with pytest.raises(InvalidInputError, match="TUNIX_RT_LLM_MAX_CONCURRENCY: .*integer"):
+        LLMConfig.from_settings()
