@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 
-from tunix_rt import retrying
 from tunix_rt.retrying import backoff_delay, parse_retry_after, retry_delay
 
 NOW = 1445412480.0 - 10.0  # 10 s before Wed, 21 Oct 2015 07:28:00 GMT
@@ -41,11 +41,15 @@ def test_retry_after_wins_over_backoff_and_both_are_capped() -> None:
     assert all(retry_delay(30, base=1.0, cap=4.0) <= 4.0 for _ in range(100))
 
 
-def test_the_module_uses_the_standard_library_only() -> None:
-    """The webhook client imports it inside training jobs."""
-    tree = ast.parse(Path(retrying.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+@pytest.mark.parametrize("module", ["tunix_rt.client", "tunix_rt.retrying", "tunix_rt.jsonsafe"])
+def test_the_client_and_its_helpers_import_the_standard_library_only(module: str) -> None:
+    """The webhook client runs inside training jobs (httpx it imports when it sends)."""
+    tree = ast.parse(Path(importlib.import_module(module).__file__).read_text())
+    imported = set()
+    for node in tree.body:  # module level
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+    outside = {name for name in imported if name.split(".")[0] not in sys.stdlib_module_names}
+    assert outside <= {"__future__", "tunix_rt.retrying", "tunix_rt.jsonsafe"}, outside
