@@ -132,7 +132,7 @@ def calibrate(judge_name: str, labels_path: str) -> Calibration:
     """Score the labelled items with the named judge and measure its agreement."""
     from tunix_rt.judges import ScoringContext
     from tunix_rt.judges.llm import JudgeConfigError
-    from tunix_rt.quality.evaluation import build_judge
+    from tunix_rt.quality.judging import build_judge
 
     items, labels = read_labels(labels_path)
     try:
