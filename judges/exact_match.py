@@ -1,11 +1,18 @@
-"""The ``exact_match`` judge: the response's final answer equals the reference."""
+"""The ``exact_match`` judge: the response's final answer equals the reference.
+
+Wrong (a scored 0): an empty or whitespace-only response, and an answer that is not
+the reference. A response that states no answer in a known form (``<answer>``,
+``\\boxed``, ``####``, "the answer is") is compared whole, so a bare "42" counts and
+anything else is wrong. Unscored: only an item whose reference is missing (or has no
+answer left after normalization), whatever its response: the judge cannot tell.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from tunix_rt.judges._text import extract_answer, normalize_answer
-from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.base import Item, ScoringContext, Verdict, is_empty
 from tunix_rt.judges.registry import register_judge
 
 NAME = "exact_match"
@@ -25,15 +32,22 @@ class ExactMatchJudge:
         return [self._score_one(item) for item in items]
 
     def _score_one(self, item: Item) -> Verdict:
+        # The reference first: an item the judge cannot judge stays unscored even when
+        # its response is empty, or only the failures of such items would be scored.
         if item.reference is None or not item.reference.strip():
             return self._unscored(item, "item has no reference; exact_match needs one")
-        if not item.response.strip():
-            return self._unscored(item, "empty response")
+        reference = normalize_answer(_reference_answer(item.reference))
+        if not reference:
+            return self._unscored(item, f"reference {item.reference!r} has no answer left after "
+                                        "normalization")
+        if is_empty(item.response):
+            return Verdict.wrong(item.id, "empty response", judge=self.name,
+                                 judge_version=self.version,
+                                 raw={"extracted": None, "reference": reference})
 
         found = extract_answer(item.response)
         # A bare "42" is a perfectly good answer, so no marker means the whole reply.
         extracted = normalize_answer(found if found is not None else item.response)
-        reference = normalize_answer(_reference_answer(item.reference))
         passed = extracted == reference
         relation = "==" if passed else "!="
         return Verdict(item_id=item.id, score=1.0 if passed else 0.0, passed=passed,

@@ -4,13 +4,21 @@ Pure like every judge: no database, no Prefect. ``score`` runs its own asyncio l
 (httpx) with bounded concurrency, an optional requests-per-second limit, a per-request
 timeout, and retries with exponential backoff and full jitter for 429, 5xx, timeouts
 and connection errors only (a ``Retry-After`` on 429/503 is honoured); any other 4xx
-fails at once. A reply that is not a JSON object with a ``score`` in [0, 1] makes the
-item *unscored*, with the reason. Every verdict's ``raw`` records the model, the reply
-(first 500 characters) and the token usage.
+fails at once. Every verdict's ``raw`` records the model, the reply (first 500
+characters) and the token usage.
 
+Wrong and unscored (the rule of ``tunix_rt.judges.base``): an empty or
+whitespace-only response is a wrong answer, a scored 0 given without asking the
+model (it costs nothing). Unscored, with the reason, are only the judge's own
+failures: the item has no reference and the rubric needs one (checked first, so
+such an item is unscored whatever its response), the provider kept failing or
+refused the request, or its reply is not a JSON object with a ``score`` in [0, 1].
+
+Capabilities: it caches (``cache``), samples (``variant`` changes the seed) and
+costs (``ledger``: calls, retries, cache hits and tokens of the last ``score()``).
 An optional cache (``get_many``/``put_many``) returns stored verdicts without a call;
-its key covers everything that decides the verdict (see ``cache_key``). Only scored
-verdicts are stored, so a re-run retries the items that failed.
+its key covers everything that decides the verdict (see ``cache_key``). Only verdicts
+the model gave are stored, so a re-run retries the items that failed.
 """
 
 from __future__ import annotations
@@ -22,12 +30,12 @@ import math
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tunix_rt import retrying
-from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.base import Item, Ledger, ScoringContext, Verdict, is_empty
 from tunix_rt.judges.registry import register_judge
 from tunix_rt.judges.rubrics import PRESETS, Rubric, build_messages, resolve_rubric, rubric_hash
 
@@ -145,21 +153,6 @@ def cache_key(*, judge: str, version: str, rubric_hash: str, model: str, tempera
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
 
 
-@dataclass(slots=True)
-class Ledger:
-    """Usage of the last ``score()`` call. ``calls`` counts HTTP requests, retries
-    included; ``retries`` the requests beyond each item's first."""
-
-    calls: int = 0
-    cache_hits: int = 0
-    retries: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
 # --- parsing the model's reply ------------------------------------------------------------
 
 class ReplyError(ValueError):
@@ -250,10 +243,15 @@ class _Outcome:
 
 
 class LLMJudge:
-    """Asks a chat model to grade each item under a rubric; passed = score >= 0.5."""
+    """Asks a chat model to grade each item under a rubric; passed = score >= 0.5.
+
+    An empty response is wrong without a call; a missing reference (when the rubric
+    needs one), a failing provider and an unreadable grade are unscored.
+    """
 
     name = NAME
     version = VERSION
+    ledger: Ledger  # what the last score() spent
 
     def __init__(self, rubric: Rubric | str | Path = "correctness", config: LLMConfig | None = None,
                  cache: VerdictCache | None = None) -> None:
@@ -298,6 +296,11 @@ class LLMJudge:
             if self.requires_reference and (item.reference is None or not item.reference.strip()):
                 verdicts[i] = self._unscored(item, f"item has no reference; rubric {self.rubric.name!r} "
                                                    "needs one")
+            elif is_empty(item.response):
+                verdicts[i] = Verdict.wrong(item.id, "empty response", judge=self.name,
+                                            judge_version=self.version,
+                                            raw={"model": self.config.model,
+                                                 "rubric": self.rubric.name, "attempts": 0})
             else:
                 keys[i] = self.key_for(item)
 

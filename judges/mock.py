@@ -1,7 +1,10 @@
 """The ``mock`` judge: deterministic pseudo-random verdicts, for tests and demos.
 
 The verdict is a function of (run id, item id) alone, so re-scoring a run gives the
-same verdicts while two runs of the same items differ, without any model call.
+same verdicts while two runs of the same items differ, without any model call. The
+one exception is the rule every judge keeps: an empty or whitespace-only response is
+a wrong answer (a scored 0), never a lucky pass. It needs no reference, so it never
+returns an unscored verdict.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from tunix_rt.judges.base import Item, ScoringContext, Verdict
+from tunix_rt.judges.base import Item, ScoringContext, Verdict, is_empty
 from tunix_rt.judges.registry import register_judge
 
 NAME = "mock"
@@ -43,6 +46,10 @@ class MockJudge:
         """Return one verdict per item, in the order given."""
         verdicts = []
         for item in items:
+            if is_empty(item.response):
+                verdicts.append(Verdict.wrong(item.id, "empty response", judge=self.name,
+                                              judge_version=self.version))
+                continue
             u = hash_uniform(context.run_id, item.id)
             passed = u < self.pass_rate
             verdicts.append(Verdict(

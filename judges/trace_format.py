@@ -1,7 +1,8 @@
 """The ``format`` judge: the response is ``<reasoning>...</reasoning><answer>...</answer>``.
 
-A malformed response is a scored 0 whose rationale names the problem; this judge
-never returns an unscored verdict.
+A malformed response (an empty one included) is a wrong answer, a scored 0 whose
+rationale names the problem. The judge needs nothing it could lack, so it never
+returns an unscored verdict.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ class TraceFormatJudge:
         verdicts = []
         for item in items:
             problems = format_problems(item.response)
-            passed = not problems
-            verdicts.append(Verdict(
-                item_id=item.id, score=1.0 if passed else 0.0, passed=passed,
-                rationale="well-formed <reasoning> then <answer>" if passed else "; ".join(problems),
-                judge=self.name, judge_version=self.version, raw={"problems": problems}))
+            if problems:
+                verdicts.append(Verdict.wrong(item.id, "; ".join(problems), judge=self.name,
+                                              judge_version=self.version,
+                                              raw={"problems": problems}))
+            else:
+                verdicts.append(Verdict(
+                    item_id=item.id, score=1.0, passed=True,
+                    rationale="well-formed <reasoning> then <answer>", judge=self.name,
+                    judge_version=self.version, raw={"problems": problems}))
         return verdicts
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tunix_rt.judges import Item, JudgeRegistryError, ScoringContext, Verdict, get_judge, list_judges
+from tunix_rt.judges import (Item, JudgeRegistryError, ScoringContext, Verdict, get_judge, judge_spec,
+                             list_judges)
 from tunix_rt.judges._text import extract_answer, normalize_answer
+from tunix_rt.judges.base import Ledger, costs, samples
 from tunix_rt.judges.registry import register_judge, unregister_judge
 
 CTX = ScoringContext(run_id="run-1", dataset="gsm8k", model="m")
@@ -147,9 +149,53 @@ def test_exact_match_missing_reference_is_unscored(reference: str | None) -> Non
 
 
 @pytest.mark.parametrize("response", ["", "  \n\t "])
-def test_exact_match_empty_response_is_unscored(response: str) -> None:
+def test_exact_match_empty_response_is_wrong(response: str) -> None:
     v = score_one("exact_match", response, reference="42")
-    assert (v.score, v.passed, v.rationale) == (None, None, "empty response")
+    assert v.scored  # the candidate's failure, not the judge's
+    assert (v.score, v.passed, v.rationale) == (0.0, False, "empty response")
+    assert (v.judge, v.judge_version) == ("exact_match", "1.0")
+
+
+@pytest.mark.parametrize("response, extracted", [
+    ("I have no idea.", "i have no idea"),       # no answer stated: the whole reply, wrong
+    ("forty-two", "forty-two"),
+    ("The answer is", "the answer is"),          # a phrase with nothing after it
+    ("<answer>  </answer>", ""),                 # an empty answer block
+])
+def test_exact_match_no_extractable_answer_is_wrong(response: str, extracted: str) -> None:
+    v = score_one("exact_match", response, reference="42")
+    assert (v.score, v.passed) == (0.0, False)
+    assert v.raw == {"extracted": extracted, "reference": "42"}
+
+
+def test_exact_match_no_extractable_answer_compares_the_whole_reply() -> None:
+    assert score_one("exact_match", "Paris.", reference="paris").passed is True
+    assert score_one("exact_match", "It is Paris.", reference="paris").passed is False
+
+
+@pytest.mark.parametrize("response", ["", "   "])
+def test_exact_match_missing_reference_beats_an_empty_response(response: str) -> None:
+    # Unscored whatever the response: else only the failures of such items would count.
+    v = score_one("exact_match", response, reference=None)
+    assert not v.scored and "no reference" in v.rationale
+
+
+@pytest.mark.parametrize("reference", ["$", "**.**"])
+def test_exact_match_reference_with_no_answer_is_unscored(reference: str) -> None:
+    # An empty answer must not "match" a reference that normalizes to nothing.
+    v = score_one("exact_match", "<answer></answer>", reference=reference)
+    assert not v.scored and "no answer left after normalization" in v.rationale
+
+
+# --- Verdict ----------------------------------------------------------------------------
+
+def test_verdict_wrong_and_unscored() -> None:
+    wrong = Verdict.wrong("i", "empty response", judge="j", judge_version="2", raw={"a": 1})
+    assert (wrong.score, wrong.passed, wrong.rationale, wrong.scored) == (0.0, False,
+                                                                         "empty response", True)
+    assert (wrong.judge, wrong.judge_version, wrong.raw) == ("j", "2", {"a": 1})
+    unscored = Verdict.unscored("i", "no reference", judge="j", judge_version="2")
+    assert (unscored.score, unscored.passed, unscored.scored) == (None, None, False)
 
 
 # --- format -----------------------------------------------------------------------------
@@ -230,6 +276,13 @@ def test_mock_pass_rate(pass_rate: float) -> None:
     assert mean == passed  # binary scores: the mean is the pass rate
 
 
+@pytest.mark.parametrize("response", ["", " \n "])
+def test_mock_empty_response_is_wrong_even_when_everything_passes(response: str) -> None:
+    v = score_one("mock", response, pass_rate=1.0)
+    assert (v.score, v.passed, v.rationale) == (0.0, False, "empty response")
+    assert score_one("mock", "x", pass_rate=1.0).passed is True
+
+
 @pytest.mark.parametrize("pass_rate", [-0.1, 1.5])
 def test_mock_rejects_bad_pass_rate(pass_rate: float) -> None:
     with pytest.raises(ValueError, match="pass_rate"):
@@ -252,6 +305,14 @@ def test_one_verdict_per_item_in_order(name: str) -> None:
     assert [v.item_id for v in verdicts] == [item.id for item in items]
     assert all((v.judge, v.judge_version) == (judge.name, judge.version) for v in verdicts)
     assert judge.score([], CTX) == []
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_INS))
+@pytest.mark.parametrize("response", ["", " \t\n "])
+def test_every_built_in_scores_an_empty_response_as_wrong(name: str, response: str) -> None:
+    v = score_one(name, response, reference="4")
+    assert v.scored and (v.score, v.passed) == (0.0, False)
+    assert "empty response" in v.rationale
 
 
 # --- registry ---------------------------------------------------------------------------
@@ -300,3 +361,76 @@ def test_reregistering_a_built_in_raises_and_keeps_it() -> None:
     with pytest.raises(JudgeRegistryError, match="mock"):
         register_judge("mock", version="9.9")(lambda: None)
     assert get_judge("mock").version == "1.0"
+
+
+# --- capabilities -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(BUILT_INS))
+def test_deterministic_built_ins_declare_no_capability(name: str) -> None:
+    spec = judge_spec(name)
+    assert spec.capabilities() == {"caches": False, "samples": False, "costs": False}
+    assert spec.cache_parameter is None
+    judge = spec.build()
+    assert not samples(judge) and not costs(judge)
+
+
+class _Sampler:
+    name, version, requires_reference = "test_judges_sampler", "1", False
+    ledger = Ledger()
+
+    def score(self, items, context):  # noqa: ANN001, ANN201
+        return [Verdict(i.id, 1.0, True, "", self.name, self.version) for i in items]
+
+    def variant(self, seed_offset: int) -> _Sampler:
+        return self
+
+
+def test_capabilities_are_derived_from_the_factory() -> None:
+    def annotated(cache=None) -> _Sampler:  # noqa: ANN001
+        return _Sampler()
+
+    def bare():  # noqa: ANN202 - nothing to derive from
+        return _Sampler()
+
+    try:
+        register_judge("test_judges_derived", version="1")(annotated)
+        spec = judge_spec("test_judges_derived")
+        assert spec.capabilities() == {"caches": True, "samples": True, "costs": True}
+        assert spec.cache_parameter == "cache"
+        assert samples(spec.build()) and costs(spec.build())
+
+        register_judge("test_judges_declared", version="1", samples=True, costs=True)(bare)
+        assert judge_spec("test_judges_declared").capabilities() == {
+            "caches": False, "samples": True, "costs": True}
+        assert judge_spec("test_judges_declared").build().name == "test_judges_sampler"
+    finally:
+        unregister_judge("test_judges_derived")
+        unregister_judge("test_judges_declared")
+
+
+def test_a_judge_that_is_not_what_it_says_is_refused() -> None:
+    def bare():  # noqa: ANN202
+        return _Sampler()
+
+    try:
+        register_judge("test_judges_silent", version="1")(bare)  # samples and costs, undeclared
+        with pytest.raises(JudgeRegistryError, match="samples=False but the judge it built has a "
+                                                     "variant"):
+            get_judge("test_judges_silent")
+        register_judge("test_judges_boast", version="1", samples=True)(
+            lambda: get_judge("exact_match"))
+        with pytest.raises(JudgeRegistryError, match="samples=True but the judge it built has no"):
+            get_judge("test_judges_boast")
+        with pytest.raises(JudgeRegistryError, match="caches=True but its factory takes none"):
+            register_judge("test_judges_nocache", version="1", caches=True)(bare)
+    finally:
+        for name in ("test_judges_silent", "test_judges_boast", "test_judges_nocache"):
+            unregister_judge(name)
+
+
+def test_ledger_total_sums_each_counter() -> None:
+    total = Ledger.total([Ledger(calls=2, cache_hits=1, retries=1, tokens_in=10, tokens_out=3),
+                          Ledger(calls=1, tokens_in=5)])
+    assert total.as_dict() == {"calls": 3, "cache_hits": 1, "retries": 1, "tokens_in": 15,
+                               "tokens_out": 3}
+    assert Ledger.total([]) == Ledger()

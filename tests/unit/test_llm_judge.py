@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tunix_rt.judges import Item, ScoringContext, list_judges
+from tunix_rt.judges.base import costs, samples
 from tunix_rt.judges.llm import (JudgeConfigError, LLMConfig, LLMJudge, MemoryCache, ReplyError, cache_key,
                         llm_judge, parse_reply)
 from tunix_rt.errors import InvalidInputError
@@ -116,6 +117,48 @@ def test_missing_reference_is_unscored_without_a_call() -> None:
         [verdict] = judge_for(server).score([Item(id="x", response="42")], CTX)
     assert not verdict.scored and "no reference" in verdict.rationale
     assert server.calls == 0
+
+
+@pytest.mark.parametrize("response", ["", "  \n\t "])
+def test_empty_response_is_wrong_without_a_call(response: str) -> None:
+    cache = MemoryCache()
+    with fake_openai() as server:
+        judge = judge_for(server, cache=cache)
+        [verdict] = judge.score([Item(id="x", prompt="What is 1 + 1?", response=response,
+                                      reference="2")], CTX)
+    assert verdict.scored and (verdict.score, verdict.passed) == (0.0, False)
+    assert verdict.rationale == "empty response"
+    assert (verdict.judge, verdict.judge_version) == ("llm", "1.0")
+    assert verdict.raw["attempts"] == 0
+    assert server.calls == 0 and judge.ledger.calls == 0  # it cost nothing
+    assert cache.entries == {}  # nothing bought, nothing to keep
+
+
+def test_empty_response_is_wrong_under_a_rubric_without_reference() -> None:
+    with fake_openai() as server:
+        judge = judge_for(server, rubric="reasoning")
+        [verdict] = judge.score([Item(id="x", response=" ")], CTX)
+    assert (verdict.score, verdict.passed) == (0.0, False) and server.calls == 0
+
+
+def test_missing_reference_beats_an_empty_response() -> None:
+    with fake_openai() as server:
+        [verdict] = judge_for(server).score([Item(id="x", response="")], CTX)
+    assert not verdict.scored and "no reference" in verdict.rationale
+    assert server.calls == 0
+
+
+def test_a_mixed_batch_asks_only_about_the_gradable_items() -> None:
+    batch = [Item(id="ok", prompt="What is 1 + 1?", response="#### 2", reference="2"),
+             Item(id="empty", prompt="What is 2 + 2?", response="", reference="4"),
+             Item(id="noref", prompt="What is 3 + 3?", response="#### 6")]
+    with fake_openai(grade_by_item) as server:
+        judge = judge_for(server)
+        verdicts = judge.score(batch, CTX)
+    assert [v.item_id for v in verdicts] == ["ok", "empty", "noref"]
+    assert [v.score for v in verdicts] == [0.25, 0.0, None]
+    assert [v.passed for v in verdicts] == [False, False, None]
+    assert server.calls == 1 and judge.ledger.calls == 1
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -353,6 +396,18 @@ def test_config_rejects_impossible_values() -> None:
 def test_factory_is_registered() -> None:
     spec = {s.name: s for s in list_judges()}["llm"]
     assert spec.version == "1.0" and spec.requires_reference is True and spec.factory is llm_judge
+    # Derived from the factory: it takes a cache, its judge has variant() and a ledger.
+    assert spec.capabilities() == {"caches": True, "samples": True, "costs": True}
+    assert spec.cache_parameter == "cache"
+
+
+def test_the_built_judge_is_what_the_registry_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNIX_RT_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "m")
+    judge = get_judge("llm")  # the registry checks samples and costs against the judge
+    assert samples(judge) and costs(judge)
+    variant = judge.variant(2)
+    assert variant.config.seed == judge.config.seed + 2 and variant.cache is None
 
 
 def test_score_works_inside_a_running_event_loop() -> None:

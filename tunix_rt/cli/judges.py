@@ -11,7 +11,8 @@ from typing import Any
 from tunix_rt.cli._args import add_command, add_group
 from tunix_rt.cli.output import key_values, to_json, to_table
 
-JUDGE_COLUMNS = ["name", "version", "requires_reference", "description"]
+JUDGE_COLUMNS = ["name", "version", "requires_reference", "caches", "samples", "costs",
+                 "description"]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -19,8 +20,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from tunix_rt.quality.judge_config import ensure_configured_judges
 
     ensure_configured_judges()
+    # caches: re-scoring reuses bought verdicts; samples: self-consistency can be
+    # measured (--repeat); costs: the evaluation records what scoring spent.
     rows = [{"name": s.name, "version": s.version, "requires_reference": s.requires_reference,
-             "description": s.description} for s in list_judges()]
+             **s.capabilities(), "description": s.description} for s in list_judges()]
     if args.format == "json":
         to_json({"judges": rows})
     else:

@@ -1,31 +1,45 @@
 """Building a judge for the loop, and measuring a judge's self-consistency.
 
 Judges are pure (tunix_rt.judges); what the loop adds around them lives here: the
-database's verdict cache for judges that take one, and repeated gradings.
+database's verdict cache for judges that cache (a composite gets one per caching
+member), and repeated gradings for judges that sample.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
-from tunix_rt.judges import judge_spec
+from tunix_rt.judges import Item, judge_spec
+from tunix_rt.judges.base import is_empty, samples
 
 
 def build_judge(judge_name: str, engine: Any = None) -> Any:
-    """The named judge; one that takes a verdict cache gets the database's."""
-    import inspect
+    """The named judge; one that caches gets the database's verdict cache.
 
+    A judge whose factory takes ``cache`` gets a :class:`DatabaseVerdictCache` under
+    its own name and version; a composite (its factory takes ``cache_factory``) gets
+    a factory that gives each caching member such a cache under the member's name and
+    version, so its members' verdicts are bought once, as the same judge's alone are.
+    """
     from tunix_rt.quality.judge_config import ensure_configured_judges
 
     ensure_configured_judges()
     spec = judge_spec(judge_name)
-    if "cache" in inspect.signature(spec.factory).parameters:
-        from tunix_rt.store.db import get_engine
-        from tunix_rt.quality.judge_cache import DatabaseVerdictCache
+    parameter = spec.cache_parameter
+    if parameter is None:
+        return spec.build()
+    from tunix_rt.quality.judge_cache import DatabaseVerdictCache
+    from tunix_rt.store.db import get_engine
 
-        return spec.build(cache=DatabaseVerdictCache(engine or get_engine(), spec.name,
-                                                     spec.version))
-    return spec.build()
+    bound = engine or get_engine()
+
+    def cache_for(name: str, version: str) -> DatabaseVerdictCache:
+        return DatabaseVerdictCache(bound, name, version)
+
+    if parameter == "cache_factory":
+        return spec.build(cache_factory=cache_for)
+    return spec.build(cache=cache_for(spec.name, spec.version))
 
 
 SELF_CONSISTENCY_SAMPLE = 50
@@ -35,15 +49,21 @@ def self_consistency(judge: Any, items: list[Item], verdicts: list[Any], context
                      repeat: int) -> tuple[float | None, int]:
     """Agreement of ``repeat`` gradings on a fixed sample; (rate, provider calls spent).
 
-    Deterministic judges (no ``variant``) agree with themselves by construction: 1.0.
+    Measured only for a judge that samples (it has ``variant``, see
+    ``tunix_rt.judges.base.samples``): up to ``SELF_CONSISTENCY_SAMPLE`` scored items,
+    chosen by a hash of their ids, are graded ``repeat - 1`` more times by variants
+    with other seeds, and the rate is the share of them on which every grading passed
+    or every grading failed. Items with an empty response are left out of the sample:
+    every judge calls them wrong without grading, so they would agree by construction. A judge that does not sample gets ``(None, 0)``: its
+    self-consistency was not measured, so none is reported (never a 1.0 by
+    construction). None too when no item could be compared (nothing scored).
     """
-    if not hasattr(judge, "variant"):
-        return 1.0, 0
-    import hashlib
-
+    if repeat < 2 or not samples(judge):
+        return None, 0
     order = sorted(range(len(items)),
                    key=lambda i: hashlib.blake2b(items[i].id.encode(), digest_size=8).digest())
-    sample = [i for i in order if verdicts[i].scored][:SELF_CONSISTENCY_SAMPLE]
+    sample = [i for i in order if verdicts[i].scored and not is_empty(items[i].response)]
+    sample = sample[:SELF_CONSISTENCY_SAMPLE]
     if not sample:
         return None, 0
     outcomes = {i: [verdicts[i].passed] for i in sample}
