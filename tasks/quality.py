@@ -21,7 +21,6 @@ from tunix_rt.store.db import session_scope
 from tunix_rt.errors import PredictionsError, is_transient
 from tunix_rt.quality.evaluation import EvaluationSummary, RunInfo, ScoredRun
 from tunix_rt.quality.gating import GateReport
-from tunix_rt.quality.predictions import read_predictions
 from tunix_rt.quality.stats import GatePolicy
 from tunix_rt.judges import judge_spec
 
@@ -76,12 +75,27 @@ def score_run(run: RunInfo, judge: str, force: bool = False,
                     f"run {run.id} already evaluated by {spec.name} {spec.version}; "
                     "pass force=True to score it again"))
     try:
-        items = read_predictions(run.predictions_uri, require_reference=spec.requires_reference)
+        aligned = evaluation.prepare_items(session_scope, run)
     except PredictionsError as exc:
         with session_scope() as session:
             evaluation.store_failed_evaluation(session, run.id, spec.name, str(exc))
         raise
-    return evaluation.score_items(run, spec.name, items, repeat=repeat)
+    logger = get_run_logger()
+    if aligned.created:
+        logger.info("dataset %s registered implicitly from run %s (%d items): later runs of "
+                    "%s are scored over these items and references", aligned.dataset.label,
+                    run.id, aligned.dataset.n_items, run.dataset)
+    if aligned.missing:
+        logger.warning("%d of %d items of dataset %s are missing from the predictions file: "
+                       "each counts as a wrong answer", len(aligned.missing),
+                       aligned.dataset.n_items, aligned.dataset.label)
+    if aligned.extra:
+        logger.warning("%d line(s) of the predictions file name items that dataset %s does not "
+                       "have (first: %s); they are not scored", aligned.extra,
+                       aligned.dataset.label, aligned.first_extra)
+    return evaluation.score_items(run, spec.name, aligned.items, missing=aligned.missing,
+                                  repeat=repeat, dataset=aligned.dataset,
+                                  dataset_created=aligned.created, n_extra=aligned.extra)
 
 
 @task(name="store-evaluation", **RETRY_POLICY)

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         None, description="YAML file of judges defined in configuration (composites)")
     jobs_dir: str = Field("./tunix_rt_jobs",
                           description="Logs and outputs of the jobs `tunix-rt train` launches")
+    leaderboard_max_unscored: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Share of a run's items its judge may leave unscored before its board "
+                    "entry is flagged and ranked below the complete ones")
     tune_storage: str = Field("./tunix_rt_tune",
                               description="Where Ray Tune keeps each study's state (resume)")
 

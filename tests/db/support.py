@@ -10,9 +10,9 @@ from sqlalchemy import Engine, func, select, update
 from tunix_rt.judges import judge_spec
 from tests.factories import make_run
 from tunix_rt.store.db import session_scope
-from tunix_rt.quality.evaluation import (EvaluationSummary, RunInfo, score_items, store_evaluation)
+from tunix_rt.quality.evaluation import (EvaluationSummary, RunInfo, prepare_items, score_items,
+                                        store_evaluation)
 from tunix_rt.store.models import Run
-from tunix_rt.quality.predictions import read_predictions
 from tunix_rt.store.runs import ensure_evaluable, get_run
 
 JUDGE = "exact_match"
@@ -25,8 +25,10 @@ def evaluate(engine: Engine, run_id: str, judge: str = JUDGE) -> EvaluationSumma
         run = get_run(session, run_id)
         ensure_evaluable(run)
         info = RunInfo.of(run)
-    items = read_predictions(info.predictions_uri, require_reference=spec.requires_reference)
-    scored = score_items(info, spec.name, items)
+    aligned = prepare_items(lambda: session_scope(engine), info)
+    scored = score_items(info, spec.name, aligned.items, missing=aligned.missing,
+                         dataset=aligned.dataset, dataset_created=aligned.created,
+                         n_extra=aligned.extra)
     with session_scope(engine) as session:
         return store_evaluation(session, scored)
 

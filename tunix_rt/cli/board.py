@@ -9,7 +9,8 @@ from typing import Any
 from tunix_rt.cli._args import add_command, add_group, policy, policy_args
 from tunix_rt.cli.output import key_values, to_csv, to_json, to_table
 
-BOARD_COLUMNS = ["rank", "run_id", "run_name", "score", "ci_low", "ci_high", "n_items"]
+BOARD_COLUMNS = ["rank", "run_id", "run_name", "score", "ci_low", "ci_high", "n_items", "coverage",
+                 "n_unscored", "flag"]
 HISTORY_COLUMNS = ["promoted_at", "run_id", "previous_run_id", "source", "reason"]
 GATE_FIELDS = ["decision", "delta", "ci_low", "ci_high", "n_paired", "baseline_run_id",
                "run_id", "dataset", "judge", "reason"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 from tunix_rt.errors import InvalidInputError, PredictionsError
@@ -100,21 +99,15 @@ def _label(value: Any, where: str) -> bool:
 
 def read_labels(path: str) -> tuple[list[Any], list[bool]]:
     """(items, labels) from a labels file; :class:`InvalidInputError` names the bad line."""
-    from tunix_rt.quality.predictions import parse_predictions
+    from tunix_rt.quality.predictions import parse_predictions, read_jsonl
 
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InvalidInputError(f"labels file not found: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
-            from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read labels file {path}: {exc}") from None
-    try:
+        lines = read_jsonl(path, list, what="labels")
         items = parse_predictions(lines, uri=path)
     except PredictionsError as exc:
         raise InvalidInputError(str(exc)) from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read labels file {path}: {exc}") from None
     labels: list[bool] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

@@ -61,6 +61,13 @@ class ScoredRun:
     cost: dict[str, Any] | None = None
     agreement_rate: float | None = None
     agreement_repeats: int | None = None
+    # The dataset version the run was scored over, and how many of its items the
+    # predictions file lacked (each a wrong answer among the verdicts).
+    dataset_id: int | None = None
+    n_missing: int = 0
+    n_extra: int = 0
+    dataset_created: bool = False
+    dataset_label: str | None = None
     n_items: int = field(init=False)
     n_scored: int = field(init=False)
 
@@ -92,12 +99,19 @@ class EvaluationSummary:
     reused: bool = False
     cost: dict[str, Any] | None = None
     agreement_rate: float | None = None
+    n_missing: int | None = None
+    coverage: float | None = None
+    dataset: str | None = None
+    dataset_created: bool = False
+    n_extra: int | None = None
 
     @classmethod
-    def of(cls, ev: Evaluation, *, reused: bool = False) -> EvaluationSummary:
+    def of(cls, ev: Evaluation, *, reused: bool = False, dataset: str | None = None,
+           dataset_created: bool = False) -> EvaluationSummary:
         return cls(ev.id, ev.run_id, ev.judge, ev.judge_version, ev.status, ev.score, ev.ci_low,
                    ev.ci_high, ev.n_items, ev.n_scored, ev.n_unscored, ev.error, reused, ev.cost,
-                   ev.agreement_rate)
+                   ev.agreement_rate, ev.n_missing, coverage(ev.n_items, ev.n_missing), dataset,
+                   dataset_created, ev.n_extra)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -122,9 +136,25 @@ def choose_judge(asked: str | None, judges: Callable[[], Sequence[str]], *, none
     raise InvalidInputError(several.replace("{judges}", ", ".join(available)))
 
 
+MISSING = "missing from the predictions file"
+
+
+def coverage(n_items: int, n_missing: int | None) -> float | None:
+    """The share of the item set the run answered; None when it is not known."""
+    if n_missing is None or n_items <= 0:
+        return None
+    return (n_items - n_missing) / n_items
+
+
 def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
-                seed: int = 0, engine: Any = None, repeat: int = 1) -> ScoredRun:
+                missing: Sequence[str] = (), seed: int = 0, engine: Any = None,
+                repeat: int = 1, dataset: Any = None, dataset_created: bool = False,
+                n_extra: int = 0) -> ScoredRun:
     """Score ``items`` with the named judge and aggregate the scored verdicts.
+
+    Each id in ``missing`` (an item of the dataset the predictions file lacks) is a
+    wrong answer: a verdict of 0 with the reason, so the score and its interval are
+    over the whole item set. ``dataset`` is the version the items were aligned with.
 
     With ``repeat`` K > 1, a judge that samples (one with a ``variant``) grades a
     sample of the items K - 1 more times with other seeds, and the share of sampled
@@ -134,10 +164,13 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
     started_at = utcnow()
     start = time.perf_counter()
     context = ScoringContext(run_id=run.id, dataset=run.dataset, model=run.model)
-    verdicts = judge.score(items, context)
+    verdicts = judge.score(items, context) if items else []
     if len(verdicts) != len(items):
         raise TunixRtError(f"judge {judge_name!r} returned {len(verdicts)} verdicts for "
                            f"{len(items)} items")
+    answered = list(verdicts)
+    verdicts = answered + [JudgeVerdict(item_id, 0.0, False, MISSING, judge.name, judge.version,
+                                        {"missing": True}) for item_id in missing]
     scores = [v.score for v in verdicts if v.score is not None]
     mean = ci_low = ci_high = None
     if scores:
@@ -146,13 +179,19 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
     ledger = getattr(judge, "ledger", None)  # paid judges say what the scoring cost
     cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
     agreement = None
-    if repeat > 1:
-        agreement, extra = self_consistency(judge, items, verdicts, context, repeat)
+    repeats = None
+    if repeat > 1 and items:
+        agreement, extra = self_consistency(judge, items, answered, context, repeat)
+        repeats = repeat if agreement is not None else None
         if cost is not None and extra:
             cost = {**cost, "repeat_calls": extra}
     return ScoredRun(run.id, judge.name, judge.version, verdicts, mean, ci_low, ci_high,
                      started_at, time.perf_counter() - start, cost=cost,
-                     agreement_rate=agreement, agreement_repeats=repeat if repeat > 1 else None)
+                     agreement_rate=agreement, agreement_repeats=repeats,
+                     dataset_id=getattr(dataset, "id", None), n_missing=len(missing),
+                     n_extra=n_extra,
+                     dataset_created=dataset_created,
+                     dataset_label=getattr(dataset, "label", None))
 
 
 def find_evaluation(session: Session, run_id: str, judge_name: str,
@@ -188,14 +227,18 @@ def store_evaluation(session: Session, scored: ScoredRun) -> EvaluationSummary:
         ci_high=scored.ci_high, n_items=scored.n_items, n_scored=scored.n_scored,
         n_unscored=scored.n_unscored, error=None, started_at=scored.started_at,
         finished_at=utcnow(), duration_s=scored.duration_s, cost=scored.cost,
-        agreement_rate=scored.agreement_rate, agreement_repeats=scored.agreement_repeats)
+        agreement_rate=scored.agreement_rate, agreement_repeats=scored.agreement_repeats,
+        dataset_id=scored.dataset_id, n_missing=scored.n_missing if scored.dataset_id else None,
+        n_extra=scored.n_extra if scored.dataset_id else None)
     session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
     rows = [{"evaluation_id": ev_id, "item_id": v.item_id, "score": v.score, "passed": v.passed,
              "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None}
             for v in scored.verdicts]
     for start in range(0, len(rows), VERDICT_BATCH):
         session.execute(insert(Verdict), rows[start:start + VERDICT_BATCH])
-    return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True))
+    return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True),
+                                dataset=scored.dataset_label,
+                                dataset_created=scored.dataset_created)
 
 
 def store_failed_evaluation(session: Session, run_id: str, judge_name: str,
@@ -231,3 +274,42 @@ def item_scores(session: Session, evaluation_id: int) -> dict[str, float]:
     rows = session.execute(select(Verdict.item_id, Verdict.score).where(
         Verdict.evaluation_id == evaluation_id, Verdict.score.is_not(None)))
     return {item_id: score for item_id, score in rows}
+
+
+def item_outcomes(session: Session, evaluation_id: int) -> dict[str, float | None]:
+    """Every item of an evaluation, item id to score; None where the judge could not score."""
+    rows = session.execute(select(Verdict.item_id, Verdict.score).where(
+        Verdict.evaluation_id == evaluation_id))
+    return dict(rows.all())
+
+
+def prepare_items(session_scope: Callable[[], Any], run: RunInfo, *,
+                  require_reference: bool = False) -> Any:
+    """Read the run's predictions and lay them over its dataset (an :class:`Aligned`).
+
+    The dataset is the latest version of the run's dataset name; when there is none,
+    one is registered from this run's file (ids, prompts, references) and
+    ``created`` says so. A bad file, an item outside the dataset or a reference that
+    disagrees with it is a :class:`PredictionsError` naming the line.
+    """
+    from dataclasses import replace
+
+    from tunix_rt.quality import datasets
+    from tunix_rt.quality.predictions import read_predictions
+    from tunix_rt.store.models import DatasetSource
+
+    line_of: dict[str, int] = {}
+    predictions = read_predictions(run.predictions_uri, line_of=line_of)
+    with session_scope() as session:
+        latest = datasets.latest_dataset(session, run.dataset)
+        created = False
+        if latest is None:
+            registered = datasets.register_dataset(
+                session, run.dataset, datasets.eval_items(predictions),
+                source=DatasetSource.implicit, source_run_id=run.id)
+            info, created = registered.dataset, registered.created
+        else:
+            info = datasets.DatasetInfo.of(latest)
+        answer_key = datasets.dataset_items(session, info.id)
+    aligned = datasets.align(info, answer_key, predictions, line_of, run.predictions_uri)
+    return replace(aligned, created=created)

@@ -15,11 +15,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import NotFoundError
-from tunix_rt.quality.evaluation import choose_judge, item_scores, latest_evaluation
-from tunix_rt.store.models import (Baseline, BaselinePromotion, Evaluation, GateDecision, GateResult,
-                             Run, utcnow)
+from tunix_rt.quality.datasets import DatasetInfo
+from tunix_rt.quality.evaluation import choose_judge, item_outcomes, latest_evaluation
+from tunix_rt.store.models import (Baseline, BaselinePromotion, Dataset, Evaluation, GateDecision,
+                                   GateResult, Run, utcnow)
 from tunix_rt.store.runs import ensure_evaluable, get_run
-from tunix_rt.quality.stats import GatePolicy, decide_gate
+from tunix_rt.quality.stats import GateOutcome, GatePolicy, decide_gate
 from tunix_rt.store.upsert import upsert
 
 EXIT_CODES = {GateDecision.passed.value: 0, GateDecision.failed.value: 1,
@@ -42,6 +43,7 @@ class GateReport:
     reason: str
     policy: dict[str, Any]
     created_at: str
+    n_excluded: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -54,7 +56,7 @@ class GateReport:
     def of(cls, row: GateResult) -> GateReport:
         return cls(row.run_id, row.dataset, row.judge, row.decision, row.delta, row.ci_low,
                    row.ci_high, row.n_paired, row.baseline_run_id, row.reason, row.policy,
-                   row.updated_at.isoformat())
+                   row.updated_at.isoformat(), row.n_excluded)
 
 
 @dataclass(frozen=True)
@@ -151,33 +153,64 @@ def gate_run(session: Session, run_id: str, judge: str, policy: GatePolicy) -> G
         if earlier is not None:
             return GateReport.of(earlier)
 
-    baseline_scores = None
+    baseline_ev = None
     note = ""
     if baseline is not None:
         baseline_run = get_run(session, baseline.run_id)
         baseline_ev = latest_evaluation(session, baseline_run.id, judge)
-        if baseline_ev is not None:
-            baseline_scores = item_scores(session, baseline_ev.id)
-            if baseline_ev.judge_version != candidate_ev.judge_version:
-                note = (f" (judge versions differ: candidate {candidate_ev.judge_version}, "
-                        f"baseline {baseline_ev.judge_version})")
         if baseline_run.id == run.id:
-            note += " (the run is the baseline itself)"
-    outcome = decide_gate(item_scores(session, candidate_ev.id), baseline_scores, policy)
-    baseline_id = baseline.run_id if baseline_scores is not None and baseline else None
+            note = " (the run is the baseline itself)"
+    if baseline_ev is None:
+        outcome = decide_gate({}, None, policy)
+    else:
+        why_not = incomparable(session, candidate_ev, baseline_ev, judge)
+        if why_not:
+            outcome = GateOutcome("inconclusive", None, None, None, 0, why_not)
+        else:
+            outcome = decide_gate(item_outcomes(session, candidate_ev.id),
+                                  item_outcomes(session, baseline_ev.id), policy)
+    baseline_id = baseline.run_id if baseline_ev is not None and baseline else None
     values = {
         "run_id": run.id, "dataset": run.dataset, "judge": judge,
         "baseline_run_id": baseline_id, "baseline_key": baseline_id or "",
         "decision": outcome.decision, "delta": outcome.delta, "ci_low": outcome.ci_low,
         "ci_high": outcome.ci_high, "n_paired": outcome.n_paired,
-        "reason": outcome.reason + note, "policy": policy.model_dump(mode="json"),
+        "n_excluded": outcome.n_excluded, "reason": outcome.reason + note, "policy": policy.model_dump(mode="json"),
         "policy_digest": policy.digest(), "created_at": utcnow(), "updated_at": utcnow(),
     }
     row = upsert(session, GateResult, values,
                  key=("run_id", "judge", "baseline_key", "policy_digest"),
-                 update=("decision", "delta", "ci_low", "ci_high", "n_paired", "reason",
-                         "policy", "updated_at"), returning=GateResult.id)
+                 update=("decision", "delta", "ci_low", "ci_high", "n_paired", "n_excluded",
+                         "reason", "policy", "updated_at"), returning=GateResult.id)
     return GateReport.of(session.get(GateResult, row[0], populate_existing=True))
+
+
+def incomparable(session: Session, candidate: Evaluation, baseline: Evaluation,
+                 judge: str) -> str | None:
+    """Why two evaluations cannot be compared item by item, or None when they can.
+
+    Runs scored on different dataset versions (different content hashes), on an
+    unknown one (evaluated before datasets existed), or by different versions of the
+    judge are never compared silently: the gate answers inconclusive and says what to
+    re-evaluate.
+    """
+    redo = (f"re-evaluate the baseline: `tunix-rt evaluate {baseline.run_id} --judge {judge} "
+            "--force`")
+    if candidate.judge_version != baseline.judge_version:
+        return (f"judge versions differ (candidate {judge} {candidate.judge_version}, baseline "
+                f"{judge} {baseline.judge_version}): the verdicts are not comparable; {redo}")
+    if candidate.dataset_id is None or baseline.dataset_id is None:
+        which = "candidate" if candidate.dataset_id is None else "baseline"
+        run_id = candidate.run_id if candidate.dataset_id is None else baseline.run_id
+        return (f"the {which}'s evaluation predates datasets, so its item set is unknown: "
+                f"re-evaluate it: `tunix-rt evaluate {run_id} --judge {judge} --force`")
+    if candidate.dataset_id != baseline.dataset_id:
+        cand, base = (DatasetInfo.of(session.get(Dataset, d))
+                      for d in (candidate.dataset_id, baseline.dataset_id))
+        if cand.content_hash != base.content_hash:
+            return (f"the runs were scored on different dataset versions (candidate "
+                    f"{cand.label}, baseline {base.label}); {redo}")
+    return None
 
 
 def promote_if_allowed(session: Session, report: GateReport, policy: GatePolicy) -> str | None:

@@ -117,6 +117,17 @@ class GatePolicy(pydantic.BaseModel):
             "affect the decision itself."
         ),
     )
+    max_unscored: float = pydantic.Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        title="Most items left out",
+        description=(
+            "The largest share of the baseline's items that may be left out of the "
+            "comparison because the judge could not score them (on either side); "
+            "with more, the gate is inconclusive."
+        ),
+    )
     n_resamples: int = pydantic.Field(
         default=2000,
         ge=100,
@@ -145,6 +156,7 @@ class GatePolicy(pydantic.BaseModel):
             "require_improvement": bool(self.require_improvement),
             "n_resamples": int(self.n_resamples),
             "seed": int(self.seed),
+            "max_unscored": float(self.max_unscored),
         }
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
@@ -170,6 +182,7 @@ class GateOutcome:
     ci_high: float | None
     n_paired: int
     reason: str
+    n_excluded: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -292,14 +305,18 @@ def _fmt(x: float) -> str:
 
 
 def decide_gate(
-    candidate: Mapping[str, float],
-    baseline: Mapping[str, float] | None,
+    candidate: Mapping[str, float | None],
+    baseline: Mapping[str, float | None] | None,
     policy: GatePolicy,
 ) -> GateOutcome:
     """Decide whether the candidate run may replace the baseline run.
 
-    ``candidate`` and ``baseline`` map item id -> score; items without a
-    score are absent. Items are paired by id (those present in both).
+    ``candidate`` and ``baseline`` map item id -> score, with None for an item the
+    judge could not score. The comparison is over the baseline's item set: an item
+    the candidate lacks counts 0 for the candidate (answering less never helps), and
+    an item the judge could not score on either side is left out and counted. When
+    more than ``policy.max_unscored`` of the set is left out, the gate is
+    inconclusive.
     """
     if baseline is None:
         return GateOutcome(
@@ -311,14 +328,28 @@ def decide_gate(
             reason="there is no baseline run to compare the candidate against",
         )
 
-    ids = sorted(candidate.keys() & baseline.keys())
+    ids = []
+    excluded = 0
+    for item_id in sorted(baseline):
+        if baseline[item_id] is None or candidate.get(item_id, 0.0) is None:
+            excluded += 1
+        else:
+            ids.append(item_id)
+    if baseline and excluded > policy.max_unscored * len(baseline):
+        return GateOutcome(
+            decision="inconclusive", delta=None, ci_low=None, ci_high=None,
+            n_paired=len(ids), n_excluded=excluded,
+            reason=(f"{excluded} of the baseline's {len(baseline)} items are left out because "
+                    f"the judge could not score them ({excluded / len(baseline):.1%}; the policy "
+                    f"allows {policy.max_unscored:.1%}): too few to compare"))
     n_paired = len(ids)
     level = f"{policy.confidence * 100:g}%"
 
     delta_ci: MeanCI | None = None
     if n_paired >= 1:
         delta_ci = paired_bootstrap_delta(
-            np.fromiter((candidate[i] for i in ids), dtype=np.float64, count=n_paired),
+            np.fromiter((candidate.get(i, 0.0) for i in ids), dtype=np.float64,
+                        count=n_paired),
             np.fromiter((baseline[i] for i in ids), dtype=np.float64, count=n_paired),
             confidence=policy.confidence,
             n_resamples=policy.n_resamples,
@@ -332,6 +363,7 @@ def decide_gate(
             ci_low=None if delta_ci is None else delta_ci.ci_low,
             ci_high=None if delta_ci is None else delta_ci.ci_high,
             n_paired=n_paired,
+            n_excluded=excluded,
             reason=f"only {n_paired} paired items; the policy needs at least {policy.min_items}",
         )
 
@@ -348,6 +380,8 @@ def decide_gate(
         f"[{_fmt(delta_ci.ci_low)}, {_fmt(delta_ci.ci_high)}]"
     )
     tail = f"mean difference {_fmt(delta_ci.mean)} over {n_paired} paired items"
+    if excluded:
+        tail += f" ({excluded} left out: the judge could not score them)"
     if delta_ci.ci_low > threshold:
         decision = "pass"
         reason = f"{interval} lies above {_fmt(threshold)} ({what}); {tail}"
@@ -365,4 +399,5 @@ def decide_gate(
         ci_high=delta_ci.ci_high,
         n_paired=n_paired,
         reason=reason,
+        n_excluded=excluded,
     )

@@ -17,6 +17,8 @@ from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Fl
                         Index, Integer, MetaData, String, Text, UniqueConstraint)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import column_property
+from sqlalchemy.sql import select
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -141,6 +143,48 @@ class Run(Base):
                                                          passive_deletes=True)
 
 
+class DatasetSource(str, enum.Enum):
+    registered = "registered"   # tunix-rt datasets register
+    implicit = "implicit"       # from the first evaluated run of a dataset without a record
+
+
+class Dataset(Base):
+    """An eval set: a named, versioned set of items with their prompts and references.
+
+    The dataset, not a run's predictions file, is the answer key: runs are scored over
+    its whole item set, against its references. ``content_hash`` covers the ids,
+    prompts and references, so two versions with the same items and references have
+    the same hash, and runs on different hashes are never compared.
+    """
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        CheckConstraint(_in("source", DatasetSource), name="source"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    n_items: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))
+    source_run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
+class DatasetItem(Base):
+    """One item of a dataset version: its id, prompt and reference answer."""
+
+    __tablename__ = "dataset_items"
+
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    reference: Mapped[str | None] = mapped_column(Text)
+
+
 class Evaluation(Base):
     """One judge's evaluation of one run: the aggregate of its verdicts."""
 
@@ -159,9 +203,18 @@ class Evaluation(Base):
     score: Mapped[float | None] = mapped_column(Float)
     ci_low: Mapped[float | None] = mapped_column(Float)
     ci_high: Mapped[float | None] = mapped_column(Float)
+    # Coverage. n_items: the dataset's items; n_missing: those the predictions file
+    # lacked (scored 0); n_unscored: those the judge could not judge; n_scored: the
+    # rest, whose mean is the score. n_missing and dataset_id are NULL for
+    # evaluations made before datasets existed: their coverage is unknown.
     n_items: Mapped[int] = mapped_column(Integer, default=0)
     n_scored: Mapped[int] = mapped_column(Integer, default=0)
     n_unscored: Mapped[int] = mapped_column(Integer, default=0)
+    n_missing: Mapped[int | None] = mapped_column(Integer)
+    # Lines of the predictions file whose item is not in the dataset (not scored).
+    n_extra: Mapped[int | None] = mapped_column(Integer)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="RESTRICT"),
+                                                   index=True)
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     finished_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
@@ -212,6 +265,12 @@ class LeaderboardEntry(Base):
     ci_low: Mapped[float] = mapped_column(Float)
     ci_high: Mapped[float] = mapped_column(Float)
     n_items: Mapped[int] = mapped_column(Integer)
+    n_missing: Mapped[int | None] = mapped_column(Integer)
+    n_unscored: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dataset_version: Mapped[int | None] = mapped_column(Integer)
+    # Why the entry is not ranked with the complete runs: "unscored" (the judge could
+    # not score more than the allowed share) or "coverage_unknown"; NULL when complete.
+    flag: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
@@ -272,6 +331,8 @@ class GateResult(Base):
     ci_low: Mapped[float | None] = mapped_column(Float)
     ci_high: Mapped[float | None] = mapped_column(Float)
     n_paired: Mapped[int] = mapped_column(Integer, default=0)
+    # Items of the baseline's set left out because the judge could not score them.
+    n_excluded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     reason: Mapped[str] = mapped_column(Text, default="")
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     policy_digest: Mapped[str] = mapped_column(String(16))
@@ -322,6 +383,14 @@ class Dispatch(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+# Why the run's quality loop could not run: the last error of its latest dispatch (the
+# dispatch failed, the loop failed, or its flow run crashed before the loop's code ran).
+# Loaded with the run; None when no loop is owed, and again once a loop completes.
+Run.loop_error = column_property(
+    select(Dispatch.last_error).where(Dispatch.run_id == Run.id)
+    .order_by(Dispatch.id.desc()).limit(1).correlate_except(Dispatch).scalar_subquery())
 
 
 class StudyStatus(str, enum.Enum):
