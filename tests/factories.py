@@ -13,16 +13,17 @@ from tunix_rt.store.models import RunStatus
 from tunix_rt.store.runs import register_run
 
 
-def write_predictions(path: Path, correct: Sequence[bool], *, prefix: str = "q") -> str:
-    """A predictions file whose i-th item is answered right iff ``correct[i]``."""
+def write_predictions(path: Path, correct: Sequence[bool | None], *, prefix: str = "q") -> str:
+    """A predictions file whose i-th item is answered right iff ``correct[i]``; a None
+    leaves the response blank."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         for i, ok in enumerate(correct):
             answer = i if ok else i + 1
+            response = ("" if ok is None
+                        else f"<reasoning>r</reasoning><answer>{answer}</answer>")
             handle.write(json.dumps({"id": f"{prefix}{i:05d}", "prompt": f"what is {i}?",
-                                     "response": f"<reasoning>r</reasoning><answer>{answer}"
-                                                 "</answer>",
-                                     "reference": str(i)}) + "\n")
+                                     "response": response, "reference": str(i)}) + "\n")
     return str(path)
 
 

@@ -16,7 +16,7 @@ from tests.factories import correctness, make_run, write_predictions
 from tunix_rt.quality import evaluation
 from tunix_rt.store.db import session_scope
 from tunix_rt.errors import PredictionsError
-from tunix_rt.quality.evaluation import (RunInfo, ScoredRun, find_evaluation, item_scores,
+from tunix_rt.quality.evaluation import (RunInfo, ScoredRun, find_evaluation, item_outcomes,
                                  latest_evaluation, score_items, store_evaluation,
                                  store_failed_evaluation)
 from tunix_rt.store.models import Evaluation, Verdict, utcnow
@@ -69,7 +69,7 @@ def test_store_writes_one_evaluation_and_one_verdict_per_item(engine: Engine,
         assert v.score == (1.0 if ok else 0.0) and v.passed is bool(ok)
         assert v.rationale and v.raw["reference"] == str(i)
     with session_scope(engine) as session:
-        scores = item_scores(session, summary.evaluation_id)
+        scores = item_outcomes(session, summary.evaluation_id)
         assert scores == {f"q{i:05d}": (1.0 if ok else 0.0) for i, ok in enumerate(correct)}
         stored = find_evaluation(session, run_id, JUDGE)
         assert stored is not None and stored.id == summary.evaluation_id
@@ -98,11 +98,16 @@ def test_storing_again_updates_the_one_row_and_replaces_verdicts(engine: Engine,
     assert sum(v.score for v in verdicts.values()) == 20
     assert verdicts["q00000"].passed is False and verdicts["q00029"].passed is True
 
-    # Fewer items than before: the old verdicts are gone, not left behind.
+    # Fewer items than the dataset (the first file made it: 30 items): the items the
+    # file lacks are wrong answers, each with a verdict saying so; none is left behind.
     write_predictions(path, [True] * 12)
-    evaluate(engine, run_id)
-    assert count(engine, Verdict) == 12
-    assert set(_verdicts(engine, first.evaluation_id)) == {f"q{i:05d}" for i in range(12)}
+    fourth = evaluate(engine, run_id)
+    assert count(engine, Verdict) == 30
+    assert (fourth.n_items, fourth.n_missing, fourth.n_scored) == (30, 18, 30)
+    assert fourth.score == pytest.approx(12 / 30) and fourth.coverage == pytest.approx(0.4)
+    verdicts = _verdicts(engine, first.evaluation_id)
+    assert verdicts["q00011"].passed is True
+    assert verdicts["q00012"].score == 0.0 and "missing" in verdicts["q00012"].rationale
 
 
 def test_evaluations_of_different_runs_and_judges_are_separate(engine: Engine,
@@ -153,25 +158,29 @@ def test_failed_evaluation_does_not_overwrite_a_completed_one(engine: Engine,
         assert (row.status, row.score, row.n_items, row.error) == ("completed", 0.75, 4, None)
 
 
-def test_unscored_items_are_counted_and_left_out_of_item_scores(engine: Engine,
-                                                                tmp_path: Path) -> None:
+def test_blank_responses_are_wrong_and_a_missing_reference_is_unscored(engine: Engine,
+                                                                        tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     lines = [{"id": "a", "response": "<answer>1</answer>", "reference": "1"},
              {"id": "b", "response": "", "reference": "2"},          # empty response
              {"id": "c", "response": "<answer>4</answer>", "reference": "3"},
-             {"id": "d", "response": "   ", "reference": "4"}]       # blank response
+             {"id": "d", "response": "   ", "reference": "4"},       # blank response
+             {"id": "e", "response": "<answer>5</answer>"}]          # no reference anywhere
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     run_id = make_run(engine, tmp_path, "r", [], predictions=str(path))
     summary = evaluate(engine, run_id)
 
-    assert (summary.n_items, summary.n_scored, summary.n_unscored) == (4, 2, 2)
-    assert summary.score == 0.5  # the mean of the scored items only, not 1/4
+    # The candidate's blanks are wrong answers; only the judge's own failure (no
+    # reference for e) is unscored and left out of the mean.
+    assert (summary.n_items, summary.n_scored, summary.n_unscored) == (5, 4, 1)
+    assert summary.score == 0.25
     with session_scope(engine) as session:
-        assert item_scores(session, summary.evaluation_id) == {"a": 1.0, "c": 0.0}
+        assert item_outcomes(session, summary.evaluation_id) == {
+            "a": 1.0, "b": 0.0, "c": 0.0, "d": 0.0, "e": None}
     verdicts = _verdicts(engine, summary.evaluation_id)
-    assert set(verdicts) == {"a", "b", "c", "d"}  # the unscored verdicts are kept, with why
-    assert verdicts["b"].score is None and verdicts["b"].passed is None
+    assert verdicts["b"].score == 0.0 and verdicts["b"].passed is False
     assert "empty response" in verdicts["b"].rationale
+    assert verdicts["e"].score is None and "reference" in verdicts["e"].rationale
 
 
 def test_all_items_unscored_stores_no_score(engine: Engine, tmp_path: Path) -> None:
@@ -250,7 +259,7 @@ def test_large_evaluation_writes_every_verdict_in_batches(engine: Engine,
     assert summary.n_items == n
     assert count(engine, Verdict) == n
     with session_scope(engine) as session:
-        scores = item_scores(session, summary.evaluation_id)
+        scores = item_outcomes(session, summary.evaluation_id)
     assert len(scores) == n
     assert set(scores) == {f"q{i:05d}" for i in range(n)}
     assert sum(scores.values()) == sum(correct)

@@ -153,13 +153,16 @@ def test_too_few_paired_items_is_inconclusive(engine: Engine, tmp_path: Path,
     assert report.n_paired == N
     assert f"only {N} paired items; the policy needs at least {N + 1}" in report.reason
 
-    # Items pair by id: a run of other items shares none with the baseline.
+    # A run of other items answers none of the dataset's: each item it lacks is a
+    # wrong answer, so it is compared on the whole set and fails; it is never let off
+    # as "too few paired items".
     elsewhere = make_run(engine, tmp_path, "elsewhere", [], predictions=write_predictions(
         tmp_path / "elsewhere.jsonl", BETTER, prefix="z"))
-    evaluate(engine, elsewhere)
+    summary = evaluate(engine, elsewhere)
+    assert (summary.score, summary.n_missing, summary.n_extra) == (0.0, N, N)
     report = _gate(engine, elsewhere)
-    assert (report.decision, report.n_paired, report.delta) == ("inconclusive", 0, None)
-    assert "only 0 paired items" in report.reason
+    assert (report.decision, report.n_paired, report.n_excluded) == ("fail", N, 0)
+    assert report.delta == pytest.approx(-sum(BASE) / N)
 
 
 def test_gating_twice_with_one_policy_keeps_one_row(engine: Engine, tmp_path: Path,

@@ -19,7 +19,8 @@ from tunix_rt.quality.evaluation import (RunInfo, ScoredRun, score_items, store_
                                  store_failed_evaluation)
 from tunix_rt.quality.leaderboard import (MAX_PAGE, board_judges, leaderboard_page, rebuild_leaderboard,
                                   resolve_judge)
-from tunix_rt.store.models import LeaderboardEntry, Run, utcnow
+from tunix_rt.quality.datasets import EvalItem, register_dataset
+from tunix_rt.store.models import Dataset, LeaderboardEntry, Run, utcnow
 from tunix_rt.quality.predictions import read_predictions
 from tunix_rt.store.runs import get_run
 
@@ -58,14 +59,35 @@ def test_runs_are_ranked_by_score(engine: Engine, tmp_path: Path) -> None:
                                          "ci_high", "n_items"}
 
 
+def _stored(engine: Engine, tmp_path: Path, name: str, scores: list[float | None]) -> str:
+    """A run whose evaluation has exactly these item scores (None: the judge could not
+    score the item), over the board's dataset: the verdicts are the test's input."""
+    run_id = make_run(engine, tmp_path, name, [True] * len(scores))
+    with session_scope(engine) as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.name == "arith"))
+        if dataset is None:
+            dataset = register_dataset(session, "arith", [
+                EvalItem(f"q{i:05d}", None, str(i)) for i in range(len(scores))]).dataset
+        verdicts = [JudgeVerdict(f"q{i:05d}", s, None if s is None else s >= 0.5, "", JUDGE,
+                                 judge_spec(JUDGE).version) for i, s in enumerate(scores)]
+        scored = [s for s in scores if s is not None]
+        mean = sum(scored) / len(scored)
+        store_evaluation(session, ScoredRun(run_id, JUDGE, judge_spec(JUDGE).version, verdicts,
+                                            mean, mean, mean, utcnow(), 0.0,
+                                            dataset_id=dataset.id, n_missing=0))
+    return run_id
+
+
 def test_ties_are_broken_by_items_scored_then_earlier_run_then_id(engine: Engine,
                                                                   tmp_path: Path) -> None:
-    # Four runs at exactly 0.5. "wide" scored more items; "old" and "new" have the same
-    # count and differ in age; "twin_a"/"twin_b" are identical in everything but the id.
-    wide = evaluated_run(engine, tmp_path, "wide", _hits(10, 20))
-    runs = {name: evaluated_run(engine, tmp_path, name, _hits(5, 10))
-            for name in ("new", "old", "twin_a", "twin_b")}
-    top = evaluated_run(engine, tmp_path, "top", _hits(7, 10))
+    # Five runs at exactly 0.5 over a 40-item set. "wide" scored all 40; the others had
+    # one item the judge could not score (2.5%, within the 5% allowed): "old" and "new"
+    # differ in age, "twin_a"/"twin_b" in nothing but the id.
+    wide = _stored(engine, tmp_path, "wide", [1.0] * 20 + [0.0] * 20)
+    tie = [1.0] * 19 + [0.0] * 20 + [None]
+    runs = {name: _stored(engine, tmp_path, name, tie) for name in ("new", "old", "twin_a",
+                                                                    "twin_b")}
+    top = _stored(engine, tmp_path, "top", [1.0] * 30 + [0.0] * 10)
     # The older run gets the larger id, so an accidental order by id would show.
     old_id, new_id = sorted([runs["old"], runs["new"]], reverse=True)
     runs["old"], runs["new"] = old_id, new_id
@@ -79,10 +101,49 @@ def test_ties_are_broken_by_items_scored_then_earlier_run_then_id(engine: Engine
     twins = sorted([runs["twin_a"], runs["twin_b"]])
     expected = [top, wide, runs["old"], runs["new"], *twins]
     assert [e.run_id for e in _board(engine)] == expected
+    assert [e.flag for e in _board(engine)] == [None] * 6
     # Deterministic: the same order on every rebuild.
     for _ in range(3):
         _rebuild(engine)
         assert [e.run_id for e in _board(engine)] == expected
+
+
+def test_a_run_the_judge_could_not_score_enough_is_listed_below_complete_runs(
+        engine: Engine, tmp_path: Path) -> None:
+    # 40 items. "partial" scored 1.0 on the 30 items its judge could score: 25% unscored.
+    partial = _stored(engine, tmp_path, "partial", [1.0] * 30 + [None] * 10)
+    modest = _stored(engine, tmp_path, "modest", [1.0] * 24 + [0.0] * 16)
+    edge = _stored(engine, tmp_path, "edge", [1.0] * 20 + [0.0] * 18 + [None] * 2)  # 5%: fine
+    _rebuild(engine)
+    entries = _board(engine)
+    assert [(e.run_id, e.flag) for e in entries] == [
+        (modest, None), (edge, None), (partial, "unscored")]
+    assert (entries[2].score, entries[2].n_unscored, entries[2].n_items) == (1.0, 10, 40)
+    with session_scope(engine) as session:
+        rebuild_leaderboard(session, "arith", JUDGE, max_unscored=0.25)
+    assert [e.run_id for e in _board(engine)] == [partial, modest, edge]
+
+
+def test_answering_less_never_ranks_higher(engine: Engine, tmp_path: Path) -> None:
+    """A run right on 85% of 400 items against one that answers 150, all correctly."""
+    full = evaluated_run(engine, tmp_path, "full", _hits(340, 400))
+    picked = make_run(engine, tmp_path, "cherry", [], predictions=write_predictions(
+        tmp_path / "cherry.jsonl", [True] * 150))
+    blank = make_run(engine, tmp_path, "blank", [], predictions=write_predictions(
+        tmp_path / "blank.jsonl", [True] * 150 + [None] * 250))
+    evaluate(engine, picked)
+    evaluate(engine, blank)
+    _rebuild(engine)
+    entries = _board(engine)
+    # picked and blank tie; picked is the older run.
+    assert [e.run_id for e in entries] == [full, picked, blank]
+    by_run = {e.run_id: e for e in entries}
+    assert by_run[full].score == 0.85 and by_run[full].coverage == 1.0
+    assert by_run[picked].score == 0.375 and by_run[picked].coverage == 0.375
+    assert by_run[picked].n_missing == 250 and by_run[picked].flag is None
+    assert by_run[blank].score == 0.375 and by_run[blank].coverage == 1.0
+    # Cherry-picking and leaving blanks score the same: both are 150 right of 400.
+    assert by_run[picked].ci_high < by_run[full].ci_low
 
 
 def test_dry_runs_failed_and_unscored_evaluations_are_left_off(engine: Engine,
@@ -139,8 +200,9 @@ def test_a_re_evaluated_run_is_ranked_by_its_latest_evaluation(engine: Engine,
     spec = judge_spec(JUDGE)
     verdicts = [JudgeVerdict(f"q{i:05d}", 1.0, True, "", JUDGE, "9.9") for i in range(10)]
     with session_scope(engine) as session:
+        dataset_id = session.scalar(select(Dataset.id).where(Dataset.name == "arith"))
         newer = store_evaluation(session, ScoredRun(moving, JUDGE, "9.9", verdicts, 1.0, 1.0,
-                                                    1.0, utcnow(), 0.0))
+                                                    1.0, utcnow(), 0.0, dataset_id=dataset_id))
     assert newer.evaluation_id != latest.evaluation_id and spec.version != "9.9"
     assert _rebuild(engine) == 2
     with session_scope(engine) as session:

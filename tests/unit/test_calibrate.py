@@ -66,28 +66,29 @@ def exact_match_file(tmp_path: Path) -> str:
         row(3, "7", "8", 0),       # judge fail, label fail: tn
         "",                        # blank lines are allowed
         row(4, "9", "10", True),   # judge fail, label pass: fn
-        row(5, "", "11", True),    # empty response: unscored, not compared
+        {**row(5, "11", "11", True), "reference": None},  # no reference: unscored, not compared
+        row(6, "", "12", True),    # empty response: a wrong answer (judge fail, label pass): fn
     ])
 
 
 def test_calibrate_exact_match(tmp_path: Path) -> None:
     result = calibrate("exact_match", exact_match_file(tmp_path))
     assert (result.judge, result.judge_version) == ("exact_match", "1.0")
-    assert (result.n, result.n_scored, result.n_unscored) == (6, 5, 1)
-    assert result.confusion == {"tp": 2, "fp": 1, "tn": 1, "fn": 1}
-    # p_o = 3/5; marginals 3/5 and 3/5: p_e = 9/25 + 4/25 = 13/25; kappa = (2/25) / (12/25)
-    assert result.accuracy == 0.6
-    assert result.cohen_kappa == pytest.approx(1 / 6, abs=1e-15)
+    assert (result.n, result.n_scored, result.n_unscored) == (7, 6, 1)
+    assert result.confusion == {"tp": 2, "fp": 1, "tn": 1, "fn": 2}
+    # p_o = 3/6; judge passes 3/6, labels pass 4/6: p_e = 12/36 + 6/36 = 1/2; kappa = 0
+    assert result.accuracy == 0.5
+    assert result.cohen_kappa == pytest.approx(0.0, abs=1e-15)
 
 
 def test_calibrate_command_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = exact_match_file(tmp_path)
     assert calibrate_command("exact_match", path, "json") == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["n_scored"] == 5 and doc["confusion"]["fn"] == 1 and doc["accuracy"] == 0.6
+    assert doc["n_scored"] == 6 and doc["confusion"]["fn"] == 2 and doc["accuracy"] == 0.5
     assert calibrate_command("exact_match", path, "table") == 0
     out = capsys.readouterr().out
-    assert "cohen_kappa" in out and "0.1667" in out and '"tp": 2' in out
+    assert "cohen_kappa" in out and "0.0000" in out and '"tp": 2' in out
     with pytest.raises(InvalidInputError, match="unknown format"):
         calibrate_command("exact_match", path, "csv")
 

@@ -118,3 +118,37 @@ def test_equal_candidate_rarely_passes_superiority():
     print(f"\n(c) equal candidate, require_improvement: pass rate {rate:.3f} over {N_GATES} gates")
     assert mean_delta == pytest.approx(0.0, abs=0.003)
     assert rate <= 0.05
+
+
+def _worst_items(cand: np.ndarray, base: np.ndarray, share: float) -> np.ndarray:
+    """Indices of the candidate's worst ``share`` of items: its wrong answers first,
+    those the baseline got right first among them (where answering costs it most)."""
+    order = np.lexsort((-base, cand))  # by candidate score, then baseline score descending
+    return order[: int(share * len(cand))]
+
+
+def test_dropping_or_blanking_the_worst_items_never_helps():
+    """(d) A candidate that leaves out (or blanks) its worst 20% of items passes at most
+    as often as one that answers them wrong, and the hole this closes was real: pairing
+    only the items both runs have, as tunix-rt did before 0.6.0, let it pass far more."""
+    rng = np.random.default_rng(404)
+    wrong = dropped = blank = paired_only = 0
+    for k in range(N_GATES):
+        cand, base = simulate_runs(rng, -0.03)
+        worst = set(_worst_items(cand, base, 0.2).tolist())
+        policy = GatePolicy(n_resamples=N_RESAMPLES, seed=k)
+        baseline = dict(zip(ITEM_IDS, base))
+        answered = {ITEM_IDS[i]: cand[i] for i in range(N_ITEMS)}
+        kept = {ITEM_IDS[i]: cand[i] for i in range(N_ITEMS) if i not in worst}
+        blanked = {**kept, **{ITEM_IDS[i]: 0.0 for i in worst}}  # an empty response is wrong
+        wrong += decide_gate(answered, baseline, policy).decision == "pass"
+        dropped += decide_gate(kept, baseline, policy).decision == "pass"
+        blank += decide_gate(blanked, baseline, policy).decision == "pass"
+        old = decide_gate(kept, {i: baseline[i] for i in kept}, policy)
+        paired_only += old.decision == "pass"
+    print(f"\n(d) worse by 0.03, worst 20% dropped: pass rate {dropped / N_GATES:.3f}, blanked "
+          f"{blank / N_GATES:.3f}, answered wrong {wrong / N_GATES:.3f}; pairing only the "
+          f"answered items (before 0.6.0): {paired_only / N_GATES:.3f}")
+    assert dropped <= wrong and blank <= wrong
+    assert wrong / N_GATES <= 0.05
+    assert paired_only / N_GATES >= 0.5  # the simulation does exercise the old hole

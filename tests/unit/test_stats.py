@@ -221,17 +221,15 @@ def test_too_few_paired_items_is_inconclusive_but_reports_delta():
     assert out.ci_low <= out.delta <= out.ci_high
 
 
-def test_no_paired_items_reports_no_delta():
-    cand = {"a": 1.0, "b": 0.0}
-    base = {"c": 1.0}
-    out = decide_gate(cand, base, GatePolicy())
-    assert out == GateOutcome(
-        "inconclusive", None, None, None, 0, "only 0 paired items; the policy needs at least 30"
-    )
+def test_the_candidate_is_compared_on_the_baseline_s_items():
+    # The candidate answered none of the baseline's items: each counts 0 for it.
+    out = decide_gate({"a": 1.0, "b": 0.0}, {"c": 1.0}, GatePolicy(min_items=1))
+    assert (out.decision, out.n_paired, out.n_excluded, out.delta) == ("fail", 1, 0, -1.0)
     assert decide_gate({}, {}, GatePolicy()).decision == "inconclusive"
+    assert decide_gate({}, {}, GatePolicy()).n_paired == 0
 
 
-def test_pairing_ignores_unpaired_ids_and_insertion_order():
+def test_items_outside_the_baseline_s_set_are_ignored_and_order_does_not_matter():
     rng = np.random.default_rng(41)
     diffs = rng.choice([-1.0, 0.0, 0.0, 0.0, 1.0], size=80) * 0.5
     cand, base = _runs(diffs)
@@ -239,14 +237,37 @@ def test_pairing_ignores_unpaired_ids_and_insertion_order():
     reference = decide_gate(cand, base, policy)
     assert reference.n_paired == 80
 
-    # Extra, wildly scored items on one side only (e.g. unscored on the other).
+    # Extra, wildly scored items the baseline's set does not have.
     cand_extra = dict(cand) | {f"only-cand-{i}": 1.0 for i in range(50)}
-    base_extra = dict(base) | {f"only-base-{i}": 0.0 for i in range(50)}
-    assert decide_gate(cand_extra, base_extra, policy) == reference
+    assert decide_gate(cand_extra, base, policy) == reference
 
     # Dict order must not matter: pairs are taken in sorted-id order.
     shuffled = dict(reversed(list(cand_extra.items())))
-    assert decide_gate(shuffled, base_extra, policy) == reference
+    assert decide_gate(shuffled, base, policy) == reference
+
+
+def test_an_item_the_candidate_lacks_counts_as_wrong():
+    cand, base = _runs([0.1] * 100)
+    dropped = {k: v for k, v in cand.items() if k >= "item-020"}  # 20 items left out
+    wrong = {k: (v if k in dropped else 0.0) for k, v in cand.items()}
+    assert len(dropped) == 80
+    out = decide_gate(dropped, base, GatePolicy())
+    assert out == decide_gate(wrong, base, GatePolicy())
+    assert out.n_paired == 100 and out.delta == pytest.approx((80 * 0.1 - 20 * 0.5) / 100)
+
+
+def test_items_the_judge_could_not_score_are_left_out_and_counted():
+    cand, base = _runs([0.0] * 100)
+    policy = GatePolicy()
+    few = {**cand, **{k: None for k in sorted(cand)[:5]}}  # 5%: allowed
+    out = decide_gate(few, base, policy)
+    assert (out.n_paired, out.n_excluded) == (95, 5)
+    assert "5 left out: the judge could not score them" in out.reason
+    many = {**base, **{k: None for k in sorted(base)[:6]}}  # 6% on the baseline's side
+    out = decide_gate(cand, many, policy)
+    assert (out.decision, out.n_paired, out.n_excluded, out.delta) == ("inconclusive", 94, 6, None)
+    assert "6 of the baseline's 100 items are left out" in out.reason
+    assert decide_gate(cand, many, GatePolicy(max_unscored=0.1)).decision == "pass"
 
 
 def test_pass_non_inferiority():
@@ -344,11 +365,12 @@ def test_policy_digest_is_stable():
     assert d == GatePolicy().digest()
     # Pinned: the digest is stored with gate results, so its canonical form
     # must not change silently across releases.
+    # (0.6.0 added max_unscored: gates of earlier releases keep their own rows.)
     canonical = (
-        '{"confidence":0.95,"margin":0.01,"min_items":30,'
+        '{"confidence":0.95,"margin":0.01,"max_unscored":0.05,"min_items":30,'
         '"n_resamples":2000,"require_improvement":false,"seed":0}'
     )
-    assert d == hashlib.sha256(canonical.encode()).hexdigest()[:16] == "f5ccaea4bf1e1cdf"
+    assert d == hashlib.sha256(canonical.encode()).hexdigest()[:16] == "d8b30f2f33eaac86"
     # Ints given for float fields hash the same as the floats.
     assert GatePolicy(margin=0, confidence=0.95).digest() == GatePolicy(margin=0.0).digest()
 
@@ -366,6 +388,7 @@ def test_policy_digest_ignores_auto_promote():
         {"require_improvement": True},
         {"n_resamples": 2001},
         {"seed": 1},
+        {"max_unscored": 0.1},
     ],
 )
 def test_policy_digest_covers_decision_fields(change):
@@ -374,7 +397,8 @@ def test_policy_digest_covers_decision_fields(change):
 
 def test_every_decision_field_is_in_the_digest():
     # Guard against a new field being added to the policy but not the digest.
-    covered = {"margin", "confidence", "min_items", "require_improvement", "n_resamples", "seed"}
+    covered = {"margin", "confidence", "min_items", "require_improvement", "n_resamples", "seed",
+               "max_unscored"}
     assert set(GatePolicy.model_fields) == covered | {"auto_promote"}
 
 

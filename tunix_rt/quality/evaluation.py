@@ -169,8 +169,9 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
         raise TunixRtError(f"judge {judge_name!r} returned {len(verdicts)} verdicts for "
                            f"{len(items)} items")
     answered = list(verdicts)
-    verdicts = answered + [JudgeVerdict(item_id, 0.0, False, MISSING, judge.name, judge.version,
-                                        {"missing": True}) for item_id in missing]
+    verdicts = answered + [JudgeVerdict.wrong(item_id, MISSING, judge=judge.name,
+                                              judge_version=judge.version, raw={"missing": True})
+                           for item_id in missing]
     scores = [v.score for v in verdicts if v.score is not None]
     mean = ci_low = ci_high = None
     if scores:
@@ -267,13 +268,6 @@ def latest_evaluation(session: Session, run_id: str, judge_name: str) -> Evaluat
         Evaluation.run_id == run_id, Evaluation.judge == judge_name,
         Evaluation.status == EvaluationStatus.completed.value)
         .order_by(Evaluation.finished_at.desc(), Evaluation.id.desc()).limit(1))
-
-
-def item_scores(session: Session, evaluation_id: int) -> dict[str, float]:
-    """Scored items of an evaluation, item id to score (unscored items are absent)."""
-    rows = session.execute(select(Verdict.item_id, Verdict.score).where(
-        Verdict.evaluation_id == evaluation_id, Verdict.score.is_not(None)))
-    return {item_id: score for item_id, score in rows}
 
 
 def item_outcomes(session: Session, evaluation_id: int) -> dict[str, float | None]:
