@@ -7,6 +7,12 @@
   the idempotency key, so the same dispatch twice is one flow run. The sweeper uses it.
 - ``LocalDispatcher`` (no server: the embedded default): an in-process worker
   thread runs the flow.
+
+A loop that cannot run says so on its run (``loop_error``, the last error of the run's
+dispatch): a failed dispatch is recorded by ``dispatch_now``, a failed or crashed loop
+by the quality-loop flow's hooks, and a flow run that crashed before the loop's code
+even ran (a failing pull step, a flow that cannot be imported) by ``CrashWatcher``,
+which the receiver runs beside an ``EventDispatcher``.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ import logging
 import queue
 import threading
 import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
+from tunix_rt.errors import NotFoundError
+from tunix_rt.service import deliveries
 from tunix_rt.service.deliveries import Dispatcher
 from tunix_rt.tasks import events
 
-QUALITY_LOOP_DEPLOYMENT = "quality-loop/quality-loop"
+QUALITY_LOOP_FLOW = "quality-loop"
+QUALITY_LOOP_DEPLOYMENT = f"{QUALITY_LOOP_FLOW}/quality-loop"
 # Event ids derive from the delivery id: the same delivery emitted twice is one event.
 _EVENT_NAMESPACE = uuid.UUID("9b1f3c2e-6a55-4f0e-9d43-2b7f1d7d5a10")
 
@@ -108,6 +119,131 @@ class InlineDispatcher:
         with without_heartbeats():  # the calling flow (the sweeper) sends heartbeats
             state = quality_loop(run_id=run_id, return_state=True)
         return str(state.state_details.flow_run_id) if state.state_details else None
+
+
+def note_loop_error(run_ref: Any, error: str, *, at: datetime | None = None) -> bool:
+    """Show ``error`` on the run (its id or external id) as why its quality loop did not
+    run. Never raises: it is called from hooks and from a watcher thread."""
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+
+    if not run_ref:
+        return False
+    try:
+        with session_scope() as session:
+            run = runs.get_run(session, str(run_ref))
+            return deliveries.note_loop_error(session, run.id, error, at=at)
+    except NotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - the database may be what is wrong
+        log.exception("could not record on run %s why its quality loop did not run: %s",
+                      run_ref, error)
+        return False
+
+
+def clear_loop_error(run_ref: Any) -> None:
+    """A quality loop for the run completed: the run shows no loop error any more."""
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import session_scope
+
+    try:
+        with session_scope() as session:
+            deliveries.clear_loop_error(session, runs.get_run(session, str(run_ref)).id)
+    except NotFoundError:
+        pass
+    except Exception:  # noqa: BLE001
+        log.exception("could not clear the loop error of run %s", run_ref)
+
+
+# Loggers of the worker and the runner around a flow run, as opposed to the flow run's own.
+_SUPERVISOR_LOGGERS = ("prefect.flow_runs.worker", "prefect.workers", "prefect.runner")
+
+
+class CrashWatcher:
+    """Notes on the run why a quality-loop flow run crashed before the loop's own code ran.
+
+    The flow's hooks record a loop that fails or crashes once its code is loaded; a
+    flow run that dies earlier (a failing pull step, a flow that cannot be imported, a
+    worker that cannot start the process) leaves its state message and its last log
+    line only in Prefect. This thread polls Prefect for such crashes and puts them on
+    the run. It sees crashes from its start on (and ``lookback`` before it).
+    """
+
+    def __init__(self, interval_s: float = 3.0, lookback: timedelta = timedelta(minutes=1),
+                 flow_name: str = QUALITY_LOOP_FLOW) -> None:
+        self.interval_s = interval_s
+        self.flow_name = flow_name
+        self._since = datetime.now(timezone.utc) - lookback
+        self._seen: dict[uuid.UUID, datetime] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tunix-rt-crash-watcher",
+                                        daemon=True)
+        self._failing = False
+
+    def start(self) -> CrashWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+                self._failing = False
+            except Exception as exc:  # noqa: BLE001 - Prefect may be restarting; try again
+                if not self._failing:
+                    log.warning("could not read crashed quality loops from Prefect: %s", exc)
+                self._failing = True
+
+    def check(self) -> int:
+        """Record each crash not seen before; answers how many were recorded."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                                    FlowRunFilterEndTime, FlowRunFilterState,
+                                                    FlowRunFilterStateType, LogFilter,
+                                                    LogFilterFlowRunId, LogFilterTimestamp)
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort, LogSort
+
+        # A window, not all history: a crash is seen within seconds of happening.
+        window_start = max(self._since, datetime.now(timezone.utc) - timedelta(minutes=10))
+        self._seen = {k: v for k, v in self._seen.items() if v >= window_start}
+        recorded = 0
+        with get_client(sync_client=True) as client:
+            crashed = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[self.flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(
+                        any_=[StateType.CRASHED])),
+                    end_time=FlowRunFilterEndTime(after_=window_start)),
+                sort=FlowRunSort.END_TIME_DESC, limit=200)
+            for flow_run in crashed:
+                if flow_run.id in self._seen:
+                    continue
+                ended = flow_run.end_time or datetime.now(timezone.utc)
+                self._seen[flow_run.id] = ended
+                # Where it died: the flow run's own last line before the crash (say, the
+                # pull step it was running), not what the worker said about it.
+                crashed_at = flow_run.state.timestamp if flow_run.state else None
+                logs = client.read_logs(LogFilter(
+                    flow_run_id=LogFilterFlowRunId(any_=[flow_run.id]),
+                    timestamp=LogFilterTimestamp(before_=crashed_at) if crashed_at else None),
+                    limit=50, sort=LogSort.TIMESTAMP_DESC)
+                last = next((entry.message.strip().splitlines()[0] for entry in logs
+                             if not entry.name.startswith(_SUPERVISOR_LOGGERS)
+                             and entry.message.strip()), None)
+                message = flow_run.state.message if flow_run.state else None
+                error = (f"quality-loop flow run {flow_run.name!r} ({flow_run.id}) crashed "
+                         f"before the loop ran: {message or 'no message'}")
+                if last:
+                    error += f" Its last log line: {last}"
+                if note_loop_error(flow_run.parameters.get("run_id"), error, at=ended):
+                    recorded += 1
+                    log.warning("run %s: %s", flow_run.parameters.get("run_id"), error)
+        return recorded
 
 
 def receiver_dispatcher() -> Dispatcher:

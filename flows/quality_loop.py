@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from prefect import flow
+from prefect.client.schemas.objects import FlowRun
 from pydantic import Field
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
+from tunix_rt.flows.dispatch import clear_loop_error, note_loop_error
 from tunix_rt.judges import RegisteredJudge
 from tunix_rt.tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
                            publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
@@ -33,7 +35,20 @@ def value_of(result: Any) -> Any:
     return result.result() if isinstance(result, State) else result
 
 
-@flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True)
+def _loop_did_not_finish(_flow: Any, flow_run: FlowRun, state: State) -> None:
+    """on_failure, on_crashed: the reason is shown on the run, not only in Prefect."""
+    note_loop_error(flow_run.parameters.get("run_id"),
+                    f"quality-loop flow run {flow_run.name!r} ({flow_run.id}) "
+                    f"{state.name.lower()}: {state.message or 'no message'}")
+
+
+def _loop_completed(_flow: Any, flow_run: FlowRun, _state: State) -> None:
+    clear_loop_error(flow_run.parameters.get("run_id"))
+
+
+@flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True,
+      on_failure=[_loop_did_not_finish], on_crashed=[_loop_did_not_finish],
+      on_completion=[_loop_completed])
 def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  # noqa: B006
                  policy: GatePolicy = GatePolicy(), force: bool = False,
                  repeat: Annotated[int, Field(ge=1, le=20)] = 1) -> dict[str, Any]:

@@ -1,18 +1,21 @@
 """End to end: `tunix-rt up` (a real Prefect server, deployments, a worker, our service).
 
-A signed webhook for a completed run goes: receiver → Prefect event → the
-quality-loop deployment's trigger → a worker runs the flow → a gate row in the
-database. And a receiver killed between its 202 and its dispatch loses nothing:
-the sweeper deployment finds the owed loop and starts it.
+The stack is started as a newcomer starts it: by the absolute path of the venv's
+`tunix-rt`, with a PATH that lacks the venv, from a directory that is not the checkout
+(so the prefect.yaml shipped in the package is deployed). A signed webhook for a
+completed run goes: receiver → Prefect event → the quality-loop deployment's trigger →
+a worker runs the flow → a gate row in the database. A receiver killed between its 202
+and its dispatch loses nothing: the sweeper deployment finds the owed loop and starts
+it. A loop that cannot run says why on its run. Ctrl-C stops every process it started.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,28 +26,22 @@ from sqlalchemy import select
 from tests.factories import correctness, write_predictions
 from tests.http.conftest import SECRET, _free_port, event, sign
 from tests.pgserver import create_database
+from tests.waiting import wait_for
+from tunix_rt import procs
 from tunix_rt.store import db
 from tunix_rt.store.db import session_scope
-from tunix_rt.store.models import Dispatch, Evaluation, GateResult, Run
+from tunix_rt.store.models import Dispatch, DispatchStatus, Evaluation, GateResult, Run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 WAIT_S = 120
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None,  # noqa: ANN001
-          log: Path | None = None):  # noqa: ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            break
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    detail = log.read_text()[-4000:] if log and log.exists() else ""
-    pytest.fail(f"timed out waiting for {what}\n{detail}")
+def _path_without_the_venv() -> str:
+    """This PATH minus every folder holding a `tunix-rt` or a `prefect` command."""
+    keep = [entry for entry in os.environ.get("PATH", "").split(os.pathsep)
+            if entry and not any((Path(entry) / name).exists() for name in ("tunix-rt", "prefect"))]
+    return os.pathsep.join(keep or ["/usr/bin", "/bin"])
 
 
 def _get(url: str) -> int | None:
@@ -54,6 +51,12 @@ def _get(url: str) -> int | None:
         return None
 
 
+def _prefect(stack: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "prefect"), *args], cwd=stack["tmp"],
+                          env={**stack["env"], "PREFECT_API_URL": stack["prefect_api"]},
+                          check=True, capture_output=True, text=True)
+
+
 @pytest.fixture(scope="module")
 def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """`tunix-rt up` against a fresh PostgreSQL database; SIGINT at the end."""
@@ -61,27 +64,38 @@ def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     url = create_database(pg_admin_url)
     db.upgrade(db.make_engine(url))
     port, prefect_port = _free_port(), _free_port()
+    path = _path_without_the_venv()
+    assert shutil.which("tunix-rt", path=path) is None and shutil.which("prefect", path=path) is None
     env = {**os.environ, "TUNIX_RT_DATABASE_URL": url, "TUNIX_RT_WEBHOOK_SECRET": SECRET,
            "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_LOGGING_LEVEL": "INFO", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+           "PREFECT_LOGGING_LEVEL": "INFO", "PATH": path}
     env.pop("PREFECT_API_URL", None)
+    env.pop("VIRTUAL_ENV", None)
+    workdir = tmp / "elsewhere"  # not the checkout, and no prefect.yaml of its own
+    workdir.mkdir()
     log = tmp / "up.log"
-    proc = subprocess.Popen([str(BIN / "tunix-rt"), "up", "--port", str(port),
-                             "--prefect-port", str(prefect_port), "--logs", str(tmp / "logs")],
-                            env=env, cwd=tmp, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "tunix-rt"), "up", "--port", str(port),
+                                 "--prefect-port", str(prefect_port), "--logs", str(tmp / "logs")],
+                                env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    _wait(lambda: _get(f"{base}/healthz") == 200, WAIT_S, "tunix-rt up", proc, log)
+    wait_for(lambda: _get(f"{base}/healthz") == 200, WAIT_S, "tunix-rt up", proc=proc, log=log)
     yield {"url": base, "db_url": url, "tmp": tmp, "env": env, "proc": proc, "log": log,
            "prefect_api": f"http://127.0.0.1:{prefect_port}/api"}
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("tunix-rt up did not stop on Ctrl-C")
+    if proc.poll() is None:  # test_ctrl_c_stops_every_process_it_started did not run
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("tunix-rt up did not stop on Ctrl-C")
     out = log.read_text()
     assert "stopped worker" in out and "stopped Prefect server" in out, out[-2000:]
     assert _get(f"http://127.0.0.1:{prefect_port}/api/health") is None
+
+
+def _wait(stack: dict, predicate, what: str):  # noqa: ANN001, ANN202
+    return wait_for(predicate, WAIT_S, what, proc=stack["proc"], log=stack["log"])
 
 
 def _gate(db_url: str, external_id: str) -> GateResult | None:
@@ -98,8 +112,9 @@ def test_a_signed_webhook_ends_in_a_gate_decision(stack: dict) -> None:
                           timeout=30)
 
     assert response.status_code == 202, response.text
-    gate = _wait(lambda: _gate(stack["db_url"], "job-e2e"), WAIT_S, "the gate row",
-                 stack["proc"], stack["log"])
+    gate = _wait(stack, lambda: _gate(stack["db_url"], "job-e2e"), "the gate row")
+    # Deployed from the prefect.yaml shipped in the package: the stack ran elsewhere.
+    assert f"tunix_rt{os.sep}prefect.yaml" in stack["log"].read_text()
     assert gate.decision == "no_baseline"
     with session_scope(db.get_engine(stack["db_url"])) as session:
         dispatch = session.scalar(select(Dispatch).where(Dispatch.run_id == gate.run_id))
@@ -115,8 +130,8 @@ def test_a_receiver_killed_after_its_202_loses_nothing(stack: dict) -> None:
     receiver = subprocess.Popen([str(BIN / "tunix-rt"), "serve", "--port", str(port)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the receiver",
-              receiver)
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the receiver",
+                 proc=receiver)
         body = event(external_id="job-crash", predictions_uri=predictions)
         response = httpx.post(f"http://127.0.0.1:{port}/webhooks/training", content=body,
                               headers=sign(body), timeout=30)
@@ -131,13 +146,10 @@ def test_a_receiver_killed_after_its_202_loses_nothing(stack: dict) -> None:
         assert session.scalar(select(Evaluation).where(Evaluation.run_id == run.id)) is None
         assert session.scalar(select(Dispatch).where(Dispatch.run_id == run.id)) is not None
 
-    subprocess.run([str(BIN / "prefect"), "deployment", "run", "sweep-owed-loops/sweep-owed-loops",
-                    "--param", "older_than_minutes=0"],
-                   env={**stack["env"], "PREFECT_API_URL": stack["prefect_api"]}, check=True,
-                   capture_output=True)
+    _prefect(stack, "deployment", "run", "sweep-owed-loops/sweep-owed-loops",
+             "--param", "older_than_minutes=0")
 
-    gate = _wait(lambda: _gate(stack["db_url"], "job-crash"), WAIT_S, "the swept loop's gate",
-                 stack["proc"], stack["log"])
+    gate = _wait(stack, lambda: _gate(stack["db_url"], "job-crash"), "the swept loop's gate")
     assert gate.decision == "no_baseline"  # the deployment does not auto-promote
 
 
@@ -150,18 +162,15 @@ def test_a_deployment_run_with_parameters_runs_the_loop(stack: dict) -> None:
         run_id = register_run(session, name="job-ui", dataset="ui-set", model="m",
                               predictions_uri=predictions, external_id="job-ui").id
 
-    subprocess.run([str(BIN / "prefect"), "deployment", "run", "quality-loop/quality-loop",
-                    "--param", f"run_id={run_id}", "--param", 'judges=["exact_match", "format"]'],
-                   env={**stack["env"], "PREFECT_API_URL": stack["prefect_api"]}, check=True,
-                   capture_output=True)
+    _prefect(stack, "deployment", "run", "quality-loop/quality-loop",
+             "--param", f"run_id={run_id}", "--param", 'judges=["exact_match", "format"]')
 
     def judges() -> set[str]:
         with session_scope(db.get_engine(stack["db_url"])) as session:
             return set(session.scalars(select(GateResult.judge)
                                        .where(GateResult.run_id == run_id)))
 
-    assert _wait(lambda: judges() == {"exact_match", "format"}, WAIT_S,
-                 "gates under both judges", stack["proc"], stack["log"])
+    assert _wait(stack, lambda: judges() == {"exact_match", "format"}, "gates under both judges")
 
 
 def test_tunix_rt_notify_reports_a_shell_driven_run(stack: dict) -> None:
@@ -177,6 +186,112 @@ def test_tunix_rt_notify_reports_a_shell_driven_run(stack: dict) -> None:
 
     assert started.returncode == 0 and done.returncode == 0, done.stderr
     assert "HTTP 202" in done.stdout
-    gate = _wait(lambda: _gate(stack["db_url"], "job-sh"), WAIT_S, "the gate row",
-                 stack["proc"], stack["log"])
+    gate = _wait(stack, lambda: _gate(stack["db_url"], "job-sh"), "the gate row")
     assert gate.decision == "no_baseline"
+
+
+CANNOT_START = """\
+# The pull step of the issue: a command the worker's children cannot find.
+name: cannot-start
+pull:
+  - prefect.deployments.steps.run_shell_script:
+      script: tunix-rt-not-on-path db upgrade
+      stream_output: false
+deployments:
+  - name: cannot-start
+    entrypoint: tunix_rt.flows.quality_loop:quality_loop
+    work_pool:
+      name: tunix-rt
+"""
+
+
+def _loop_error(stack: dict, run_id: str) -> str | None:
+    response = httpx.get(f"{stack['url']}/api/runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    return response.json()["loop_error"]
+
+
+def test_a_loop_that_cannot_run_says_why_on_its_run(stack: dict) -> None:
+    """Two loops owed to completed runs: one whose flow run crashes in its pull step,
+    before any of the loop's code runs (the watcher beside the receiver notes it), and
+    one that fails in the loop (its on_failure hook notes it)."""
+    spec = stack["tmp"] / "cannot-start.yaml"
+    spec.write_text(CANNOT_START)
+    _prefect(stack, "--no-prompt", "deploy", "--all", "--prefect-file", str(spec))
+    predictions = write_predictions(stack["tmp"] / "job-nostart.jsonl", correctness(60, 0.8, 9))
+    with session_scope(db.get_engine(stack["db_url"])) as session:
+        from tunix_rt.store.runs import register_run
+
+        crashing = register_run(session, name="job-nostart", dataset="nostart-set", model="m",
+                                predictions_uri=predictions, external_id="job-nostart").id
+        # As the receiver stores a completed run: its loop is owed, and was dispatched.
+        session.add(Dispatch(key="d-nostart", run_id=crashing, target="event", attempts=1,
+                             status=DispatchStatus.dispatched.value))
+    _prefect(stack, "deployment", "run", "quality-loop/cannot-start", "--param",
+             f"run_id={crashing}")
+    body = event(external_id="job-missing", predictions_uri=str(stack["tmp"] / "missing.jsonl"))
+    response = httpx.post(f"{stack['url']}/webhooks/training", content=body, headers=sign(body),
+                          timeout=30)
+    assert response.status_code == 202, response.text
+    failing = response.json()["run_id"]
+
+    crashed = _wait(stack, lambda: _loop_error(stack, crashing), "the crash on the run")
+    failed = _wait(stack, lambda: _loop_error(stack, failing), "the failure on the run")
+
+    assert "crashed before the loop ran" in crashed, crashed
+    assert "run_shell_script" in crashed, crashed  # where it died: its last log line
+    assert "failed" in failed and "missing.jsonl" in failed, failed
+    with session_scope(db.get_engine(stack["db_url"])) as session:
+        assert session.get(Run, crashing).error is None  # the job's own error is untouched
+        assert session.scalar(select(Evaluation).where(Evaluation.run_id == crashing)) is None
+
+
+def _process_tree(root: int) -> dict[int, int]:
+    """pid -> process group of ``root`` and everything descended from it."""
+    parent, group = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            parent[int(entry.name)], group[int(entry.name)] = int(fields[1]), int(fields[2])
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        tree[pid] = group.get(pid, pid)
+        todo += [child for child, ppid in parent.items() if ppid == pid]
+    return tree
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
+    """Last in this module: it stops the stack the others share."""
+    proc = stack["proc"]
+    tree = _process_tree(proc.pid)
+    commands = " ".join(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+                        for pid in tree if _running(pid))
+    assert "server start" in commands and "worker start" in commands, commands
+    groups = set(tree.values()) - {os.getpgid(os.getpid())}
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("tunix-rt up did not stop on Ctrl-C")
+
+    assert proc.returncode == 0, stack["log"].read_text()[-2000:]
+    assert [pid for pid in tree if _running(pid)] == []
+    assert [group for group in groups if procs.group_alive(group)] == []
+    out = stack["log"].read_text()
+    assert "stopped worker" in out and "stopped Prefect server" in out, out[-2000:]
+    assert "killed" not in out, out[-2000:]  # each child stopped on SIGTERM, none needed SIGKILL

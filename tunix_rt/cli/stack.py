@@ -2,58 +2,99 @@
 
 ``up`` starts a Prefect server (with its own database, under PREFECT_HOME), creates
 the work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP
-service in this process. Ctrl-C stops all of it.
+service in this process. Ctrl-C (or SIGTERM, or SIGHUP) stops all of it.
+
+Every child runs this process's own interpreter (``sys.executable -m prefect``), with
+this interpreter's folder first on its PATH, so the stack works the same whether or
+not a virtual environment is activated: ``/path/to/venv/bin/tunix-rt up`` is enough.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
+from tunix_rt import procs
 from tunix_rt.errors import InvalidInputError
 
 WORK_POOL = "tunix-rt"
+PREFECT_FILE = "prefect.yaml"
+# How long a child may take to stop after SIGTERM before it is killed. Each stops in
+# about a second; the wait is only for one that hangs.
+STOP_GRACE_S = 10.0
+# How long the service may take to finish the requests in flight at Ctrl-C.
+SERVICE_GRACE_S = 3
 
 
 def serve(host: str, port: int, dispatcher: object | None = None) -> None:
     """Run the HTTP service until interrupted."""
-    import uvicorn
-
-    from tunix_rt.service.server import create_app
-
     if dispatcher is None:
         from tunix_rt.flows.dispatch import receiver_dispatcher
 
         dispatcher = receiver_dispatcher()
-    app = create_app(dispatcher=dispatcher)
+    _serve_app(_service_app(dispatcher), host, port, dispatcher)
+
+
+def _service_app(dispatcher: Any) -> Any:
+    from tunix_rt.service.server import create_app
+
+    return create_app(dispatcher=dispatcher)
+
+
+def _serve_app(app: Any, host: str, port: int, dispatcher: Any) -> None:
+    import uvicorn
+
+    from tunix_rt.flows.dispatch import CrashWatcher, EventDispatcher
+
     print(f"tunix-rt service on http://{host}:{port} (dispatch: {dispatcher.target})",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # Loops started through Prefect that crash before their code runs are noted on
+    # their runs by this receiver (the flow-run process had no chance to).
+    watcher = CrashWatcher().start() if isinstance(dispatcher, EventDispatcher) else None
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info",
+                    timeout_graceful_shutdown=SERVICE_GRACE_S)
+    finally:
+        if watcher is not None:
+            watcher.stop()
 
 
-def project_dir() -> Path:
-    """The folder with prefect.yaml: this checkout's root."""
-    from tunix_rt import flows
+def prefect_file(cwd: Path | None = None) -> Path:
+    """The prefect.yaml ``up`` deploys: the current directory's, else the one tunix-rt ships."""
+    local = (cwd or Path.cwd()) / PREFECT_FILE
+    if local.is_file():
+        return local.resolve()
+    packaged = Path(__file__).resolve().parents[1] / PREFECT_FILE
+    if packaged.is_file():
+        return packaged
+    raise InvalidInputError(f"no {PREFECT_FILE} in {local.parent}, and none installed with "
+                            f"tunix-rt (looked for {packaged})")
 
-    root = Path(flows.__file__).resolve().parents[1]
-    if not (root / "prefect.yaml").exists():
-        raise InvalidInputError(f"no prefect.yaml in {root}: run `tunix-rt up` from a checkout "
-                                "of tunix-rt (pip install -e .)")
-    return root
+
+def child_env(api_url: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the stack's children: this interpreter's folder first on PATH."""
+    env = dict(os.environ if base is None else base)
+    env.update({"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                # Pick up scheduled and triggered runs within a couple of seconds.
+                "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "2")})
+    env.pop("PREFECT_API_KEY", None)
+    bindir = os.path.dirname(sys.executable)
+    path = env.get("PATH", "")
+    if path.split(os.pathsep)[0] != bindir:
+        env["PATH"] = bindir + (os.pathsep + path if path else "")
+    return env
 
 
-def _prefect() -> str:
-    exe = shutil.which("prefect", path=os.path.dirname(sys.executable)) or shutil.which("prefect")
-    if not exe:
-        raise InvalidInputError("the `prefect` command is not on PATH")
-    return exe
+def _prefect(*args: str) -> list[str]:
+    # This interpreter, not a `prefect` found on PATH: the worker then runs each flow run
+    # with it too (Prefect's process worker starts `sys.executable -m prefect.engine`).
+    return [sys.executable, "-m", "prefect", *args]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -72,69 +113,86 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen:
-    handle = log.open("ab")
-    # A process group of its own, so Ctrl-C in the terminal reaches us first and we
-    # stop the children in order.
-    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with log.open("ab") as handle:
+        # A process group of its own (with whatever it starts: the worker's flow runs),
+        # so Ctrl-C in the terminal reaches us alone and we stop each group whole.
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
 
 
-def _stop(proc: subprocess.Popen, name: str) -> None:
-    if proc.poll() is not None:
-        return
+def _run_cli(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    print(f"stopped {name}", flush=True)
+        subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True,
+                       stdin=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        output = (exc.stdout + exc.stderr).decode(errors="replace")
+        raise InvalidInputError(f"`prefect {' '.join(exc.cmd[3:])}` failed: "
+                                f"{output[-2000:]}") from None
+
+
+def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:
+    """Stop the children, the last started first: the worker while the server still
+    answers (its flow runs report themselves crashed), then the server."""
+    try:
+        for name, proc in reversed(children):
+            started = time.monotonic()
+            killed = procs.stop_group(proc, STOP_GRACE_S)
+            how = f"killed after {STOP_GRACE_S:g} s" if killed else "stopped"
+            print(f"{how} {name} ({time.monotonic() - started:.1f} s)", flush=True)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        for name, proc in children:
+            procs.signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        print("killed " + ", ".join(name for name, _ in children), flush=True)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
        logs: str = ".tunix-rt/logs") -> int:
-    """Start the local stack and block until Ctrl-C (or SIGTERM)."""
-    root = project_dir()
+    """Start the local stack and block until Ctrl-C (or SIGTERM, or SIGHUP)."""
+    spec = prefect_file()
     log_dir = Path(logs).resolve()
     log_dir.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{prefect_port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api_url,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           # Pick up scheduled and triggered runs within a couple of seconds.
-           "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2")}
-    env.pop("PREFECT_API_KEY", None)
-    prefect = _prefect()
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with ExitStack() as stack:
-        server_env = {**env}
-        server_env.pop("PREFECT_API_URL")
-        server = _start([prefect, "server", "start", "--host", "127.0.0.1", "--port",
-                         str(prefect_port)], server_env, log_dir / "prefect-server.log", root)
-        stack.callback(_stop, server, "Prefect server")
-        try:
-            _wait_healthy(api_url, server, timeout=120)
-            subprocess.run([prefect, "work-pool", "create", WORK_POOL, "--type", "process",
-                            "--overwrite"], env=env, cwd=root, check=True,
-                           capture_output=True)
-            subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=root,
-                           check=True, capture_output=True)
-        except subprocess.CalledProcessError as exc:
-            raise InvalidInputError(f"`{' '.join(exc.cmd[1:])}` failed: "
-                                    f"{exc.stderr.decode(errors='replace')[-2000:]}") from None
-        worker = _start([prefect, "worker", "start", "--pool", WORK_POOL], env,
-                        log_dir / "worker.log", root)
-        stack.callback(_stop, worker, "worker")
+    env = child_env(api_url)
+    # Before anything here imports Prefect: its settings are read once.
+    os.environ["PREFECT_API_URL"] = api_url
+    from tunix_rt.flows.dispatch import EventDispatcher
+
+    dispatcher = EventDispatcher()
+    # Now, not after a minute of starting Prefect: a missing webhook secret or an
+    # unmigrated database stops `up` before it starts anything.
+    app = _service_app(dispatcher)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    children: list[tuple[str, subprocess.Popen]] = []
+    try:
+        server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+        server = _start(_prefect("server", "start", "--host", "127.0.0.1", "--port",
+                                 str(prefect_port)), server_env, log_dir / "prefect-server.log",
+                        log_dir)
+        children.append(("Prefect server", server))
+        _wait_healthy(api_url, server, timeout=120)
+        _run_cli(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
+                 env, log_dir)
+        _run_cli(_prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(spec)), env,
+                 spec.parent)
+        worker = _start(_prefect("worker", "start", "--pool", WORK_POOL), env,
+                        log_dir / "worker.log", log_dir)
+        children.append(("worker", worker))
         print(f"Prefect UI      http://127.0.0.1:{prefect_port}\n"
               f"tunix-rt        http://{host}:{port}  (leaderboard page, /api, /webhooks)\n"
+              f"deployments     {spec}\n"
               f"logs            {log_dir}\n"
               "Ctrl-C stops everything.", flush=True)
-        os.environ["PREFECT_API_URL"] = api_url
-        try:
-            from tunix_rt.flows.dispatch import EventDispatcher
-
-            serve(host, port, dispatcher=EventDispatcher())
-        except KeyboardInterrupt:
-            pass
+        _serve_app(app, host, port, dispatcher)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(children)
     return 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError
@@ -121,18 +121,43 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
 
 
 def mark_dispatched(session: Session, dispatch_id: int, target: str) -> None:
+    # last_error stays: a loop started is not yet a loop that ran. The error of the last
+    # attempt is shown on the run until a loop for it completes (clear_loop_error).
     dispatch = session.get(Dispatch, dispatch_id, with_for_update=True)
     dispatch.status = DispatchStatus.dispatched.value
     dispatch.target = target
     dispatch.attempts += 1
     dispatch.dispatched_at = utcnow()
-    dispatch.last_error = None
 
 
 def mark_failed_attempt(session: Session, dispatch_id: int, error: str) -> None:
     dispatch = session.get(Dispatch, dispatch_id, with_for_update=True)
     dispatch.attempts += 1
     dispatch.last_error = error[:2000]
+
+
+def note_loop_error(session: Session, run_id: str, error: str, *,
+                    at: datetime | None = None) -> bool:
+    """Record why the run's quality loop could not run, on its latest dispatch (the run
+    shows it as ``loop_error``). False when the run has no dispatch, or when ``at`` (when
+    it went wrong) is older than the run's latest evaluation: a loop has run since.
+    """
+    dispatch = session.scalar(select(Dispatch).where(Dispatch.run_id == run_id)
+                              .order_by(Dispatch.id.desc()).limit(1).with_for_update())
+    if dispatch is None:
+        return False
+    if at is not None and session.scalar(
+            select(exists().where(Evaluation.run_id == run_id, Evaluation.finished_at > at))):
+        return False
+    dispatch.last_error = error[:2000]
+    return True
+
+
+def clear_loop_error(session: Session, run_id: str) -> None:
+    """A quality loop for the run completed: no error of an earlier attempt stands."""
+    session.execute(update(Dispatch).where(Dispatch.run_id == run_id,
+                                           Dispatch.last_error.is_not(None))
+                    .values(last_error=None))
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,8 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "config": run.config,
         "metrics": run.metrics,
         "error": run.error,
+        # Why its quality loop could not run (None when nothing is wrong), not the job's.
+        "loop_error": run.loop_error,
         "exit_code": run.exit_code,
         "log_uri": run.log_uri,
         "study_id": run.study_id,

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunix_rt import procs
+
 if TYPE_CHECKING:
     from tunix_rt.training.runfile import RunSpec
 
@@ -113,60 +115,15 @@ def _death_signal_preexec() -> Callable[[], None] | None:
     return preexec
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of group ``pgid`` is still running (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    # Zombies keep their group id until reaped; an orphan's zombie waits for init, which in
-    # some containers never reaps. Only a process that still runs holds anything.
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, note: Callable[[str], None],
                 *, leader_done: bool) -> None:
     """SIGTERM the process group, SIGKILL it after ``grace_s``; reap the leader."""
-    pgid = proc.pid
     if leader_done:
-        if not _group_alive(pgid):
+        if not procs.group_alive(proc.pid):
             return
         note(f"{NOTE_PREFIX} the job left processes running: stopping them")
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and not _group_alive(pgid):
-            return
-        time.sleep(0.05)
-    if proc.poll() is None or _group_alive(pgid):
+    if procs.stop_group(proc, grace_s):
         note(f"{NOTE_PREFIX} still running {grace_s:g} s after SIGTERM: sent SIGKILL")
-        _signal_group(pgid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.monotonic() + 5
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 # --- reading the output -----------------------------------------------------------------
