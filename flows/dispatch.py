@@ -181,6 +181,11 @@ class CrashWatcher:
         self._failing = False
 
     def start(self) -> CrashWatcher:
+        # Prefect's client is imported here, not first in the thread: importing a package
+        # from two threads at once can see it half initialized.
+        import prefect.client.orchestration  # noqa: F401
+        import prefect.client.schemas.filters  # noqa: F401
+
         self._thread.start()
         return self
 

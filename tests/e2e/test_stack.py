@@ -11,6 +11,7 @@ it. A loop that cannot run says why on its run. Ctrl-C stops every process it st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -273,13 +274,30 @@ def _running(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] not in "ZX"
 
 
+def _commands(tree: dict[int, int]) -> str:
+    found = []
+    for pid in tree:
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
+        except OSError:
+            pass
+    return "\n".join(found)
+
+
 def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
-    """Last in this module: it stops the stack the others share."""
+    """Last in this module: it stops the stack the others share, while a deployed
+    training job runs. The worker starts each flow run in a session of its own, and the
+    flow run its job: none of them may outlive the stack."""
     proc = stack["proc"]
-    tree = _process_tree(proc.pid)
-    commands = " ".join(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-                        for pid in tree if _running(pid))
+    marker = f"sleep {9000 + os.getpid() % 1000}"  # a job to find among the processes
+    spec = {"name": "job-ctrl-c", "dataset": "arith", "model": "m",
+            "command": ["sh", "-c", f"{marker}; true"], "predictions": "/nonexistent.jsonl"}
+    _prefect(stack, "deployment", "run", "train/train", "--param", f"spec={json.dumps(spec)}")
+    tree = _wait(stack, lambda: (lambda t: t if marker in _commands(t) else None)(
+        _process_tree(proc.pid)), "the training job under the worker")
+    commands = _commands(tree)
     assert "server start" in commands and "worker start" in commands, commands
+    assert "prefect.engine" in commands, commands  # the flow run
     groups = set(tree.values()) - {os.getpgid(os.getpid())}
 
     proc.send_signal(signal.SIGINT)
@@ -290,7 +308,8 @@ def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
         pytest.fail("tunix-rt up did not stop on Ctrl-C")
 
     assert proc.returncode == 0, stack["log"].read_text()[-2000:]
-    assert [pid for pid in tree if _running(pid)] == []
+    left = [pid for pid in tree if _running(pid)]
+    assert left == [], _commands(dict.fromkeys(left, 0))
     assert [group for group in groups if procs.group_alive(group)] == []
     out = stack["log"].read_text()
     assert "stopped worker" in out and "stopped Prefect server" in out, out[-2000:]

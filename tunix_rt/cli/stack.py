@@ -134,16 +134,19 @@ def _run_cli(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
 
 def _stop(children: list[tuple[str, subprocess.Popen]]) -> None:
     """Stop the children, the last started first: the worker while the server still
-    answers (its flow runs report themselves crashed), then the server."""
+    answers (its flow runs report themselves crashed), then the server. Each with
+    what it started: the worker starts each flow run in a session of its own, and a
+    flow run its training job, which SIGTERM to the worker's group would not reach."""
     try:
         for name, proc in reversed(children):
             started = time.monotonic()
-            killed = procs.stop_group(proc, STOP_GRACE_S)
+            killed = procs.stop_group(proc, STOP_GRACE_S, descendants=True)
             how = f"killed after {STOP_GRACE_S:g} s" if killed else "stopped"
             print(f"{how} {name} ({time.monotonic() - started:.1f} s)", flush=True)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
         for name, proc in children:
-            procs.signal_group(proc.pid, signal.SIGKILL)
+            for group in {proc.pid, *procs.descendant_groups(proc.pid)}:
+                procs.signal_group(group, signal.SIGKILL)
             proc.wait()
         print("killed " + ", ".join(name for name, _ in children), flush=True)
 
