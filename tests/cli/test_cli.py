@@ -26,7 +26,7 @@ RUN_KEYS = {"id", "external_id", "name", "dataset", "model", "status", "dry_run"
             "created_at"}
 ENTRY_KEYS = {"rank", "run_id", "run_name", "score", "ci_low", "ci_high", "n_items"}
 GATE_KEYS = {"decision", "delta", "ci_low", "ci_high", "n_paired", "baseline_run_id"}
-BOARD_CSV_HEADER = "rank,run_id,run_name,score,ci_low,ci_high,n_items"
+BOARD_CSV_HEADER = "rank,run_id,run_name,score,ci_low,ci_high,n_items,coverage,n_unscored,flag"
 N_ITEMS = 150
 
 pytestmark = pytest.mark.cli
@@ -77,7 +77,8 @@ def count_runs(engine: Engine) -> int:
 # The commands CONTRACT.md names; test_help runs every command the parser has.
 CONTRACT_COMMANDS = {("db", "upgrade"), ("runs", "register"), ("runs", "list"), ("runs", "show"),
                      ("judges", "list"), ("evaluate",), ("leaderboard",), ("baseline", "set"),
-                     ("baseline", "show"), ("gate",), ("demo",)}
+                     ("baseline", "show"), ("gate",), ("demo",), ("datasets", "register"),
+                     ("datasets", "list"), ("datasets", "show")}
 
 
 def command_tree() -> dict[tuple[str, ...], bool]:
@@ -120,6 +121,33 @@ def test_usage_errors_exit_3(cli: Cli) -> None:
         assert result.stderr.startswith("usage: tunix-rt"), result
         assert cases[result.args] in result.stderr, result
         assert result.stdout == "", result
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+def test_datasets_register_list_show(cli: Cli, db_url: str, tmp_path: Path) -> None:
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a", "prompt": "1+1?", "reference": "2"}\n'
+                     '{"id": "b", "prompt": "2+2?", "reference": "4"}\n')
+    first = cli("datasets", "register", "gsm", "--items", str(items), "--format", "json").json()
+    assert (first["name"], first["version"], first["n_items"], first["created"]) == (
+        "gsm", 1, 2, True)
+    again = cli("datasets", "register", "gsm", "--items", str(items)).stdout
+    assert "already has these items: nothing registered" in again
+    items.write_text('{"id": "a", "prompt": "1+1?", "reference": "2"}\n'
+                     '{"id": "b", "prompt": "2+2?", "reference": "5"}\n')  # a changed answer
+    second = cli("datasets", "register", "gsm", "--items", str(items), "--format", "json").json()
+    assert second["version"] == 2 and second["content_hash"] != first["content_hash"]
+    listed = cli("datasets", "list", "--format", "json").json()["datasets"]
+    assert [(d["name"], d["version"], d["versions"]) for d in listed] == [("gsm", 2, 2)]
+    assert cli("datasets", "show", "gsm", "--version", "1", "--format", "json").json()[
+        "content_hash"] == first["content_hash"]
+    missing = cli("datasets", "show", "gsm", "--version", "7", expect=3)
+    assert "dataset 'gsm' has no version 7; it has v1, v2" in missing.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "no id"}\n')
+    refused = cli("datasets", "register", "gsm", "--items", str(bad), expect=3)
+    assert "line 1: required field 'id' is missing" in refused.stderr
 
 
 # --- db upgrade -------------------------------------------------------------------------

@@ -108,6 +108,61 @@ def test_loop_scores_ranks_gates_and_promotes(engine, tmp_path: Path) -> None:
     assert board == [(1, second), (2, first)]
 
 
+def test_answering_less_raises_no_score_rank_or_gate(engine, tmp_path: Path) -> None:
+    """400 items. The baseline is right on 70%, "full" on 85%; "cherry" answers only the
+    150 items it gets right, "blank" leaves the other 250 empty. Neither is 1.000, neither
+    tops the board, and neither passes against the baseline."""
+    n = 400
+    baseline = make_run(engine, tmp_path, "baseline", [i % 10 < 7 for i in range(n)])
+    full = make_run(engine, tmp_path, "full", [i % 20 < 17 for i in range(n)])
+    cherry = make_run(engine, tmp_path, "cherry", [], predictions=write_predictions(
+        tmp_path / "cherry.jsonl", [True] * 150))
+    blank = make_run(engine, tmp_path, "blank", [], predictions=write_predictions(
+        tmp_path / "blank.jsonl", [True] * 150 + [None] * 250))
+
+    first = quality_loop(baseline, policy=POLICY)["judges"]["exact_match"]
+    assert first["evaluation"]["dataset_created"] is True
+    assert first["evaluation"]["dataset"].startswith("arith v1")
+    out = {name: quality_loop(run_id, policy=POLICY)["judges"]["exact_match"]
+           for name, run_id in (("full", full), ("cherry", cherry), ("blank", blank))}
+
+    assert out["full"]["evaluation"]["score"] == 0.85
+    assert out["full"]["gate"]["decision"] == "pass"
+    for name in ("cherry", "blank"):
+        ev, gate = out[name]["evaluation"], out[name]["gate"]
+        assert (ev["score"], ev["n_items"], ev["n_scored"], ev["n_unscored"]) == (
+            0.375, n, n, 0)
+        assert (gate["decision"], gate["n_paired"], gate["n_excluded"]) == ("fail", n, 0)
+        assert gate["delta"] == pytest.approx(0.375 - 0.85)  # against "full", promoted
+        assert out[name]["promoted"] is None
+    assert out["cherry"]["evaluation"]["n_missing"] == 250
+    assert out["cherry"]["evaluation"]["coverage"] == 0.375
+    assert out["blank"]["evaluation"]["n_missing"] == 0
+    with session_scope(engine) as session:
+        board = session.execute(select(LeaderboardEntry.run_id, LeaderboardEntry.score).where(
+            LeaderboardEntry.judge == "exact_match").order_by(LeaderboardEntry.rank)).all()
+    assert board == [(full, 0.85), (baseline, 0.7), (cherry, 0.375), (blank, 0.375)]
+
+
+def test_a_run_cannot_bring_its_own_answer_key(engine, tmp_path: Path) -> None:
+    first = make_run(engine, tmp_path, "first", correctness(40, 0.5, seed=4))
+    quality_loop(first, policy=POLICY)
+    path = tmp_path / "forged.jsonl"
+    write_predictions(path, [True] * 40)
+    lines = path.read_text().splitlines()
+    lines[6] = lines[6].replace('"reference": "6"', '"reference": "7"')  # and answers 7
+    lines[6] = lines[6].replace("<answer>6</answer>", "<answer>7</answer>")
+    path.write_text("\n".join(lines) + "\n")
+    forged = make_run(engine, tmp_path, "forged", [], predictions=str(path))
+    state = quality_loop(forged, policy=POLICY, return_state=True)
+    assert state.is_failed()
+    with session_scope(engine) as session:
+        ev = session.scalars(select(Evaluation).where(Evaluation.run_id == forged)).one()
+    assert ev.status == "failed"
+    assert "line 7: item 'q00006' has reference '7', but dataset arith v1" in ev.error
+    assert "a run cannot bring its own answer key" in ev.error
+
+
 def test_rerunning_does_no_work_twice_and_writes_no_duplicates(engine, tmp_path: Path) -> None:
     run_id = make_run(engine, tmp_path, "again", correctness(N, 0.7, seed=2))
     first = quality_loop(run_id, policy=POLICY)

@@ -331,3 +331,36 @@ def test_the_page_with_no_boards_says_so(service: Service) -> None:
     assert response.status_code == 200
     assert "no leaderboards yet" in response.text
     assert "<td>" not in response.text
+
+
+# --- datasets -------------------------------------------------------------------------
+
+
+def test_datasets_are_listed_and_shown_with_their_versions(service: Service, engine: Engine,
+                                                           tmp_path: Path) -> None:
+    assert service.get("/api/datasets").json() == {"datasets": []}
+    _three_evaluated(engine, tmp_path)  # the first run registers "arith" implicitly
+    listed = service.get("/api/datasets").json()["datasets"]
+    assert [(d["name"], d["version"], d["n_items"], d["source"], d["versions"])
+            for d in listed] == [("arith", 1, 10, "implicit", 1)]
+    shown = service.get("/api/datasets/arith").json()
+    assert shown["content_hash"] == listed[0]["content_hash"] and len(shown["content_hash"]) == 64
+    assert shown["source_run_id"] is not None
+    assert service.get("/api/datasets/arith", version=1).json() == shown
+    assert "it has v1" in _error(service.get("/api/datasets/arith", version=2), 404)
+    assert "no dataset named 'gsm8k'" in _error(service.get("/api/datasets/gsm8k"), 404)
+    assert service.get("/api/datasets/arith", version=0).status_code == 422
+
+
+def test_board_entries_carry_coverage(service: Service, engine: Engine, tmp_path: Path) -> None:
+    evaluated_run(engine, tmp_path, "full", _hits(10, 6))
+    short = make_run(engine, tmp_path, "short", [], predictions=write_predictions(
+        tmp_path / "short.jsonl", [True] * 4))
+    evaluate(engine, short)
+    _rebuild(engine)
+    entries = service.get("/api/leaderboard", dataset="arith").json()["entries"]
+    assert [(e["run_name"], e["score"], e["n_items"], e["n_missing"], e["coverage"], e["flag"])
+            for e in entries] == [("full", 0.6, 10, 0, 1.0, None),
+                                  ("short", 0.4, 10, 6, 0.4, None)]
+    page = service.get("/", dataset="arith").text
+    assert "<th>coverage</th>" in page and "40.0%" in page

@@ -5,7 +5,7 @@ the user can act on (the message on stderr says what and where); 4 anything else
 130 interrupted.
 
 One module per command group declares its commands (``register(subparsers)``) and
-their handlers: :mod:`~tunix_rt.cli.db`, :mod:`~tunix_rt.cli.runs`,
+their handlers: :mod:`~tunix_rt.cli.db`, :mod:`~tunix_rt.cli.datasets`, :mod:`~tunix_rt.cli.runs`,
 :mod:`~tunix_rt.cli.judges`, :mod:`~tunix_rt.cli.evaluate`, :mod:`~tunix_rt.cli.board`
 (leaderboard, baseline, gate), :mod:`~tunix_rt.cli.service` (serve, up, sweep, notify),
 :mod:`~tunix_rt.cli.tune`, :mod:`~tunix_rt.cli.train`; ``demo`` runs
@@ -35,7 +35,7 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     # The groups import this module (CliError, exit codes): imported here, not above.
-    from tunix_rt.cli import board, db, evaluate, judges, runs, service, train, tune
+    from tunix_rt.cli import board, datasets, db, evaluate, judges, runs, service, train, tune
     from tunix_rt.cli._args import Parser
 
     parser = Parser(prog="tunix-rt", description=(
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the leaderboard, gate the run against the baseline."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                 metavar="COMMAND")
-    for group in (db, runs, judges, evaluate, board, service, tune, train):
+    for group in (db, datasets, runs, judges, evaluate, board, service, tune, train):
         group.register(sub)
     _register_demo(sub)
     return parser

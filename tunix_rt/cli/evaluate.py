@@ -48,13 +48,35 @@ def _evaluable_run_id(run_ref: str) -> str:
 def _print_outcomes(outcomes: dict[str, Any]) -> None:
     for judge, outcome in outcomes.items():
         ev, gate = outcome["evaluation"], outcome["gate"]
+        if ev.get("dataset_created"):
+            print(f"dataset {ev['dataset']} registered implicitly from this run "
+                  f"({ev['n_items']} items): later runs are scored over these items and "
+                  "references")
         reused = " (stored evaluation reused; --force to re-score)" if ev["reused"] else ""
-        print(f"{judge} {ev['judge_version']}: score {ev['score']:.4f} "
-              f"[{ev['ci_low']:.4f}, {ev['ci_high']:.4f}] on {ev['n_scored']} items"
-              f"{', ' + str(ev['n_unscored']) + ' unscored' if ev['n_unscored'] else ''}{reused}")
+        print(f"{judge} {ev['judge_version']}: score {_num(ev['score'])} "
+              f"[{_num(ev['ci_low'])}, {_num(ev['ci_high'])}] over {ev['n_items']} items"
+              f"{_coverage(ev)}{reused}")
         print(f"  gate: {gate['decision']} - {gate['reason']}")
         if outcome["promoted"]:
             print(f"  promoted to baseline: {outcome['promoted']}")
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _coverage(ev: dict[str, Any]) -> str:
+    """``; 250 missing (scored 0), 3 unscored by the judge`` or nothing."""
+    parts = []
+    if ev.get("n_missing") is None:
+        parts.append("coverage unknown")
+    elif ev["n_missing"]:
+        parts.append(f"{ev['n_missing']} missing (scored 0)")
+    if ev["n_unscored"]:
+        parts.append(f"{ev['n_unscored']} unscored by the judge")
+    if ev.get("n_extra"):
+        parts.append(f"{ev['n_extra']} lines outside the dataset, not scored")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def register(subparsers: Any) -> None:

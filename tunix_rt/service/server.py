@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from tunix_rt import __version__
 from tunix_rt.service import deliveries
-from tunix_rt.quality import gating, leaderboard
+from tunix_rt.quality import datasets, gating, leaderboard
 from tunix_rt.store import runs
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.service.deliveries import Dispatcher
@@ -161,6 +161,16 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             return leaderboard.leaderboard_page(session, dataset, chosen, limit=limit,
                                                 cursor=cursor).to_dict()
 
+    @app.get("/api/datasets")
+    def list_datasets() -> dict[str, Any]:
+        with scope() as session:
+            return {"datasets": datasets.list_datasets(session)}
+
+    @app.get("/api/datasets/{name}")
+    def show_dataset(name: str, version: int | None = Query(None, ge=1)) -> dict[str, Any]:
+        with scope() as session:
+            return datasets.get_dataset(session, name, version).to_dict()
+
     @app.get("/", response_class=HTMLResponse)
     def page(dataset: str | None = None, judge: str | None = None) -> HTMLResponse:
         with scope() as session:
@@ -197,7 +207,8 @@ def _render_page(boards: list[Any], chosen: Any, entries: list[leaderboard.Entry
     rows = "".join(
         f"<tr><td>{e.rank}</td><td>{esc(e.run_name)}<br><small>{esc(e.run_id)}</small></td>"
         f"<td>{esc(e.model)}</td><td>{e.score:.4f}</td>"
-        f"<td>[{e.ci_low:.4f}, {e.ci_high:.4f}]</td><td>{e.n_items}</td></tr>" for e in entries)
+        f"<td>[{e.ci_low:.4f}, {e.ci_high:.4f}]</td><td>{e.n_items}</td>"
+        f"<td>{_coverage_cell(e)}</td></tr>" for e in entries)
     title = f"{esc(chosen[0])} / {esc(chosen[1])}" if chosen else "tunix-rt"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Leaderboard · {title}</title>
@@ -210,6 +221,16 @@ small {{ color: #777 }} a.on {{ font-weight: bold }}
 </style></head>
 <body><h1>Leaderboard: {title}</h1><p>{links}</p>{f"<p>{esc(missing)}</p>" if missing else ""}
 <table><thead><tr><th>rank</th><th>run</th><th>model</th><th>score</th><th>95% CI</th>
-<th>items</th></tr></thead><tbody>{rows}</tbody></table>
+<th>items</th><th>coverage</th></tr></thead><tbody>{rows}</tbody></table>
 <p><small>JSON: /api/leaderboard?dataset=…&amp;judge=… · runs: /api/runs</small></p>
 </body></html>"""
+
+
+def _coverage_cell(entry: leaderboard.Entry) -> str:
+    """Answered share, and why an entry is ranked below the complete ones."""
+    cell = "unknown" if entry.coverage is None else f"{entry.coverage:.1%}"
+    if entry.flag == "unscored":
+        cell += f" <small>({entry.n_unscored} unscored by the judge: ranked below)</small>"
+    elif entry.flag == "coverage_unknown":
+        cell += " <small>(evaluated before datasets: ranked below)</small>"
+    return cell
