@@ -19,6 +19,7 @@ from tunix_rt.store.db import session_scope
 from tunix_rt.errors import DatabaseNotMigratedError
 from tunix_rt.quality.gating import gate_run, set_baseline
 from tunix_rt.store.models import (Base, Dispatch, DispatchStatus, Evaluation, JudgeCacheEntry,
+                                   LeaderboardEntry,
                                    Run, Study, StudyStatus, Trial, TrialResult, TrialStatus,
                                    Verdict, WebhookDelivery, utcnow)
 from tunix_rt.quality.leaderboard import rebuild_leaderboard
@@ -180,6 +181,35 @@ def test_downgrade_to_base_and_back_with_rows_present(engine: Engine, tmp_path: 
     assert count(engine, Verdict) == 20
     # And populating every table again works: nothing the models need is missing.
     _populate(engine, tmp_path / "twice")
+
+
+def test_evaluations_made_before_datasets_carry_over_with_coverage_unknown(
+        engine: Engine, tmp_path: Path) -> None:
+    """0.5.0's evaluations keep their scores; their coverage is unknown, never invented:
+    their board entries are flagged and ranked below, and a gate against one says what
+    to re-evaluate instead of comparing."""
+    base = evaluated_run(engine, tmp_path, "base", correctness(40, 0.6, seed=1))
+    cand = evaluated_run(engine, tmp_path, "cand", correctness(40, 0.7, seed=2))
+    with session_scope(engine) as session:
+        rebuild_leaderboard(session, "arith", JUDGE)
+        set_baseline(session, base, JUDGE)
+    db.downgrade(engine, "20261124_0005")  # back to 0.5.0's schema, rows kept
+    db.upgrade(engine)
+
+    with session_scope(engine) as session:
+        evaluations = session.scalars(select(Evaluation)).all()
+        assert [(e.dataset_id, e.n_missing, e.n_extra) for e in evaluations] == [
+            (None, None, None)] * 2
+        assert {e.n_items for e in evaluations} == {40}  # the stored counts stay as they were
+        entries = session.scalars(select(LeaderboardEntry)).all()
+        assert [e.flag for e in entries] == ["coverage_unknown"] * 2
+        rebuild_leaderboard(session, "arith", JUDGE)
+        assert {e.flag for e in session.scalars(select(LeaderboardEntry))} == {
+            "coverage_unknown"}
+        report = gate_run(session, cand, JUDGE, GatePolicy())
+    assert report.decision == "inconclusive"
+    assert "predates datasets, so its item set is unknown" in report.reason
+    assert f"`tunix-rt evaluate {cand} --judge {JUDGE} --force`" in report.reason
 
 
 @pytest.mark.postgres
