@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One line of a predictions file (see the predictions format in CONTRACT.md)."""
+    """One line of a predictions file (see the predictions format in docs/CONTRACT.md)."""
 
     id: str
     response: str

@@ -1,4 +1,4 @@
-"""Configuration: one settings object, read from the environment (see CONTRACT.md)."""
+"""Configuration: one settings object, read from the environment (see docs/CONTRACT.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``tunix-rt`` command as users and scripts run it (CONTRACT.md, "Command line").
+"""The ``tunix-rt`` command as users and scripts run it (docs/CONTRACT.md, "Command line").
 
 Every test runs the command in subprocesses: the installed console script, or, for a
 batch of read commands, ``main(argv)`` in one subprocess (see conftest.py). Tests
@@ -74,7 +74,7 @@ def count_runs(engine: Engine) -> int:
 
 # --- help and usage ---------------------------------------------------------------------
 
-# The commands CONTRACT.md names; test_help runs every command the parser has.
+# The commands docs/CONTRACT.md names; test_help runs every command the parser has.
 CONTRACT_COMMANDS = {("db", "upgrade"), ("runs", "register"), ("runs", "list"), ("runs", "show"),
                      ("judges", "list"), ("evaluate",), ("leaderboard",), ("baseline", "set"),
                      ("baseline", "show"), ("gate",), ("demo",), ("datasets", "register"),

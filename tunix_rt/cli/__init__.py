@@ -1,4 +1,4 @@
-"""The ``tunix-rt`` command line (CONTRACT.md).
+"""The ``tunix-rt`` command line (docs/CONTRACT.md).
 
 Exit codes: 0 success; ``gate``: 1 fail, 2 inconclusive or no baseline; 3 an error
 the user can act on (the message on stderr says what and where); 4 anything else;

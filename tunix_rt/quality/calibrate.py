@@ -1,6 +1,6 @@
 """Calibrating a judge against human labels: how often does it agree with people?
 
-A labels file is a predictions file (JSON Lines, see CONTRACT.md) whose every line
+A labels file is a predictions file (JSON Lines, see docs/CONTRACT.md) whose every line
 also carries ``"label"``: the human verdict, ``true``/``false`` or ``1``/``0``. The
 judge scores the items; on the items it could score, its ``passed`` is compared with
 the label: accuracy, Cohen's kappa and the confusion matrix (positive = passed).

@@ -29,7 +29,7 @@ EXIT_CODES = {GateDecision.passed.value: 0, GateDecision.failed.value: 1,
 
 @dataclass(frozen=True)
 class GateReport:
-    """A gate decision as the CLI, the API and the flow report it (CONTRACT.md)."""
+    """A gate decision as the CLI, the API and the flow report it (docs/CONTRACT.md)."""
 
     run_id: str
     dataset: str

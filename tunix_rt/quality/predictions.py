@@ -1,4 +1,4 @@
-"""Reading a predictions file (JSON Lines, see CONTRACT.md) into judge items.
+"""Reading a predictions file (JSON Lines, see docs/CONTRACT.md) into judge items.
 
 The whole file is validated before any item is returned, so a bad line fails the
 evaluation before anything is written. Every error names the URI and the line.

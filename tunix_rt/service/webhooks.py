@@ -53,7 +53,7 @@ class RunEventData(BaseModel):
 
 
 class RunEvent(BaseModel):
-    """The body of ``POST /webhooks/training`` (CONTRACT.md)."""
+    """The body of ``POST /webhooks/training`` (docs/CONTRACT.md)."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -1,6 +1,6 @@
 """Run files (``tunix-rt train --config RUN.yaml [--dry-run]``): parsed and validated first.
 
-A run file names one training job in one of two forms (CONTRACT.md, "Run file"):
+A run file names one training job in one of two forms (docs/CONTRACT.md, "Run file"):
 
 * ``trainable`` (``"builtin"`` or ``"package.module:function"``) with its ``config``:
   tunix-rt runs the trainable in a child process (:mod:`tunix_rt.training.job_entry`);
@@ -27,7 +27,7 @@ COMMAND_KEYS = ("command", "predictions")
 
 
 class RunSpec(BaseModel):
-    """One training run (CONTRACT.md, "Run file")."""
+    """One training run (docs/CONTRACT.md, "Run file")."""
 
     model_config = ConfigDict(extra="forbid")
 

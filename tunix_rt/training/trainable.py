@@ -12,7 +12,7 @@ or run file as ``"package.module:function"``:
   sweep optimizes (``metric:`` in the sweep file) must be among them. Inside a Ray Tune
   trial each call is one Tune iteration (what ASHA's ``max_t`` and ``grace_period``
   count); outside Ray the reports are collected for ``tunix-rt train``;
-* it returns the URI of the predictions file it wrote (CONTRACT.md, "Predictions
+* it returns the URI of the predictions file it wrote (docs/CONTRACT.md, "Predictions
   file"), which the judges then score.
 
 ``builtin`` names :func:`builtin_trainable`, which trains the small JAX model of

@@ -34,7 +34,7 @@ class Scheduler(BaseModel):
 
 
 class Sweep(BaseModel):
-    """A hyperparameter sweep (CONTRACT.md, "Sweep file")."""
+    """A hyperparameter sweep (docs/CONTRACT.md, "Sweep file")."""
 
     model_config = ConfigDict(extra="forbid")
 
