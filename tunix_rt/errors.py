@@ -12,7 +12,15 @@ class NotFoundError(TunixRtError):
 
 
 class InvalidInputError(TunixRtError, ValueError):
-    """Input that cannot be accepted, with the field or line named."""
+    """Input that cannot be accepted, with the field or line named.
+
+    ``field``, when given, is the field's name as the caller knows it (``data.name``),
+    so that an HTTP answer can name it without reading it back out of the message.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RunNotEvaluableError(TunixRtError):

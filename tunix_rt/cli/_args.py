@@ -68,8 +68,9 @@ def policy(args: argparse.Namespace, auto_promote: bool = False):  # noqa: ANN20
                           min_items=args.min_items, require_improvement=args.require_improvement,
                           auto_promote=auto_promote)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-                             for e in exc.errors())
+        from tunix_rt.specfile import validation_problems
+
+        _, problems = validation_problems(exc, label=lambda f: "--" + f.replace("_", "-"))
         raise CliError(f"invalid gate policy: {problems}") from None
 
 

@@ -86,7 +86,7 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
         missing = [f for f in ("dataset", "model") if getattr(data, f) is None]
         if missing:
             raise InvalidInputError(f"data.{missing[0]}: required for a run tunix-rt has not "
-                                    "seen before")
+                                    "seen before", field=f"data.{missing[0]}")
         run = Run(external_id=data.external_id, name=data.name or data.external_id,
                   dataset=data.dataset, model=data.model, status=RunStatus.pending.value,
                   origin=RunOrigin.webhook.value, config={}, metrics={}, created_at=now,
@@ -107,7 +107,8 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
         if data.predictions_uri:
             run.predictions_uri = data.predictions_uri
         if not run.predictions_uri:
-            raise InvalidInputError("data.predictions_uri: required for run.completed")
+            raise InvalidInputError("data.predictions_uri: required for run.completed",
+                                    field="data.predictions_uri")
     run.status = target.value
     run.updated_at = now
     if target is RunStatus.running:

@@ -101,8 +101,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         delivery_id = request.headers["webhook-id"]
         try:
             received = await run_in_threadpool(_store, scope, delivery_id, event)
-        except InvalidInputError as exc:  # deliveries.receive words it "data.<field>: ..."
-            return _error(422, f"invalid payload: {exc}", field=str(exc).split(":")[0])
+        except InvalidInputError as exc:
+            return _error(422, f"invalid payload: {exc}", field=exc.field)
         except DBAPIError as exc:
             if not is_transient(exc):
                 raise
