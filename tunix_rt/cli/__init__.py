@@ -8,8 +8,7 @@ One module per command group declares its commands (``register(subparsers)``) an
 their handlers: :mod:`~tunix_rt.cli.db`, :mod:`~tunix_rt.cli.datasets`, :mod:`~tunix_rt.cli.runs`,
 :mod:`~tunix_rt.cli.judges`, :mod:`~tunix_rt.cli.evaluate`, :mod:`~tunix_rt.cli.board`
 (leaderboard, baseline, gate), :mod:`~tunix_rt.cli.service` (serve, up, sweep, notify),
-:mod:`~tunix_rt.cli.tune`, :mod:`~tunix_rt.cli.train`; ``demo`` runs
-:mod:`tunix_rt.cli.demo`. They share :mod:`tunix_rt.cli._args` (flags, parser class)
+:mod:`~tunix_rt.cli.tune`, :mod:`~tunix_rt.cli.train`, :mod:`~tunix_rt.cli.demo`. They share :mod:`tunix_rt.cli._args` (flags, parser class)
 and :mod:`tunix_rt.cli.output` (tables, CSV, JSON). This module assembles the parser
 and turns errors into exit codes.
 
@@ -35,7 +34,8 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     # The groups import this module (CliError, exit codes): imported here, not above.
-    from tunix_rt.cli import board, datasets, db, evaluate, judges, runs, service, train, tune
+    from tunix_rt.cli import (board, datasets, db, demo, evaluate, judges, runs, service, train,
+                              tune)
     from tunix_rt.cli._args import Parser
 
     parser = Parser(prog="tunix-rt", description=(
@@ -43,29 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the leaderboard, gate the run against the baseline."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                 metavar="COMMAND")
-    for group in (db, datasets, runs, judges, evaluate, board, service, tune, train):
+    for group in (db, datasets, runs, judges, evaluate, board, service, tune, train, demo):
         group.register(sub)
-    _register_demo(sub)
     return parser
-
-
-def _register_demo(subparsers: argparse._SubParsersAction) -> None:
-    from tunix_rt.cli._args import add_command
-
-    p = add_command(subparsers, "demo", _demo,
-                    "the whole loop on sample data, on the embedded default, from nothing")
-    p.add_argument("--workdir", default="tunix_rt_demo",
-                   help="where the sample eval set and predictions are written")
-    p.add_argument("--items", type=int, default=300, help="items in the sample eval set")
-    p.add_argument("--no-tune", action="store_true",
-                   help="skip the opening Ray Tune sweep (the quality loop only)")
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from tunix_rt.cli.demo import run_demo
-
-    return run_demo(workdir=args.workdir, items=args.items, output_format=args.format,
-                    tune=not args.no_tune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,7 +194,8 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
         return 0
     for judge, board in boards.items():
         print(f"\nLeaderboard: {DATASET} / {judge}")
-        to_table(board["entries"], ["rank", "run_name", "score", "ci_low", "ci_high", "n_items"])
+        to_table(board["entries"], ["rank", "run_name", "score", "ci_low", "ci_high", "n_items",
+                                    "coverage"])
     print("\nGate decisions (each run against the baseline of its time):")
     to_table(gates, ["run", "judge", "decision", "delta", "ci_low", "ci_high", "n_paired",
                      "promoted"])
@@ -205,3 +206,20 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
     print(f"\nNext: tunix-rt leaderboard --dataset {DATASET} --judge exact_match\n"
           f"      tunix-rt gate {run_ids[2]} --judge exact_match   (exit code 1: fail)")
     return 0
+
+
+def cmd_demo(args: Any) -> int:
+    return run_demo(workdir=args.workdir, items=args.items, output_format=args.format,
+                    tune=not args.no_tune)
+
+
+def register(subparsers: Any) -> None:
+    from tunix_rt.cli._args import add_command
+
+    p = add_command(subparsers, "demo", cmd_demo,
+                    "the whole loop on sample data, on the embedded default, from nothing")
+    p.add_argument("--workdir", default="tunix_rt_demo",
+                   help="where the sample eval set and predictions are written")
+    p.add_argument("--items", type=int, default=300, help="items in the sample eval set")
+    p.add_argument("--no-tune", action="store_true",
+                   help="skip the opening Ray Tune sweep (the quality loop only)")

@@ -114,7 +114,7 @@ def list_runs(session: Session, *, dataset: str | None = None, status: str | Non
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
-    """A run as the API and ``--format json`` show it (CONTRACT.md)."""
+    """A run as the API and ``--format json`` show it (docs/CONTRACT.md)."""
     return {
         "id": run.id,
         "external_id": run.external_id,
