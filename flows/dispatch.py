@@ -241,10 +241,10 @@ class CrashWatcher:
                              if not entry.name.startswith(_SUPERVISOR_LOGGERS)
                              and entry.message.strip()), None)
                 message = flow_run.state.message if flow_run.state else None
-                error = (f"quality-loop flow run {flow_run.name!r} ({flow_run.id}) crashed "
-                         f"before the loop ran: {message or 'no message'}")
+                error = (f"quality-loop flow run {flow_run.name!r} ({flow_run.id}) crashed: "
+                         f"{message or 'no message'}")
                 if last:
-                    error += f" Its last log line: {last}"
+                    error += f" Its last log line before the crash: {last}"
                 if note_loop_error(flow_run.parameters.get("run_id"), error, at=ended):
                     recorded += 1
                     log.warning("run %s: %s", flow_run.parameters.get("run_id"), error)

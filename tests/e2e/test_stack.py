@@ -239,8 +239,10 @@ def test_a_loop_that_cannot_run_says_why_on_its_run(stack: dict) -> None:
     crashed = _wait(stack, lambda: _loop_error(stack, crashing), "the crash on the run")
     failed = _wait(stack, lambda: _loop_error(stack, failing), "the failure on the run")
 
-    assert "crashed before the loop ran" in crashed, crashed
-    assert "run_shell_script" in crashed, crashed  # where it died: its last log line
+    assert "crashed" in crashed and "Process exited with status code: 1" in crashed, crashed
+    # Where it died, the flow run's last log line: its pull step, not the loop.
+    assert "last log line before the crash: Executing deployment step: run_shell_script" \
+        in crashed, crashed
     assert "failed" in failed and "missing.jsonl" in failed, failed
     with session_scope(db.get_engine(stack["db_url"])) as session:
         assert session.get(Run, crashing).error is None  # the job's own error is untouched
