@@ -9,7 +9,6 @@ that take ``db_url`` or ``engine`` run on SQLite and on PostgreSQL; ``evaluate``
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -18,7 +18,7 @@ from sqlalchemy import case, delete, func, insert, literal, null, select, text
 from sqlalchemy.orm import Session
 
 from tunix_rt.store.cursor import decode_cursor, encode_cursor
-from tunix_rt.errors import InvalidInputError, NotFoundError
+from tunix_rt.errors import InvalidInputError
 from tunix_rt.quality.evaluation import choose_judge
 from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, LeaderboardEntry, Run,
                                    utcnow)

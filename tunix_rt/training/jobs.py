@@ -93,28 +93,6 @@ def job_command(spec: RunSpec, *, out_dir: str | Path | None = None,
 
 # --- the child process ------------------------------------------------------------------
 
-def _death_signal_preexec() -> Callable[[], None] | None:
-    """A preexec_fn that asks Linux to SIGKILL the child when its parent thread dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    parent = os.getpid()
-
-    def preexec() -> None:  # runs in the forked child: nothing that takes locks
-        prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: it will never fire
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
-
-
 def _stop_group(proc: subprocess.Popen[bytes], grace_s: float, note: Callable[[str], None],
                 *, leader_done: bool) -> None:
     """SIGTERM the process group, SIGKILL it after ``grace_s``; reap the leader."""
@@ -230,7 +208,7 @@ def run_job(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=child_env, cwd=cwd, start_new_session=True,
-                preexec_fn=_death_signal_preexec(), close_fds=True)
+                preexec_fn=procs.parent_death_signal(signal.SIGKILL), close_fds=True)
         except (OSError, subprocess.SubprocessError) as exc:
             message = f"{NOTE_PREFIX} cannot start {argv[0]!r}: {exc}"
             log_file.write(message + "\n")
