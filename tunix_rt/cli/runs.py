@@ -11,7 +11,7 @@ from tunix_rt.cli.output import key_values, to_json, to_table
 
 RUN_COLUMNS = ["id", "name", "dataset", "model", "status", "origin", "created_at"]
 EVALUATION_COLUMNS = ["judge", "judge_version", "status", "score", "ci_low", "ci_high",
-                      "n_items", "n_unscored", "error"]
+                      "n_items", "coverage", "n_unscored", "error"]
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -72,14 +72,20 @@ def _evaluations(session: Any, run_id: str) -> list[dict[str, Any]]:
     """The run's evaluations, one dict each, by judge and judge version."""
     from sqlalchemy import select
 
-    from tunix_rt.store.models import Evaluation
+    from tunix_rt.store.models import Dataset, Evaluation
 
-    evs = session.scalars(select(Evaluation).where(Evaluation.run_id == run_id)
-                          .order_by(Evaluation.judge, Evaluation.judge_version))
+    def coverage(n_items: int, n_missing: int | None) -> float | None:
+        return None if n_missing is None or not n_items else (n_items - n_missing) / n_items
+
+    rows = session.execute(select(Evaluation, Dataset.version).outerjoin(
+        Dataset, Dataset.id == Evaluation.dataset_id).where(Evaluation.run_id == run_id)
+        .order_by(Evaluation.judge, Evaluation.judge_version))
     return [{"judge": e.judge, "judge_version": e.judge_version, "status": e.status,
              "score": e.score, "ci_low": e.ci_low, "ci_high": e.ci_high, "n_items": e.n_items,
-             "n_unscored": e.n_unscored, "error": e.error,
-             "finished_at": e.finished_at.isoformat()} for e in evs]
+             "n_missing": e.n_missing, "n_unscored": e.n_unscored, "n_extra": e.n_extra,
+             "coverage": coverage(e.n_items, e.n_missing), "dataset_version": version,
+             "agreement_rate": e.agreement_rate, "cost": e.cost, "error": e.error,
+             "finished_at": e.finished_at.isoformat()} for e, version in rows]
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
