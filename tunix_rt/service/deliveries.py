@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError
 from tunix_rt.store.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
-                             WebhookDelivery, utcnow)
+                             WebhookDelivery, new_run_id, utcnow)
 from tunix_rt.store.upsert import insert_ignore
 from tunix_rt.service.webhooks import RunEvent
 
@@ -79,19 +79,26 @@ def receive(session: Session, delivery_id: str, event: RunEvent) -> Received:
 def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
     data = event.data
     target = _TARGET[event.type]
-    run = session.scalar(select(Run).where(Run.external_id == data.external_id)
-                         .with_for_update())
+    by_external_id = select(Run).where(Run.external_id == data.external_id).with_for_update()
+    run = session.scalar(by_external_id)
     now = utcnow()
     if run is None:
         missing = [f for f in ("dataset", "model") if getattr(data, f) is None]
         if missing:
             raise InvalidInputError(f"data.{missing[0]}: required for a run tunix-rt has not "
                                     "seen before", field=f"data.{missing[0]}")
-        run = Run(external_id=data.external_id, name=data.name or data.external_id,
-                  dataset=data.dataset, model=data.model, status=RunStatus.pending.value,
-                  origin=RunOrigin.webhook.value, config={}, metrics={}, created_at=now,
-                  updated_at=now)
-        session.add(run)
+        # FOR UPDATE locks nothing while the row does not exist: concurrent first
+        # deliveries would all insert, and all but one fail on the unique external id.
+        # ON CONFLICT DO NOTHING makes the later ones wait for the first transaction
+        # and insert nothing; the SELECT ... FOR UPDATE that follows then finds the
+        # committed run (a new statement sees it under READ COMMITTED) and locks it.
+        insert_ignore(session, Run, {
+            "id": new_run_id(), "external_id": data.external_id,
+            "name": data.name or data.external_id, "dataset": data.dataset,
+            "model": data.model, "status": RunStatus.pending.value,
+            "origin": RunOrigin.webhook.value, "config": {}, "metrics": {}, "dry_run": False,
+            "created_at": now, "updated_at": now}, key=("external_id",))
+        run = session.scalar(by_external_id.execution_options(populate_existing=True))
     for field in ("name", "dataset", "model", "predictions_uri"):
         value = getattr(data, field)
         if value is not None and not getattr(run, field):

@@ -1,0 +1,80 @@
+"""Races that corrupt records, run with real concurrency against a real PostgreSQL.
+
+Each test starts its contenders at once (threads behind a barrier, each with its own
+connection) and checks the records afterwards: what must be unique is, and every
+contender got an answer it can live with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.factories import correctness, write_predictions
+from tests.http.conftest import event, serve_app, sign, webhook_env  # noqa: F401
+from tunix_rt.store.db import get_engine, session_scope
+from tunix_rt.store.models import Dispatch, Run, WebhookDelivery
+
+pytestmark = [pytest.mark.reliability, pytest.mark.postgres]
+
+# Every test here runs on PostgreSQL only: SQLite has one writer, so it has no such races.
+on_postgres = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+
+
+def all_at_once(n: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(0..n-1)`` in n threads released together; their results, or raise."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def contender(i: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            results[i] = work(i)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a contender hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+# --- Two first deliveries for a new external id -------------------------------------
+
+@on_postgres
+def test_concurrent_first_deliveries_for_a_new_external_id_make_one_run(
+        webhook_env: str, tmp_path: Path) -> None:  # noqa: F811
+    """6 distinct deliveries (different webhook-ids) for a run not seen before: all are
+    accepted, there is one run, each delivery is stored once, and one loop is owed."""
+    from tunix_rt.service.server import create_app
+
+    uri = write_predictions(tmp_path / "p.jsonl", correctness(20, 0.7, 1))
+    rounds, n = 5, 6
+    for service in serve_app(create_app()):  # no dispatcher: the loop stays owed
+        for r in range(rounds):
+            external_id = f"job-race-{r}"
+            bodies = [event("run.started" if i % 2 else "run.completed",
+                            external_id=external_id, predictions_uri=uri) for i in range(n)]
+            statuses = all_at_once(n, lambda i: service.post(
+                bodies[i], sign(bodies[i], msg_id=f"msg_{r}_{i}")).status_code)
+            assert statuses == [202] * n, f"round {r}: {statuses}"
+    with session_scope(get_engine(webhook_env)) as session:
+        runs = session.execute(select(Run.external_id, Run.status, func.count())
+                               .group_by(Run.external_id, Run.status)).all()
+        assert sorted(runs) == [(f"job-race-{r}", "completed", 1) for r in range(rounds)]
+        deliveries = session.execute(select(WebhookDelivery.id, WebhookDelivery.run_id)).all()
+        assert len(deliveries) == rounds * n and all(run_id for _, run_id in deliveries)
+        owed = session.execute(select(Dispatch.run_id, func.count())
+                               .group_by(Dispatch.run_id)).all()
+        assert len(owed) == rounds and all(c == 1 for _, c in owed)
