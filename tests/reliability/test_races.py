@@ -78,3 +78,53 @@ def test_concurrent_first_deliveries_for_a_new_external_id_make_one_run(
         owed = session.execute(select(Dispatch.run_id, func.count())
                                .group_by(Dispatch.run_id)).all()
         assert len(owed) == rounds and all(c == 1 for _, c in owed)
+
+
+# --- Two first baselines ------------------------------------------------------------
+
+@on_postgres
+def test_runs_gated_at_once_without_a_baseline_promote_only_one(engine, tmp_path: Path) -> None:  # noqa: ANN001
+    """4 runs gated at the same time on a dataset with no baseline, then promoted at once:
+    one becomes the first baseline; the others were never compared with it, so they are
+    not promoted, their gate says so, and they are gated again against it."""
+    from tests.db.support import JUDGE, evaluated_run
+    from tunix_rt.quality.gating import gate_run, get_baseline, promote_if_allowed
+    from tunix_rt.quality.stats import GatePolicy
+    from tunix_rt.store.models import BaselinePromotion, GateResult
+
+    policy = GatePolicy(auto_promote=True)
+    n, rounds = 4, 3
+    for r in range(rounds):
+        dataset = f"race-{r}"
+        runs = [evaluated_run(engine, tmp_path, f"{dataset}-{i}", correctness(60, 0.5, 10 * r + i),
+                              dataset=dataset) for i in range(n)]
+        gated = threading.Barrier(n)
+
+        def gate_then_promote(i: int) -> str | None:
+            with session_scope(engine) as session:
+                report = gate_run(session, runs[i], JUDGE, policy)
+            assert report.decision == "no_baseline"
+            gated.wait(timeout=60)  # every run gated with no baseline before any promotes
+            with session_scope(engine) as session:
+                return promote_if_allowed(session, report, policy)
+
+        promoted = all_at_once(n, gate_then_promote)
+
+        winners = [runs[i] for i, why in enumerate(promoted) if why]
+        assert len(winners) == 1, f"round {r}: promoted {promoted}"
+        [winner] = winners
+        assert "first evaluated run" in promoted[runs.index(winner)]
+        with session_scope(engine) as session:
+            assert get_baseline(session, dataset, JUDGE).run_id == winner
+            history = session.execute(select(BaselinePromotion.run_id,
+                                             BaselinePromotion.previous_run_id).where(
+                BaselinePromotion.dataset == dataset)).all()
+            assert history == [(winner, None)]
+            for loser in set(runs) - {winner}:
+                gates = {g.baseline_key: g for g in session.scalars(
+                    select(GateResult).where(GateResult.run_id == loser))}
+                assert set(gates) == {"", winner}
+                assert f"changed from no baseline to run {winner}" in gates[""].reason
+                assert "not promoted" in gates[""].reason
+                assert gates[winner].baseline_run_id == winner
+                assert "gated again" in gates[winner].reason

@@ -7,11 +7,12 @@ and keeps the baseline and its history.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import false, select, text, update
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import NotFoundError
@@ -96,12 +97,33 @@ def resolve_gate_judge(session: Session, run_id: str, judge: str | None) -> str:
                                 "pick one with --judge")
 
 
+def lock_baseline(session: Session, dataset: str, judge: str) -> None:
+    """Hold the baseline of ``dataset`` under ``judge`` until the transaction ends.
+
+    Every change of a baseline takes this lock first, so deciding whether a run may
+    become the baseline and making it so are one step: two runs gated at once with no
+    baseline cannot both be promoted as the first. ``SELECT ... FOR UPDATE`` on the
+    baseline row would lock nothing while there is no row yet, so PostgreSQL takes a
+    transaction-level advisory lock keyed by (dataset, judge). SQLite has one writer:
+    a write (of nothing) takes the database's write lock now, before the baseline is
+    read, rather than at the first real write, after it was read.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.blake2b(f"tunix-rt baseline\0{dataset}\0{judge}".encode(),
+                                 digest_size=8).digest()
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                        {"key": int.from_bytes(digest, "big", signed=True)})
+    else:
+        session.execute(update(Baseline).where(false()).values(judge=Baseline.judge))
+
+
 def set_baseline(session: Session, run_id: str, judge: str, *, source: str = "manual",
                  reason: str = "") -> BaselineInfo:
     """Make ``run_id`` the baseline of its dataset under ``judge``, keeping the history."""
     run = get_run(session, run_id)
     ensure_evaluable(run)
     _completed_evaluation(session, run, judge)
+    lock_baseline(session, run.dataset, judge)
     current = session.get(Baseline, (run.dataset, judge), with_for_update=True)
     previous = current.run_id if current else None
     if previous != run.id:
@@ -136,11 +158,13 @@ def get_baseline(session: Session, dataset: str, judge: str,
          "reason": p.reason, "promoted_at": p.promoted_at.isoformat()} for p in promotions])
 
 
-def gate_run(session: Session, run_id: str, judge: str, policy: GatePolicy) -> GateReport:
+def gate_run(session: Session, run_id: str, judge: str, policy: GatePolicy, *,
+             note: str = "") -> GateReport:
     """Compare the run with its dataset's baseline under ``judge`` and record the result.
 
     Gating the baseline itself is answered from the gate it passed on its way in,
-    when there is one: comparing a run with itself proves nothing.
+    when there is one: comparing a run with itself proves nothing. ``note`` is added
+    to the recorded reason.
     """
     run = get_run(session, run_id)
     candidate_ev = _completed_evaluation(session, run, judge)
@@ -154,12 +178,11 @@ def gate_run(session: Session, run_id: str, judge: str, policy: GatePolicy) -> G
             return GateReport.of(earlier)
 
     baseline_ev = None
-    note = ""
     if baseline is not None:
         baseline_run = get_run(session, baseline.run_id)
         baseline_ev = latest_evaluation(session, baseline_run.id, judge)
         if baseline_run.id == run.id:
-            note = " (the run is the baseline itself)"
+            note = " (the run is the baseline itself)" + note
     if baseline_ev is None:
         outcome = decide_gate({}, None, policy)
     else:
@@ -228,15 +251,42 @@ def promote_if_allowed(session: Session, report: GateReport, policy: GatePolicy)
         why = f"passed the gate with delta {report.delta:+.4f}"
     else:
         return None
-    current = session.get(Baseline, (report.dataset, report.judge), with_for_update=True)
-    if current is not None and current.run_id == report.run_id:
+    # Under the lock, the baseline read here stays the baseline until this transaction
+    # ends: a run promoted meanwhile by another loop is seen, not overwritten.
+    lock_baseline(session, report.dataset, report.judge)
+    current = session.scalar(select(Baseline.run_id).where(
+        Baseline.dataset == report.dataset, Baseline.judge == report.judge))
+    if current == report.run_id:
         return None
-    if (current.run_id if current else None) != report.baseline_run_id:
-        # The baseline moved since this gate ran: the run was never compared with the
-        # new one, so it must not replace it.
+    if current != report.baseline_run_id:
+        # The baseline moved since this gate ran (another run was promoted while this
+        # one was gated): the run was never compared with the new baseline, so it must
+        # not replace it. Its gate says so, and it is gated again against the new one.
+        _superseded(session, report, current, policy)
         return None
     set_baseline(session, report.run_id, report.judge, source="auto", reason=why)
     return why
+
+
+def _superseded(session: Session, report: GateReport, current: str | None,
+                policy: GatePolicy) -> None:
+    """Note on a gate that its baseline moved before it could promote; gate again."""
+    was = f"run {report.baseline_run_id}" if report.baseline_run_id else "no baseline"
+    now = f"run {current}" if current else "none"
+    why = (f"not promoted: the baseline of {report.dataset} under {report.judge} changed "
+           f"from {was} to {now} while this run was being gated, and the two runs were "
+           "never compared")
+    session.execute(update(GateResult).where(
+        GateResult.run_id == report.run_id, GateResult.judge == report.judge,
+        GateResult.baseline_key == (report.baseline_run_id or ""),
+        GateResult.policy_digest == policy.digest(),
+        ~GateResult.reason.contains("not promoted: the baseline")).values(
+            reason=GateResult.reason + f"; {why}"))
+    if current is not None:
+        gate_run(session, report.run_id, report.judge, policy, note=(
+            f" (gated again: {now} became the baseline while this run was being gated "
+            f"against {was}; not auto-promoted: `tunix-rt baseline set {report.run_id}` "
+            "promotes it if it should be)"))
 
 
 def latest_gate(session: Session, run_id: str, judge: str | None = None) -> GateReport | None:
