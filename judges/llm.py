@@ -5,14 +5,25 @@ Pure like every judge: no database, no Prefect. ``score`` runs its own asyncio l
 timeout, and retries with exponential backoff and full jitter for 429, 5xx, timeouts
 and connection errors only (a ``Retry-After`` on 429/503 is honoured); any other 4xx
 fails at once. Every verdict's ``raw`` records the model, the reply (first 500
-characters) and the token usage.
+characters) and the token usage. At most ``max_reply_bytes`` of a reply are read
+(``TUNIX_RT_LLM_MAX_REPLY_BYTES``, default 256 KiB); a longer one is not retried.
+
+Hostile input (the candidate writes the response, and may write it for the grader):
+the item's texts are delimited by markers with a per-request random boundary that no
+text contains (``tunix_rt.judges.rubrics``), and the grade is only the reply's last
+top-level JSON object, which must be exactly ``{"score": <number in [0, 1]>,
+"rationale": <text>}`` (the rationale optional): a grade the grader quotes from the
+response and then overrules is ignored. The reply is read without recursion, to a
+bounded depth; whatever goes wrong with one item's reply costs that item (unscored,
+with the reason), never the other items' verdicts or their cache entries.
 
 Wrong and unscored (the rule of ``tunix_rt.judges.base``): an empty or
 whitespace-only response is a wrong answer, a scored 0 given without asking the
 model (it costs nothing). Unscored, with the reason, are only the judge's own
 failures: the item has no reference and the rubric needs one (checked first, so
 such an item is unscored whatever its response), the provider kept failing or
-refused the request, or its reply is not a JSON object with a ``score`` in [0, 1].
+refused the request, its reply is over the size cap, or the reply's last JSON object
+is not a grade in the schema.
 
 Capabilities: it caches (``cache``), samples (``variant`` changes the seed) and
 costs (``ledger``: calls, retries, cache hits and tokens of the last ``score()``).
@@ -45,8 +56,9 @@ if TYPE_CHECKING:  # httpx is imported when a judge first calls its provider
     from tunix_rt import settings as tunix_settings
 
 NAME = "llm"
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: delimited prompt, last-object grade in the schema, capped reply
 REPLY_CHARS = 500  # how much of the model's reply a verdict keeps
+MAX_REPLY_BYTES = 256 * 1024  # the default cap on one provider reply
 
 
 class JudgeConfigError(ValueError):
@@ -69,6 +81,7 @@ class LLMConfig:
     backoff_s: float = 0.5
     preset: str = "default"
     max_backoff_s: float = 60.0  # cap on one wait, Retry-After included
+    max_reply_bytes: int = MAX_REPLY_BYTES  # the most of one reply's body that is read
 
     def __post_init__(self) -> None:
         if not self.base_url:
@@ -81,6 +94,8 @@ class LLMConfig:
             raise JudgeConfigError(f"requests_per_second must be > 0, got {self.requests_per_second}")
         if self.max_retries < 0 or self.timeout_s <= 0 or self.backoff_s < 0:
             raise JudgeConfigError("max_retries and backoff_s must be >= 0 and timeout_s > 0")
+        if self.max_reply_bytes < 1:
+            raise JudgeConfigError(f"max_reply_bytes must be >= 1, got {self.max_reply_bytes}")
         if self.preset not in PRESETS:
             raise JudgeConfigError(f"unknown prompt preset {self.preset!r}; presets: {', '.join(PRESETS)}")
 
@@ -114,7 +129,8 @@ class LLMConfig:
         api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         knobs = {"max_concurrency": settings.llm_max_concurrency,
                  "requests_per_second": settings.llm_requests_per_second,
-                 "timeout_s": settings.llm_timeout_s, "preset": settings.llm_preset}
+                 "timeout_s": settings.llm_timeout_s, "preset": settings.llm_preset,
+                 "max_reply_bytes": settings.llm_max_reply_bytes}
         knobs = {key: value for key, value in knobs.items() if value is not None}
         return cls(base_url=base_url, model=model, api_key=api_key or None,
                    **{**knobs, **overrides})
@@ -159,54 +175,129 @@ class ReplyError(ValueError):
     """The model's reply is not a usable grade; the message says why."""
 
 
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+MAX_DEPTH = 32  # the deepest nesting a reply may have; a grade needs 1
+_STRUCTURE = re.compile(r'["{}\[\]]')
+_OPEN = re.compile(r"[{\[]")
+_STRING_END = re.compile(r'["\\]')
+_GRADE_KEYS = frozenset({"score", "rationale"})
 
 
-def _find_json_object(text: str) -> dict[str, Any]:
-    candidates = [text.strip(), *(m.group(1).strip() for m in _FENCE.finditer(text))]
-    for candidate in candidates:
+class _Budget:
+    """Bounds the scan of one reply: its work is linear in the reply's length."""
+
+    def __init__(self, text: str) -> None:
+        self.left = 16 * len(text) + 10_000
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise ReplyError("reply is too convoluted to read (unbalanced brackets throughout)")
+
+
+def _span_end(text: str, start: int, budget: _Budget) -> int | None:
+    """Where the bracketed span opening at ``start`` closes (exclusive), or None if it
+    never does. Iterative, strings skipped; deeper than ``MAX_DEPTH`` is a ``ReplyError``."""
+    closers: list[str] = []
+    pos = start
+    while True:
+        match = _STRUCTURE.search(text, pos)
+        if match is None:
+            return None
+        budget.spend()
+        char, pos = match.group(), match.end()
+        if char == '"':
+            while True:  # to the string's closing quote, escapes skipped
+                match = _STRING_END.search(text, pos)
+                if match is None:
+                    return None
+                budget.spend()
+                if match.group() == "\\":
+                    pos = match.end() + 1
+                    continue
+                pos = match.end()
+                break
+        elif char in "{[":
+            closers.append("}" if char == "{" else "]")
+            if len(closers) > MAX_DEPTH:
+                raise ReplyError(f"reply nests deeper than {MAX_DEPTH} levels")
+        elif char != closers[-1]:
+            return None
+        else:
+            closers.pop()
+            if not closers:
+                return pos
+
+
+def _top_level_objects(text: str) -> list[tuple[Any, int]]:
+    """Every top-level JSON object in ``text`` (with prose, fences, anything around
+    them), in order, each with where it ends. An object or array inside another value
+    is not top level; a bracketed span that is not JSON is looked into for one."""
+    budget = _Budget(text)
+    found: list[tuple[Any, int]] = []
+    pos = 0
+    while True:
+        match = _OPEN.search(text, pos)
+        if match is None:
+            return found
+        start = match.start()
+        end = _span_end(text, start, budget)
+        if end is None:
+            pos = start + 1
+            continue
         try:
-            value = json.loads(candidate)
-        except ValueError:
+            value = json.loads(text[start:end])
+        except (ValueError, RecursionError):
+            pos = start + 1
             continue
         if isinstance(value, dict):
-            return value
-    decoder = json.JSONDecoder()  # a JSON object with prose around it
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    raise ReplyError(f"reply is not JSON: {_clip(text, 80)!r}")
+            found.append((value, end))
+        pos = end
 
 
 def parse_reply(content: str) -> tuple[float, str]:
-    """(score, rationale) from the model's reply; ``ReplyError`` says what is wrong."""
+    """(score, rationale) from the model's reply; ``ReplyError`` says what is wrong.
+
+    The grade is the reply's last top-level JSON object, and it must be exactly
+    ``{"score": <number in [0, 1]>, "rationale": <text>}`` (the rationale optional).
+    Objects before it (a grade quoted from the response, say) are ignored; a reply
+    that goes on, after its last object, to what looks like an unreadable grade is
+    refused rather than graded by an earlier object.
+    """
     if not content or not content.strip():
         raise ReplyError("reply is empty")
-    data = _find_json_object(content)
+    objects = _top_level_objects(content)
+    if not objects:
+        raise ReplyError(f"reply is not JSON: {_clip(content.strip(), 80)!r}")
+    data, end = objects[-1]
+    tail = content[end:]
+    brace = tail.find("{")
+    if brace >= 0 and "score" in tail[brace:].lower():
+        raise ReplyError(f"reply ends with a grade that is not JSON: {_clip(tail[brace:].strip(), 80)!r}")
+    return _grade(data)
+
+
+def _grade(data: dict[str, Any]) -> tuple[float, str]:
+    """(score, rationale) of a grade object in the schema, else ``ReplyError``."""
     if "score" not in data:
         raise ReplyError(f"reply has no \"score\": {_clip(json.dumps(data), 80)}")
+    extra = sorted(set(data) - _GRADE_KEYS)
+    if extra:
+        raise ReplyError(f"reply's grade has keys outside the schema: {_clip(json.dumps(extra), 80)}")
     raw_score = data["score"]
-    if isinstance(raw_score, bool):
-        raise ReplyError(f"score {raw_score!r} is not a number")
-    if isinstance(raw_score, int | float):
+    if isinstance(raw_score, bool) or not isinstance(raw_score, int | float):
+        shown = repr(raw_score) if isinstance(raw_score, str) else json.dumps(raw_score)
+        raise ReplyError(f"score {_clip(shown, 40)} is not a number")
+    try:
         score = float(raw_score)
-    elif isinstance(raw_score, str):
-        try:
-            score = float(raw_score.strip())
-        except ValueError:
-            raise ReplyError(f"score {raw_score!r} is not a number") from None
-    else:
-        raise ReplyError(f"score {_clip(json.dumps(raw_score), 40)} is not a number")
+    except OverflowError:  # an integer too large for a float
+        raise ReplyError("score is outside [0, 1]") from None
     if math.isnan(score):
         raise ReplyError("score is NaN")
     if not 0.0 <= score <= 1.0:
         raise ReplyError(f"score {score:g} is outside [0, 1]")
     rationale = data.get("rationale", "")
-    rationale = rationale if isinstance(rationale, str) else json.dumps(rationale)
+    if not isinstance(rationale, str):
+        raise ReplyError(f"rationale {_clip(json.dumps(rationale), 40)} is not text")
     return score, rationale.strip()
 
 
@@ -240,6 +331,21 @@ class _Outcome:
     error: str | None = None  # why there is no content
     usage: dict[str, Any] = field(default_factory=dict)
     attempts: int = 0
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of the (decoded) body, and whether there was more."""
+    declared = response.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > cap:
+        return b"", True
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return b"".join(chunks)[:cap], True
+    return b"".join(chunks), False
 
 
 class LLMJudge:
@@ -322,7 +428,7 @@ class LLMJudge:
                                   max_keepalive_connections=cfg.max_concurrency)
             async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits) as client:
                 fresh = await asyncio.gather(*(
-                    self._judge_one(client, semaphore, limiter, items[i]) for i in keys))
+                    self._judge_safely(client, semaphore, limiter, items[i]) for i in keys))
             to_store: dict[str, dict] = {}
             for i, verdict in zip(keys, fresh):
                 verdicts[i] = verdict
@@ -351,13 +457,23 @@ class LLMJudge:
                          response=item.response, reference=item.reference)
 
     def request_body(self, item: Item) -> dict[str, Any]:
-        """The chat-completions request for ``item``."""
+        """The chat-completions request for ``item`` (a fresh boundary on every call;
+        an item's retries resend the same body)."""
         body: dict[str, Any] = {"model": self.config.model,
                                 "messages": build_messages(self.rubric, item, self.config.preset),
                                 "temperature": self.config.temperature}
         if self.config.seed is not None:
             body["seed"] = self.config.seed
         return body
+
+    async def _judge_safely(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
+                            limiter: _RateLimiter | None, item: Item) -> Verdict:
+        """``_judge_one``, whose failure costs this item only (unscored, with the reason)."""
+        try:
+            return await self._judge_one(client, semaphore, limiter, item)
+        except Exception as exc:  # one item's trouble must not sink the others' verdicts
+            return self._unscored(item, f"the judge failed on this item: {type(exc).__name__}: "
+                                        f"{_clip(str(exc), 200)}")
 
     async def _judge_one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
                          limiter: _RateLimiter | None, item: Item) -> Verdict:
@@ -372,6 +488,8 @@ class LLMJudge:
             score, rationale = parse_reply(outcome.content)
         except ReplyError as exc:
             return self._unscored(item, str(exc), raw)
+        except RecursionError:  # parse_reply does not recurse; this is a second line
+            return self._unscored(item, "reply nests too deeply to read", raw)
         return Verdict(item_id=item.id, score=score, passed=score >= 0.5,
                        rationale=rationale or "(the judge model gave no rationale)",
                        judge=self.name, judge_version=self.version, raw=raw)
@@ -395,16 +513,21 @@ class LLMJudge:
                 self.ledger.calls += 1
                 try:
                     async with asyncio.timeout(cfg.timeout_s):
-                        response = await client.post(url, json=body, headers=headers)
+                        async with client.stream("POST", url, json=body, headers=headers) as response:
+                            payload, oversize = await _read_capped(response, cfg.max_reply_bytes)
                 except (TimeoutError, httpx.TimeoutException):
                     response, last_error = None, f"timed out after {cfg.timeout_s:g} s"
                 except httpx.TransportError as exc:
                     response, last_error = None, f"connection error: {type(exc).__name__}: {exc}"
             if response is not None:
                 status = response.status_code
+                if status == 200 and oversize:  # asking again would buy the same flood
+                    outcome.error = (f"provider reply is over the {cfg.max_reply_bytes}-byte cap "
+                                     "(TUNIX_RT_LLM_MAX_REPLY_BYTES)")
+                    return outcome
                 if status == 200:
-                    return self._read_success(response, outcome)
-                detail = _clip(response.text.strip(), 200)
+                    return self._read_success(payload, outcome)
+                detail = _clip(payload.decode("utf-8", "replace").strip(), 200)
                 last_error = f"HTTP {status}" + (f": {detail}" if detail else "")
                 if status != 429 and status < 500:
                     outcome.error = f"provider rejected the request: {last_error}"
@@ -420,12 +543,13 @@ class LLMJudge:
         outcome.error = f"provider failed after {outcome.attempts} attempts: {last_error}"
         return outcome
 
-    def _read_success(self, response: httpx.Response, outcome: _Outcome) -> _Outcome:
+    def _read_success(self, payload: bytes, outcome: _Outcome) -> _Outcome:
         try:
-            data = response.json()
+            data = json.loads(payload)
             content = data["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            outcome.error = f"provider reply is not a chat completion: {_clip(response.text, 200)!r}"
+        except (ValueError, KeyError, IndexError, TypeError, RecursionError):
+            text = payload.decode("utf-8", "replace")
+            outcome.error = f"provider reply is not a chat completion: {_clip(text, 200)!r}"
             return outcome
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         outcome.usage = usage

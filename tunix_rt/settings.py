@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     llm_requests_per_second: float | None = Field(None, description="A rate limit; unset: none")
     llm_timeout_s: float | None = Field(None, description="Seconds allowed for one request")
     llm_preset: str | None = Field(None, description="The prompt preset its models want (gemma)")
+    llm_max_reply_bytes: int | None = Field(
+        None, gt=0, description="The most bytes of one provider reply the llm judge reads")
     ray_address: str | None = None
     judges_config: str | None = Field(
         None, description="YAML file of judges defined in configuration (composites)")

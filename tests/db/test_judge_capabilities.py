@@ -83,7 +83,7 @@ def test_a_composites_llm_member_is_paid_for_once_and_its_cost_recorded(
     assert by_id["q001"].passed and not by_id["q003"].passed
     with session_scope(engine) as session:
         rows = session.execute(select(JudgeCacheEntry.judge, JudgeCacheEntry.judge_version)).all()
-    assert len(rows) == N - 1 and set(rows) == {("llm", "1.0")}  # under the member's own name
+    assert len(rows) == N - 1 and set(rows) == {("llm", "1.1")}  # under the member's own name
 
 
 def test_a_deterministic_judge_has_no_self_consistency(engine: Engine) -> None:

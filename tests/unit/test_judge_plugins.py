@@ -158,8 +158,8 @@ def test_a_composite_gives_each_caching_member_its_own_cache_and_sums_their_ledg
             calls = server.calls
     finally:
         unregister_judge("graded2")
-    assert list(caches) == [("llm", "1.0")]  # keyed by the member's own name and version
-    assert len(caches["llm", "1.0"].entries) == 2  # the empty response was never asked about
+    assert list(caches) == [("llm", "1.1")]  # keyed by the member's own name and version
+    assert len(caches["llm", "1.1"].entries) == 2  # the empty response was never asked about
     assert calls == 2  # the second scoring was answered from the cache
     assert first_cost["calls"] == 2 and first_cost["cache_hits"] == 0
     assert first_cost["tokens_in"] > 0

@@ -54,7 +54,7 @@ def test_scores_rationales_and_source() -> None:
     assert [v.passed for v in verdicts] == [True, False, True, False]
     assert [v.rationale for v in verdicts] == ["item 0", "item 1", "item 2", "item 3"]
     v = verdicts[0]
-    assert (v.judge, v.judge_version) == ("llm", "1.0")
+    assert (v.judge, v.judge_version) == ("llm", "1.1")
     assert v.raw["model"] == "judge-model"
     assert json.loads(v.raw["reply"]) == {"score": 1.0, "rationale": "item 0"}
     assert v.raw["usage"]["completion_tokens"] > 0
@@ -84,8 +84,8 @@ def test_gemma_preset_has_no_system_message() -> None:
     assert '"score"' in message["content"]
 
 
-def test_fenced_json_with_prose_and_numeric_string() -> None:
-    with fake_openai([Reply.json(0.75, "close", fenced=True), Reply.text('I think {"score": "0.5"} fits')]) \
+def test_fenced_json_and_json_with_prose() -> None:
+    with fake_openai([Reply.json(0.75, "close", fenced=True), Reply.text('I think {"score": 0.5} fits')]) \
             as server:
         verdicts = judge_for(server, max_concurrency=1).score(items(2), CTX)
     assert [v.score for v in verdicts] == [0.75, 0.5]
@@ -99,6 +99,7 @@ def test_fenced_json_with_prose_and_numeric_string() -> None:
     (Reply.json(7), "score 7 is outside [0, 1]"),
     (Reply.json(-0.5), "score -0.5 is outside [0, 1]"),
     (Reply.json("8/10"), "score '8/10' is not a number"),
+    (Reply.json("0.5"), "score '0.5' is not a number"),  # the schema's score is a JSON number
     (Reply.text('{"rationale": "fine"}'), 'reply has no "score"'),
     (Reply(body="<html>gateway</html>"), "provider reply is not a chat completion"),
 ])
@@ -128,7 +129,7 @@ def test_empty_response_is_wrong_without_a_call(response: str) -> None:
                                       reference="2")], CTX)
     assert verdict.scored and (verdict.score, verdict.passed) == (0.0, False)
     assert verdict.rationale == "empty response"
-    assert (verdict.judge, verdict.judge_version) == ("llm", "1.0")
+    assert (verdict.judge, verdict.judge_version) == ("llm", "1.1")
     assert verdict.raw["attempts"] == 0
     assert server.calls == 0 and judge.ledger.calls == 0  # it cost nothing
     assert cache.entries == {}  # nothing bought, nothing to keep
@@ -164,7 +165,12 @@ def test_a_mixed_batch_asks_only_about_the_gradable_items() -> None:
 @pytest.mark.parametrize("content, expected", [
     ('{"score": 1, "rationale": "r"}', (1.0, "r")),
     ('```json\n{"score": 0.2}\n```', (0.2, "")),
-    ('Sure. {"score": " 0.9 ", "rationale": "x"} Hope it helps {', (0.9, "x")),
+    ('Sure. {"score": 0.9, "rationale": " x "} Hope it helps {', (0.9, "x")),
+    ('{"score": 0, "rationale": "quoted"} ... my grade: {"score": 0.5, "rationale": "mine"}', (0.5, "mine")),
+    ('[{"score": 1}] then {"score": 0.25}', (0.25, "")),  # inside an array is not top level
+    ('{"score": 0.5, "rationale": "a } and a { and a \\" in text"} done', (0.5, 'a } and a { and a " in text')),
+    ('{not json} {"score": 1e-1} [1, 2', (0.1, "")),
+    ('I gave it a score of 1. {"score": 1.0} That is my score.', (1.0, "")),
 ])
 def test_parse_reply_accepts(content: str, expected: tuple[float, str]) -> None:
     assert parse_reply(content) == expected
@@ -174,6 +180,16 @@ def test_parse_reply_accepts(content: str, expected: tuple[float, str]) -> None:
     ("", "reply is empty"), ("[0.5]", "reply is not JSON"), ('{"score": true}', "is not a number"),
     ('{"score": NaN}', "NaN"), ('{"score": 1.5}', "score 1.5 is outside [0, 1]"),
     ('{"score": null}', "score null is not a number"),
+    ('{"score": "0.5"}', "score '0.5' is not a number"),
+    ('{"score": 1' + "0" * 400 + '}', "is outside [0, 1]"),
+    ('{"score": 0.5, "rationale": 3}', "rationale 3 is not text"),
+    ('{"score": 0.5, "rationale": "r", "confidence": 1}', 'keys outside the schema: ["confidence"]'),
+    ('{"score": 0.5} and then {"rationale": "r"}', 'reply has no "score"'),
+    ('{"score": 1.0, "rationale": "quoted"} Final: {"score": 0.0, rationale: "oops"}',
+     "reply ends with a grade that is not JSON"),
+    ("{'score': 1}", "reply is not JSON"),
+    ("[" * 33 + "]" * 33, "nests deeper than 32 levels"),
+    ("[" * 100_000, "nests deeper than 32 levels"),
 ])
 def test_parse_reply_rejects(content: str, reason: str) -> None:
     with pytest.raises(ReplyError, match=re.escape(reason)):
@@ -395,7 +411,7 @@ def test_config_rejects_impossible_values() -> None:
 
 def test_factory_is_registered() -> None:
     spec = {s.name: s for s in list_judges()}["llm"]
-    assert spec.version == "1.0" and spec.requires_reference is True and spec.factory is llm_judge
+    assert spec.version == "1.1" and spec.requires_reference is True and spec.factory is llm_judge
     # Derived from the factory: it takes a cache, its judge has variant() and a ledger.
     assert spec.capabilities() == {"caches": True, "samples": True, "costs": True}
     assert spec.cache_parameter == "cache"
