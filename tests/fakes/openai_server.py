@@ -10,7 +10,9 @@ once. A scripted queue is consumed in order and its last reply repeats. A functi
 gets the request JSON and the attempt number (1 for the first request with these
 messages, 2 for its retry, ...). A ``Reply`` can delay (latency, or a hang longer than
 the client's timeout), fail with any status and headers, or carry garbage content;
-successful replies report token usage (whitespace-separated words).
+successful replies report token usage (whitespace-separated words). A reply with
+``content_length=False`` sends no Content-Length: its body ends when the connection
+closes (HTTP/1.0), so only the client's own cap can stop a flood.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds before answering
     body: str | None = None  # a raw body, instead of a chat completion or an error object
+    content_length: bool = True  # False: no Content-Length header, the body ends at close
 
     @classmethod
     def json(cls, score: Any, rationale: str = "ok", delay: float = 0.0, fenced: bool = False) -> Reply:
@@ -41,8 +44,8 @@ class Reply:
         return cls(content=f"Here is my grade:\n```json\n{text}\n```" if fenced else text, delay=delay)
 
     @classmethod
-    def text(cls, content: str, delay: float = 0.0) -> Reply:
-        return cls(content=content, delay=delay)
+    def text(cls, content: str, delay: float = 0.0, content_length: bool = True) -> Reply:
+        return cls(content=content, delay=delay, content_length=content_length)
 
     @classmethod
     def http(cls, status: int, retry_after: float | str | None = None, delay: float = 0.0) -> Reply:
@@ -92,7 +95,8 @@ class FakeOpenAI:
     def calls(self) -> int:
         return len(self.requests)
 
-    def _handle(self, request: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _handle(self, request: dict[str, Any],
+                headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, bool]:
         key = json.dumps(request.get("messages"), sort_keys=True)
         with self._lock:
             self.requests.append(request)
@@ -109,10 +113,10 @@ class FakeOpenAI:
             with self._lock:
                 self.in_flight -= 1
         if reply.body is not None:
-            return reply.status, reply.headers, reply.body.encode()
+            return reply.status, reply.headers, reply.body.encode(), reply.content_length
         if reply.status != 200:
             error = {"error": {"message": f"scripted HTTP {reply.status}", "type": "fake"}}
-            return reply.status, reply.headers, json.dumps(error).encode()
+            return reply.status, reply.headers, json.dumps(error).encode(), reply.content_length
         content = reply.content or ""
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in request.get("messages", []))
         completion = {
@@ -123,7 +127,7 @@ class FakeOpenAI:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()),
                       "total_tokens": prompt_tokens + len(content.split())},
         }
-        return 200, reply.headers, json.dumps(completion).encode()
+        return 200, reply.headers, json.dumps(completion).encode(), reply.content_length
 
 
 def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
@@ -139,11 +143,15 @@ def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 return self._send(400, {}, b'{"error": {"message": "body is not JSON"}}')
             self._send(*state._handle(request, {k.lower(): v for k, v in self.headers.items()}))
 
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        def _send(self, status: int, headers: dict[str, str], body: bytes,
+                  content_length: bool = True) -> None:
             try:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                if content_length:
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.close_connection = True
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
