@@ -155,6 +155,75 @@ def clear_loop_error(run_ref: Any) -> None:
         log.exception("could not clear the loop error of run %s", run_ref)
 
 
+class LeaseKeeper:
+    """Holds the lease of a run's dispatches while its quality loop runs.
+
+    A context manager around the loop: it renews the lease once on entry, then every
+    ``every`` from a daemon thread, and releases it on exit. A thread rather than a
+    renewal at the start of each task: one task (scoring 20,000 items with an LLM
+    judge) can run far longer than any lease, and a lease that lapses mid-task would let
+    the sweeper start the loop again. A process that dies takes the thread with it, so
+    the lease of a dead loop lapses and the sweeper re-dispatches it. Never raises: the
+    database may be what is wrong, and the loop is worth running anyway.
+    """
+
+    def __init__(self, run_ref: Any, holder: str | None = None, *,
+                 lease: timedelta = deliveries.LEASE,
+                 every: timedelta = deliveries.RENEW_EVERY) -> None:
+        self.run_ref = str(run_ref) if run_ref else ""
+        self.holder = holder or f"loop:{uuid.uuid4().hex}"
+        self.lease = lease
+        self.every = every
+        self.renewals = 0
+        self._run_id: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="tunix-rt-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        if self.renew():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        if self._run_id is None:
+            return
+        from tunix_rt.store.db import session_scope
+
+        try:
+            with session_scope() as session:
+                deliveries.release_lease(session, self._run_id, self.holder)
+        except Exception:  # noqa: BLE001 - the lease lapses by itself
+            log.exception("could not release the lease of run %s", self._run_id)
+
+    def renew(self) -> bool:
+        """Extend the lease now; False when the run has no dispatch (nothing to hold)."""
+        from tunix_rt.store import runs
+        from tunix_rt.store.db import session_scope
+
+        if not self.run_ref:
+            return False
+        try:
+            with session_scope() as session:
+                if self._run_id is None:
+                    self._run_id = runs.get_run(session, self.run_ref).id
+                held = deliveries.renew_lease(session, self._run_id, self.holder,
+                                              lease=self.lease)
+        except NotFoundError:
+            return False
+        except Exception:  # noqa: BLE001 - try again at the next renewal
+            log.exception("could not renew the lease of run %s", self.run_ref)
+            return True
+        self.renewals += 1
+        return held > 0
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.every.total_seconds()):
+            self.renew()
+
+
 # Loggers of the worker and the runner around a flow run, as opposed to the flow run's own.
 _SUPERVISOR_LOGGERS = ("prefect.flow_runs.worker", "prefect.workers", "prefect.runner")
 

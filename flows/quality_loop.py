@@ -15,7 +15,7 @@ from pydantic import Field
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
-from tunix_rt.flows.dispatch import clear_loop_error, note_loop_error
+from tunix_rt.flows.dispatch import LeaseKeeper, clear_loop_error, note_loop_error
 from tunix_rt.judges import RegisteredJudge
 from tunix_rt.tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
                            publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
@@ -42,6 +42,13 @@ def _loop_did_not_finish(_flow: Any, flow_run: FlowRun, state: State) -> None:
                     f"{state.name.lower()}: {state.message or 'no message'}")
 
 
+def _lease_holder() -> str | None:
+    """The lease holder's name: this flow run, when there is one."""
+    from prefect.runtime import flow_run
+
+    return f"loop:{flow_run.id}" if flow_run.id else None
+
+
 def _loop_completed(_flow: Any, flow_run: FlowRun, _state: State) -> None:
     clear_loop_error(flow_run.parameters.get("run_id"))
 
@@ -62,19 +69,22 @@ def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  #
         repeat: Grade a sample this many times (other seeds) and store how often the
             gradings agreed (self-consistency of sampling judges such as llm).
     """
-    run = load_run(run_id)
-    results: dict[str, Any] = {"run_id": run.id, "dataset": run.dataset, "judges": {}}
-    for judge in judges:
-        scored = value_of(score_run(run, judge, force=force, repeat=repeat))
-        # quote(): Prefect would otherwise walk every verdict of the argument, twice per
-        # task run (2.7-3.2 s of overhead at 20,000 items, benchmarks/README.md).
-        summary = (scored if isinstance(scored, EvaluationSummary)
-                   else store_evaluation(quote(scored)))
-        board = rebuild_leaderboard(run.dataset, judge)
-        report = gate_run(run.id, judge, policy)
-        promoted = value_of(promote_baseline(report, policy))
-        publish_artifacts(board, report, promoted)
-        announce_gate(report, promoted)
-        results["judges"][judge] = {"evaluation": summary.to_dict(), "gate": report.to_dict(),
-                                    "promoted": promoted}
-    return results
+    # The lease of the run's dispatch is renewed while the loop runs: the sweeper
+    # re-dispatches a loop only when it stops renewing (it died), never a slow one.
+    with LeaseKeeper(run_id, holder=_lease_holder()):
+        run = load_run(run_id)
+        results: dict[str, Any] = {"run_id": run.id, "dataset": run.dataset, "judges": {}}
+        for judge in judges:
+            scored = value_of(score_run(run, judge, force=force, repeat=repeat))
+            # quote(): Prefect would otherwise walk every verdict of the argument, twice per
+            # task run (2.7-3.2 s of overhead at 20,000 items, benchmarks/README.md).
+            summary = (scored if isinstance(scored, EvaluationSummary)
+                       else store_evaluation(quote(scored)))
+            board = rebuild_leaderboard(run.dataset, judge)
+            report = gate_run(run.id, judge, policy)
+            promoted = value_of(promote_baseline(report, policy))
+            publish_artifacts(board, report, promoted)
+            announce_gate(report, promoted)
+            results["judges"][judge] = {"evaluation": summary.to_dict(),
+                                        "gate": report.to_dict(), "promoted": promoted}
+        return results

@@ -10,14 +10,17 @@ from tunix_rt.tasks.sweeper import find_owed, redispatch
 
 @flow(name="sweep-owed-loops")
 def sweep_owed_loops(older_than_minutes: float = 10.0, limit: int = 100) -> int:
-    """Dispatch again every loop owed for longer than ``older_than_minutes``.
+    """Dispatch again every loop owed: pending for longer than ``older_than_minutes``,
+    or sent and its lease expired (the loop stopped renewing it) with no evaluation.
 
-    A loop is owed when a completed run's dispatch is still pending, or was sent
-    but no evaluation came of it. With a Prefect server the quality-loop deployment
-    is started; without one the loop runs here as a subflow.
+    A running loop renews its lease, so a slow loop is never started twice. The owed
+    rows are claimed first (FOR UPDATE SKIP LOCKED): two sweeps at once dispatch each
+    owed loop once. With a Prefect server the quality-loop deployment is started;
+    without one the loop runs here as a subflow.
 
     Args:
-        older_than_minutes: How long a dispatch may be outstanding before it is retried.
+        older_than_minutes: How long a pending dispatch (or a dispatch without a lease)
+            may be outstanding before it is retried.
         limit: At most this many runs per sweep.
     """
     owed = find_owed(older_than_minutes, limit)

@@ -9,8 +9,9 @@ from sqlalchemy import select
 
 from tests.db.support import evaluate
 from tunix_rt.store.db import session_scope
-from tunix_rt.service.deliveries import (MAX_DISPATCH_ATTEMPTS, dispatch_now, mark_dispatched,
-                                 owed_dispatches, receive)
+from tunix_rt.service.deliveries import (MAX_DISPATCH_ATTEMPTS, claim_owed, dispatch_now,
+                                         mark_dispatched, owed_dispatches, receive,
+                                         release_lease, renew_lease)
 from tunix_rt.store.models import Dispatch, utcnow
 from tunix_rt.service.webhooks import RunEvent
 
@@ -87,3 +88,57 @@ def test_dispatch_now_records_the_attempt(engine, tmp_path, fail: bool) -> None:
         else:
             assert result == "flow-run-1" and row.status == "dispatched"
             assert row.target == "recorder" and row.dispatched_at is not None
+
+
+def test_a_dispatch_with_a_live_lease_is_not_owed(engine, tmp_path) -> None:  # noqa: ANN001
+    """A slow loop renews its lease: it is not owed however long ago it was dispatched."""
+    dispatch_id = _completed(engine, tmp_path, "a", "d-a")
+    with session_scope(engine) as session:
+        mark_dispatched(session, dispatch_id, "event")
+        run_id = session.get(Dispatch, dispatch_id).run_id
+    an_hour_later = utcnow() + timedelta(hours=1)
+    with session_scope(engine) as session:
+        assert [o.dispatch_id for o in owed_dispatches(
+            session, older_than=timedelta(minutes=10), now=an_hour_later)] == [dispatch_id]
+        renew_lease(session, run_id, "loop:1", lease=timedelta(hours=2))
+    with session_scope(engine) as session:
+        assert owed_dispatches(session, older_than=timedelta(minutes=10), now=an_hour_later) == []
+        assert claim_owed(session, older_than=timedelta(0), holder="s", now=an_hour_later) == []
+        release_lease(session, run_id, "loop:other")  # not the holder: the lease stands
+    with session_scope(engine) as session:
+        assert session.get(Dispatch, dispatch_id).claimed_by == "loop:1"
+        release_lease(session, run_id, "loop:1")  # the loop ended without an evaluation
+    with session_scope(engine) as session:
+        row = session.get(Dispatch, dispatch_id)
+        assert (row.lease_until, row.claimed_by) == (None, None)
+        assert [o.dispatch_id for o in owed_dispatches(
+            session, older_than=timedelta(0), now=utcnow() + timedelta(seconds=1))] == [dispatch_id]
+
+
+def test_a_claim_holds_the_row_and_names_its_lease_period(engine, tmp_path) -> None:  # noqa: ANN001
+    dispatch_id = _completed(engine, tmp_path, "a", "d-a")
+    soon = utcnow() + timedelta(seconds=1)
+    with session_scope(engine) as session:
+        [owed] = claim_owed(session, older_than=timedelta(0), holder="sweeper-1", now=soon)
+    assert (owed.dispatch_id, owed.key) == (dispatch_id, "d-a#claim1")
+    with session_scope(engine) as session:  # claimed: a second sweeper finds nothing
+        assert claim_owed(session, older_than=timedelta(0), holder="sweeper-2", now=soon) == []
+        row = session.get(Dispatch, dispatch_id)
+        assert (row.claimed_by, row.claims) == ("sweeper-1", 1) and row.lease_until > soon
+
+    # The start failed: the claim is given up, and the next sweep claims a new period.
+    dispatch_now(lambda: session_scope(engine), Recorder(fail=True), dispatch_id, owed.run_id,
+                 owed.key)
+    with session_scope(engine) as session:
+        [again] = claim_owed(session, older_than=timedelta(0), holder="sweeper-2", now=soon)
+    assert again.key == "d-a#claim2"
+
+    # Started, and its loop died: once the lease expires the row is claimed again.
+    recorder = Recorder()
+    dispatch_now(lambda: session_scope(engine), recorder, dispatch_id, again.run_id, again.key)
+    assert recorder.calls == [(again.run_id, "d-a#claim2")]
+    with session_scope(engine) as session:
+        assert claim_owed(session, older_than=timedelta(0), holder="s", now=soon) == []
+        expired = session.get(Dispatch, dispatch_id).lease_until + timedelta(seconds=1)
+        [third] = claim_owed(session, older_than=timedelta(0), holder="s", now=expired)
+    assert third.key == "d-a#claim3"

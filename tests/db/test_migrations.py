@@ -89,7 +89,8 @@ def _populate(engine: Engine, tmp_path: Path) -> None:
         session.add(WebhookDelivery(id="msg_cand", event_type="run.completed",
                                     payload={"external_id": "cand"}, run_id=cand))
         session.add(Dispatch(key="msg_cand", run_id=cand, status=DispatchStatus.dispatched.value,
-                             target="local", attempts=1, dispatched_at=utcnow()))
+                             target="local", attempts=1, dispatched_at=utcnow(),
+                             lease_until=utcnow(), claimed_by="loop:flow-run", claims=1))
         session.add(JudgeCacheEntry(key="0" * 64, judge="llm", judge_version="1",
                                     verdict={"score": 1.0, "rationale": "ok"}))
         evaluation = session.scalars(select(Evaluation).where(Evaluation.run_id == cand)).one()

@@ -66,3 +66,5 @@ def test_the_sweeper_runs_owed_loops_inline(webhook_env: str, tmp_path: Path) ->
         assert session.scalar(select(GateResult)).decision == "no_baseline"
         dispatch = session.scalar(select(Dispatch))
         assert (dispatch.status, dispatch.target) == ("dispatched", "inline")
+        # Claimed once by the sweep; the loop took the lease over and released it.
+        assert (dispatch.claims, dispatch.claimed_by) == (1, None)

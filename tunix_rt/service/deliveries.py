@@ -29,6 +29,11 @@ _RANK = {RunStatus.pending.value: 0, RunStatus.running.value: 1,
 _TARGET = {"run.started": RunStatus.running, "run.completed": RunStatus.completed,
            "run.failed": RunStatus.failed}
 MAX_DISPATCH_ATTEMPTS = 5
+# How long a claim or a dispatch holds a loop without news, and how often a running loop
+# renews its lease (flows.dispatch.LeaseKeeper): several renewals fit in one lease, so a
+# slow database or a busy worker does not let a live loop's lease lapse.
+LEASE = timedelta(minutes=5)
+RENEW_EVERY = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -128,20 +133,43 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
     return run, target is RunStatus.completed and not run.dry_run
 
 
-def mark_dispatched(session: Session, dispatch_id: int, target: str) -> None:
+def mark_dispatched(session: Session, dispatch_id: int, target: str, *,
+                    lease: timedelta = LEASE) -> None:
     # last_error stays: a loop started is not yet a loop that ran. The error of the last
     # attempt is shown on the run until a loop for it completes (clear_loop_error).
+    # The lease gives the loop ``lease`` to start and renew it before it counts as lost.
     dispatch = session.get(Dispatch, dispatch_id, with_for_update=True)
     dispatch.status = DispatchStatus.dispatched.value
     dispatch.target = target
     dispatch.attempts += 1
     dispatch.dispatched_at = utcnow()
+    dispatch.lease_until = dispatch.dispatched_at + lease
 
 
 def mark_failed_attempt(session: Session, dispatch_id: int, error: str) -> None:
+    # Nothing was started: the claim is given up, and the next sweep may try again.
     dispatch = session.get(Dispatch, dispatch_id, with_for_update=True)
     dispatch.attempts += 1
     dispatch.last_error = error[:2000]
+    dispatch.lease_until = None
+    dispatch.claimed_by = None
+
+
+def renew_lease(session: Session, run_id: str, holder: str, *,
+                lease: timedelta = LEASE) -> int:
+    """The run's quality loop is alive: its dispatches are leased for ``lease`` more, to
+    ``holder``. Answers how many dispatch rows the run has (0: none to renew)."""
+    result = session.execute(update(Dispatch).where(Dispatch.run_id == run_id)
+                             .values(lease_until=utcnow() + lease, claimed_by=holder))
+    return result.rowcount
+
+
+def release_lease(session: Session, run_id: str, holder: str) -> None:
+    """The run's loop ended: its lease is given up (when ``holder`` still holds it). A
+    loop that ended without an evaluation is owed again at the next sweep."""
+    session.execute(update(Dispatch).where(Dispatch.run_id == run_id,
+                                           Dispatch.claimed_by == holder)
+                    .values(lease_until=None, claimed_by=None))
 
 
 def note_loop_error(session: Session, run_id: str, error: str, *,
@@ -170,27 +198,70 @@ def clear_loop_error(session: Session, run_id: str) -> None:
 
 @dataclass(frozen=True)
 class Owed:
+    """A loop owed to a run. ``key``: the dispatch's key, or, once claimed by a sweeper,
+    the idempotency key of that claim's lease period."""
+
     dispatch_id: int
     run_id: str
     key: str
     attempts: int
 
 
+def _owed(now: datetime, older_than: timedelta) -> Any:
+    """Which dispatches are owed at ``now``: no evaluation of the run, attempts left, and
+    no live lease. A pending row is owed ``older_than`` after it was written (the
+    receiver dispatches right after its commit); a dispatched row when its lease has
+    expired or, without a lease (rows from before leases, a loop that ended without an
+    evaluation), ``older_than`` after it was dispatched."""
+    cutoff = now - older_than
+    has_evaluation = exists().where(Evaluation.run_id == Dispatch.run_id)
+    no_lease = Dispatch.lease_until.is_(None)
+    lease_free = no_lease | (Dispatch.lease_until < now)
+    return (~has_evaluation & (Dispatch.attempts < MAX_DISPATCH_ATTEMPTS)
+            & (((Dispatch.status == DispatchStatus.pending.value)
+                & (Dispatch.created_at < cutoff) & lease_free)
+               | ((Dispatch.status == DispatchStatus.dispatched.value)
+                  & ((no_lease & (Dispatch.dispatched_at < cutoff))
+                     | (Dispatch.lease_until < now)))))
+
+
 def owed_dispatches(session: Session, *, older_than: timedelta, limit: int = 100,
                     now: datetime | None = None) -> list[Owed]:
-    """Loops owed for longer than ``older_than``: never dispatched, or dispatched with no
-    evaluation to show for it (the event was lost, the worker died)."""
-    cutoff = (now or utcnow()) - older_than
-    has_evaluation = exists().where(Evaluation.run_id == Dispatch.run_id)
+    """Loops owed (see :func:`_owed`): never dispatched, or dispatched and their loop lost
+    (the event was lost, the worker died). Reads only; the sweeper claims with
+    :func:`claim_owed`."""
     rows = session.execute(
         select(Dispatch.id, Dispatch.run_id, Dispatch.key, Dispatch.attempts)
-        .where(~has_evaluation, Dispatch.attempts < MAX_DISPATCH_ATTEMPTS,
-               ((Dispatch.status == DispatchStatus.pending.value)
-                & (Dispatch.created_at < cutoff))
-               | ((Dispatch.status == DispatchStatus.dispatched.value)
-                  & (Dispatch.dispatched_at < cutoff)))
-        .order_by(Dispatch.created_at).limit(limit))
+        .where(_owed(now or utcnow(), older_than)).order_by(Dispatch.created_at).limit(limit))
     return [Owed(*row) for row in rows]
+
+
+def claim_owed(session: Session, *, older_than: timedelta, holder: str, limit: int = 100,
+               lease: timedelta = LEASE, now: datetime | None = None) -> list[Owed]:
+    """Claim the owed loops for ``holder`` (a sweeper) until ``lease`` from now.
+
+    Rows are selected FOR UPDATE SKIP LOCKED: a second sweeper at the same time skips
+    what the first is claiming, and once the first commits the rows hold a live lease
+    and are not owed. The claim is also a compare-and-set on ``claims`` and the lease,
+    for SQLite, where a SELECT takes no lock. Each claim opens a lease period; its
+    idempotency key, ``<key>#claim<n>``, is the same for every attempt in the period
+    (a retried start is one flow run) and new in the next (a crashed flow run is not
+    handed back).
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        select(Dispatch.id, Dispatch.run_id, Dispatch.key, Dispatch.attempts, Dispatch.claims)
+        .where(_owed(now, older_than)).order_by(Dispatch.created_at).limit(limit)
+        .with_for_update(skip_locked=True, of=Dispatch)).all()
+    claimed = []
+    for dispatch_id, run_id, key, attempts, claims in rows:
+        won = session.execute(
+            update(Dispatch).where(Dispatch.id == dispatch_id, Dispatch.claims == claims,
+                                   Dispatch.lease_until.is_(None) | (Dispatch.lease_until < now))
+            .values(claims=claims + 1, lease_until=now + lease, claimed_by=holder))
+        if won.rowcount == 1:
+            claimed.append(Owed(dispatch_id, run_id, f"{key}#claim{claims + 1}", attempts))
+    return claimed
 
 
 def dispatch_now(session_scope: Callable[[], Any], dispatcher: Dispatcher, dispatch_id: int,

@@ -383,6 +383,15 @@ class Dispatch(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The lease: until when the loop this row owes is known to be alive (or about to
+    # start). A sweeper's claim and a dispatch set it, the running loop renews it, and
+    # its end clears it; the sweeper takes only rows whose lease has expired, so a slow
+    # loop is never started twice. NULL: no lease (the grace period after dispatch
+    # applies). ``claimed_by`` says who holds it; ``claims`` counts the sweepers'
+    # claims, and names the lease period in the idempotency key of a re-dispatch.
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 # Why the run's quality loop could not run: the last error of its latest dispatch (the
