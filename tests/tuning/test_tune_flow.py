@@ -28,7 +28,10 @@ def _sweep(**overrides):  # noqa: ANN202
             "scheduler": {"type": "asha", "max_t": 12, "grace_period": 2,
                           "reduction_factor": 2},
             "resources": {"cpu": 1},
-            "param_space": {"learning_rate": {"grid": [0.0003, 0.001, 0.03, 0.1]},
+            # Strong rates first: with two trials at a time, the weak ones start only
+            # after a strong one has finished and recorded every rung, so ASHA has results
+            # to cut them against however the machine schedules the trials.
+            "param_space": {"learning_rate": {"grid": [0.1, 0.03, 0.001, 0.0003]},
                             "hidden_size": 64, "steps": 120, "seed": 0}}
     return parse_sweep({**base, **overrides})
 
