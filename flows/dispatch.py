@@ -71,17 +71,23 @@ class DeploymentDispatcher:
 
 
 class LocalDispatcher:
-    """Runs the quality loop in a worker thread of this process, one run at a time."""
+    """Runs the quality loop in a worker thread of this process, one run at a time.
+
+    A run waiting in the queue is alive as long as this process is: its lease is held
+    (:class:`LeaseKeeper`) from the dispatch until its loop has run, so the sweeper does
+    not start again a loop that only waits behind a slow one.
+    """
 
     target = "local"
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, LeaseKeeper] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="tunix-rt-loop", daemon=True)
         self._thread.start()
 
     def dispatch(self, run_id: str, key: str) -> str | None:
-        self._queue.put(run_id)
+        keeper = LeaseKeeper(run_id, f"local:{key}").__enter__()
+        self._queue.put((run_id, keeper))
         return None
 
     def join(self, timeout: float | None = None) -> None:
@@ -96,13 +102,15 @@ class LocalDispatcher:
         from tunix_rt.flows.quality_loop import quality_loop
 
         while True:
-            run_id = self._queue.get()
+            item = self._queue.get()
             try:
-                if run_id is None:
+                if item is None:
                     return
-                quality_loop(run_id=run_id)
+                run_id, keeper = item
+                with keeper:  # released once the loop has run
+                    quality_loop(run_id=run_id)
             except Exception:  # noqa: BLE001 - a failed loop is on record in Prefect
-                log.exception("quality loop for run %s failed", run_id)
+                log.exception("quality loop for run %s failed", item[0] if item else None)
             finally:
                 self._queue.task_done()
 
@@ -175,16 +183,21 @@ class LeaseKeeper:
         self.lease = lease
         self.every = every
         self.renewals = 0
+        self._entered = False
         self._run_id: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="tunix-rt-lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
-        if self.renew():
-            self._thread.start()
+        """Hold the lease from now on (again: no effect)."""
+        if not self._entered:
+            self._entered = True
+            if self.renew():
+                self._thread.start()
         return self
 
     def __exit__(self, *_exc: Any) -> None:
+        """Stop renewing, then release the lease (when this keeper still holds it)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)

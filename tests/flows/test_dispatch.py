@@ -43,6 +43,9 @@ def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Pa
             assert service.post(body, sign(body)).status_code == 202
             gate, dispatch = wait_for(lambda: _gated_and_dispatched(webhook_env), 60,
                                       "the local worker to gate the run and mark it dispatched")
+            # The run's lease was held from the dispatch through its loop, then released.
+            wait_for(lambda: _gated_and_dispatched(webhook_env)[1].claimed_by is None, 60,
+                     "the local worker to release the run's lease")
     finally:
         dispatcher.close()
     assert gate.decision == "no_baseline"

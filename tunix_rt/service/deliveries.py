@@ -4,6 +4,11 @@
 primary key is the ``webhook-id``, so a second copy finds it and does nothing), the
 run change, and, when a run has just completed, an outbox row owing it a quality
 loop. Dispatch happens after the commit; the sweeper finds what a crash left owed.
+
+A dispatch holds a lease (``lease_until``): set when it is dispatched or claimed by a
+sweeper, renewed while its loop runs (``flows.dispatch.LeaseKeeper``), released when
+the loop ends. The sweeper claims only rows whose lease has expired, so it re-runs a
+loop that stopped, never one that is only slow, and two sweepers never claim one row.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ MAX_DISPATCH_ATTEMPTS = 5
 # slow database or a busy worker does not let a live loop's lease lapse.
 LEASE = timedelta(minutes=5)
 RENEW_EVERY = timedelta(minutes=1)
+# How long a started loop has to begin renewing its lease (a deployment run waiting for
+# a worker, a pull step): the grace period the sweeper used to give every dispatch.
+START_LEASE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,7 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
 
 
 def mark_dispatched(session: Session, dispatch_id: int, target: str, *,
-                    lease: timedelta = LEASE) -> None:
+                    lease: timedelta = START_LEASE) -> None:
     # last_error stays: a loop started is not yet a loop that ran. The error of the last
     # attempt is shown on the run until a loop for it completes (clear_loop_error).
     # The lease gives the loop ``lease`` to start and renew it before it counts as lost.
