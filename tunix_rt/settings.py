@@ -48,6 +48,14 @@ class Settings(BaseSettings):
                     "entry is flagged and ranked below the complete ones")
     tune_storage: str = Field("./tunix_rt_tune",
                               description="Where Ray Tune keeps each study's state (resume)")
+    predictions_allow: str | None = Field(
+        None, description="Space-separated prefixes a predictions_uri arriving over the webhook "
+                          "must start with (file:///data/runs/ s3://team-bucket/; a path covers "
+                          "its file:// URIs); unset: the jobs directory and ./tunix_rt_demo")
+    predictions_max_bytes: int = Field(
+        2 * 1024 ** 3, gt=0, description="The most bytes of one predictions file read")
+    predictions_max_line_bytes: int = Field(
+        1024 ** 2, gt=0, description="The most bytes of one line of a predictions file")
 
 
 def get_settings() -> Settings:

@@ -68,6 +68,7 @@ def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     path = _path_without_the_venv()
     assert shutil.which("tunix-rt", path=path) is None and shutil.which("prefect", path=path) is None
     env = {**os.environ, "TUNIX_RT_DATABASE_URL": url, "TUNIX_RT_WEBHOOK_SECRET": SECRET,
+           "TUNIX_RT_PREDICTIONS_ALLOW": str(tmp),  # the webhooks name files under tmp
            "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PREFECT_LOGGING_LEVEL": "INFO", "PATH": path}
     env.pop("PREFECT_API_URL", None)

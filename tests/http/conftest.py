@@ -79,6 +79,9 @@ def serve_app(app: Any) -> Iterator[Service]:
 @pytest.fixture
 def webhook_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("TUNIX_RT_WEBHOOK_SECRET", SECRET)
+    # Any local path may be named (file:///p.jsonl ...); tests/reliability/test_predictions_uri.py
+    # checks the list itself.
+    monkeypatch.setenv("TUNIX_RT_PREDICTIONS_ALLOW", "/")
     return db_url
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from tunix_rt.judges.base import Item
 from tunix_rt.errors import PredictionsError, TunixRtError, is_transient
-from tunix_rt.quality.predictions import MAX_ID_LENGTH, parse_predictions, read_predictions
+from tunix_rt.quality.predictions import (MAX_ID_LENGTH, check_allowed, local_path,
+                                          parse_predictions, read_jsonl, read_predictions)
 
 GOOD = json.dumps({"id": "a", "response": "r", "reference": "1"})
 
@@ -153,3 +154,91 @@ def test_unknown_protocol_is_an_error() -> None:
 
 def test_predictions_error_is_a_tunix_rt_error() -> None:
     assert issubclass(PredictionsError, TunixRtError)
+
+
+# --- the allow-list of webhook URIs, and bounded reading ------------------------------------
+
+@pytest.mark.parametrize("uri, expected", [
+    ("/data/p.jsonl", "/data/p.jsonl"),
+    ("rel/p.jsonl", "rel/p.jsonl"),
+    ("file:///data/job%201/p.jsonl", "/data/job 1/p.jsonl"),
+    ("file://localhost/data/p.jsonl", "/data/p.jsonl"),
+    ("file:/data/p.jsonl", "/data/p.jsonl"),
+    ("FILE:///data/p.jsonl", "/data/p.jsonl"),
+    ("local:///data/p.jsonl", "/data/p.jsonl"),
+    ("s3://bucket/p.jsonl", None),
+    ("simplecache::file:///data/p.jsonl", None),
+])
+def test_local_path(uri: str, expected: str | None) -> None:
+    assert local_path(uri) == expected
+
+
+@pytest.mark.parametrize("uri", ["file://fileserver/etc/passwd", "file:///data/p%00.jsonl"])
+def test_a_file_uri_naming_a_host_or_a_nul_is_refused(uri: str) -> None:
+    with pytest.raises(PredictionsError):
+        local_path(uri)
+
+
+def test_check_allowed_compares_resolved_paths_on_component_boundaries(tmp_path: Path) -> None:
+    runs = tmp_path / "data" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "out").symlink_to(tmp_path)
+    for prefixes in ([str(runs)], [str(runs) + "/"], [runs.as_uri() + "/"], [runs.as_uri()]):
+        check_allowed(str(runs / "j" / "p.jsonl"), prefixes)
+        check_allowed((runs / "j" / "p.jsonl").as_uri(), prefixes)
+        check_allowed(f"{runs}/j/../p.jsonl", prefixes)
+        for bad in (f"{runs}2/p.jsonl", f"{runs}/../p.jsonl", runs.as_uri() + "/../../x",
+                    f"{runs}/out/p.jsonl", "/etc/passwd", "s3://bucket/p.jsonl",
+                    f"{runs}/p.jsonl\n"):
+            with pytest.raises(PredictionsError, match="TUNIX_RT_PREDICTIONS_ALLOW|control"):
+                check_allowed(bad, prefixes)
+
+
+@pytest.mark.parametrize("prefix", ["s3://team-bucket/", "s3://team-bucket", "S3://team-bucket/"])
+def test_check_allowed_for_remote_prefixes(prefix: str) -> None:
+    check_allowed("s3://team-bucket/runs/p.jsonl", [prefix])
+    for bad in ("s3://team-bucket-2/p.jsonl", "s3://team-bucket/a/../../other/p.jsonl",
+                "s3://team-bucket/a/%2e%2e/b", "s3://team-bucket/a::ftp://host/p.jsonl",
+                "gs://team-bucket/p.jsonl", "/team-bucket/p.jsonl", "ftp://host/p.jsonl"):
+        with pytest.raises(PredictionsError):
+            check_allowed(bad, [prefix])
+
+
+def test_no_prefixes_allow_nothing(tmp_path: Path) -> None:
+    with pytest.raises(PredictionsError):
+        check_allowed(str(tmp_path / "p.jsonl"), [])
+
+
+def test_reading_counts_bytes_and_line_lengths(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(b"a\r\nbb\n\n" + b"c" * 10)
+    assert read_jsonl(str(path), list, max_bytes=17, max_line_bytes=10) == [
+        "a\n", "bb\n", "\n", "c" * 10 + "\n"]
+    with pytest.raises(PredictionsError, match="larger than 16 bytes"):
+        read_jsonl(str(path), list, max_bytes=16, max_line_bytes=10)
+    with pytest.raises(PredictionsError, match=r"line 4: longer than 9 bytes"):
+        read_jsonl(str(path), list, max_bytes=100, max_line_bytes=9)
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b"x" * 200_000 + b"\n")  # longer than a read's chunk
+    with pytest.raises(PredictionsError, match=r"line 1: longer than 100000 bytes"):
+        read_jsonl(str(big), list, max_bytes=10**6, max_line_bytes=100_000)
+
+
+def test_non_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(GOOD.encode() + b'\n{"id": "b", "response": "caf\xe9"}\n')
+    with pytest.raises(PredictionsError, match=r"line 2: not UTF-8 text \(.* at byte 29"):
+        read_predictions(str(path))
+
+
+@pytest.mark.parametrize("field", ["id", "response", "prompt", "reference"])
+def test_a_nul_in_a_stored_field_is_refused_with_the_line(field: str) -> None:
+    obj = {"id": "b", "response": "r", "prompt": "p", "reference": "1", field: "x\u0000y"}
+    message = _error(_lines(GOOD, obj))
+    assert message.startswith(f"preds.jsonl, line 2: field '{field}' contains a NUL")
+    assert "\u0000" not in message
+
+
+def test_deep_nesting_is_not_valid_json_on_its_line() -> None:
+    assert (_error([GOOD, "[" * 100_000])
+            == "preds.jsonl, line 2: not valid JSON (nested too deeply)")

@@ -2,19 +2,37 @@
 
 The whole file is validated before any item is returned, so a bad line fails the
 evaluation before anything is written. Every error names the URI and the line.
+
+Reading is bounded: a file larger than ``TUNIX_RT_PREDICTIONS_MAX_BYTES``, a line
+longer than ``TUNIX_RT_PREDICTIONS_MAX_LINE_BYTES`` and a local path that is not a
+regular file (a FIFO, a device, a directory) are refused, whatever the URI's source.
+A URI that arrives over the webhook must also be under one of the prefixes of
+``TUNIX_RT_PREDICTIONS_ALLOW`` (:func:`check_allowed`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import IO, Any, TypeVar
 
 from tunix_rt.judges.base import Item
 from tunix_rt.errors import PredictionsError
 
 MAX_ID_LENGTH = 255
+DEMO_DIR = "./tunix_rt_demo"  # `tunix-rt demo`'s default --workdir
+READ_CHUNK = 64 * 1024
 T = TypeVar("T")
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_CHAIN = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*::")  # fsspec's "simplecache::s3://..."
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISSOCK, "a socket"))
 
 
 def read_predictions(uri: str, *, require_reference: bool = False,
@@ -29,34 +47,246 @@ def read_predictions(uri: str, *, require_reference: bool = False,
         lines, uri=uri, require_reference=require_reference, line_of=line_of))
 
 
-def read_jsonl(uri: str, parse: Callable[[Iterable[str]], T], *, what: str = "predictions") -> T:
+def read_jsonl(uri: str, parse: Callable[[Iterable[str]], T], *, what: str = "predictions",
+               max_bytes: int | None = None, max_line_bytes: int | None = None) -> T:
     """Open ``uri`` (a path or anything fsspec opens) as UTF-8 text and ``parse`` its lines.
 
-    A missing file, text that is not UTF-8 and an unopenable URI are
-    :class:`PredictionsError`s naming the URI.
+    A local path or ``file://`` URI is opened directly, and only if it is a regular
+    file (checked without opening it: opening a FIFO blocks); anything else through
+    fsspec. At most ``max_bytes`` are read and no line may exceed ``max_line_bytes``
+    (defaults: the settings). A missing, oversized or non-regular file, a line too
+    long, text that is not UTF-8 and a URI no installed filesystem opens are
+    :class:`PredictionsError`s naming the URI (and the line).
     """
-    import fsspec  # fsspec registers many protocols on import; only evaluation needs it.
+    if max_bytes is None or max_line_bytes is None:
+        from tunix_rt.settings import get_settings
 
-    target = uri
-    if uri.startswith("file://"):
-        # A file URI is percent-encoded (RFC 8089: Path.as_uri() writes a space as %20);
-        # fsspec would look for the encoded name.
-        from urllib.parse import unquote, urlsplit
+        settings = get_settings()
+        max_bytes = settings.predictions_max_bytes if max_bytes is None else max_bytes
+        max_line_bytes = (settings.predictions_max_line_bytes if max_line_bytes is None
+                          else max_line_bytes)
+    with _open_binary(uri, what) as handle:
+        try:
+            return parse(_text_lines(handle, uri, max_bytes, max_line_bytes))
+        except FileNotFoundError:
+            raise PredictionsError(f"{what} file not found: {uri}") from None
+        except IsADirectoryError:
+            raise PredictionsError(f"{uri}: is a directory, not a {what} file") from None
 
-        target = unquote(urlsplit(uri).path)
+
+def local_path(uri: str) -> str | None:
+    """The local path ``uri`` names (a plain path, a ``file:`` or ``local://`` URI), or None.
+
+    A ``file:`` URI is percent-decoded (RFC 8089: ``Path.as_uri()`` writes a space as
+    ``%20``); one naming another host, or a path with a NUL, is a :class:`PredictionsError`.
+    """
+    if _CHAIN.match(uri):
+        return None
+    scheme = _SCHEME.match(uri)
+    if scheme is not None:
+        protocol = scheme.group(1).lower()
+        if protocol == "file":
+            path = _file_uri_path(uri)
+        elif protocol == "local":
+            path = uri[scheme.end():]
+        else:
+            return None
+    elif uri[:5].lower() == "file:":
+        path = _file_uri_path(uri)
+    else:
+        path = uri
+    if "\0" in path:
+        raise PredictionsError(f"{uri!r}: the path contains a NUL character")
+    return path
+
+
+def _file_uri_path(uri: str) -> str:
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(uri)
+    if parts.netloc not in ("", "localhost"):
+        raise PredictionsError(f"{uri!r}: a file URI naming another host ({parts.netloc}) "
+                               "cannot be opened")
+    return unquote(parts.path)
+
+
+def _require_regular(mode: int, uri: str, what: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    raise PredictionsError(f"{uri}: is {kind}, not a {what} file (only regular files are read)")
+
+
+def _stat(path: str, uri: str, what: str) -> os.stat_result:
     try:
-        with fsspec.open(target, "rt", encoding="utf-8") as handle:
-            return parse(handle)
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise PredictionsError(f"{what} file not found: {uri}") from None
+    except PermissionError:
+        raise PredictionsError(f"{uri}: permission denied") from None
+    except ValueError as exc:  # an embedded NUL
+        raise PredictionsError(f"{uri!r}: not a usable path ({exc})") from None
+
+
+@contextmanager
+def _open_binary(uri: str, what: str) -> Iterator[IO[bytes]]:
+    path = local_path(uri)
+    if path is not None:
+        _require_regular(_stat(path, uri, what).st_mode, uri, what)
+        # O_NONBLOCK: a FIFO swapped in since the stat must not block the open.
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PredictionsError(f"{what} file not found: {uri}") from None
+        except (PermissionError, IsADirectoryError) as exc:
+            raise PredictionsError(f"{uri}: cannot open the {what} file ({exc.strerror})") \
+                from None
+        try:
+            _require_regular(os.fstat(fd).st_mode, uri, what)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as handle:
+            yield handle
+        return
+
+    from fsspec.core import url_to_fs  # fsspec registers many protocols on import
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, fs_path = url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        # ValueError: "Protocol not known: ..." or a malformed URL; ImportError: the
+        # protocol's package (s3fs, gcsfs, ...) is not installed.
+        raise PredictionsError(f"cannot open {what} URI {uri!r}: no filesystem for it "
+                               f"({exc})") from None
+    if isinstance(fs, LocalFileSystem):  # a local filesystem under another protocol
+        _require_regular(_stat(fs_path, uri, what).st_mode, uri, what)
+    try:
+        handle = fs.open(fs_path, "rb")
     except FileNotFoundError:
         raise PredictionsError(f"{what} file not found: {uri}") from None
-    except UnicodeDecodeError as exc:
-        raise PredictionsError(f"{uri}: not UTF-8 text ({exc.reason} at byte {exc.start})") \
-            from None
     except IsADirectoryError:
         raise PredictionsError(f"{uri}: is a directory, not a {what} file") from None
-    except ValueError as exc:
-        # fsspec raises ValueError for an unknown protocol or a malformed URL.
+    except (ImportError, ValueError) as exc:
         raise PredictionsError(f"cannot open {what} URI {uri!r}: {exc}") from None
+    with handle:
+        yield handle
+
+
+def _text_lines(handle: IO[bytes], uri: str, max_bytes: int,
+                max_line_bytes: int) -> Iterator[str]:
+    """The lines of ``handle`` as text, counting bytes as they are read."""
+    total = 0
+    lineno = 0
+    pending = bytearray()
+    while True:
+        chunk = handle.read(READ_CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > max_bytes:
+            raise PredictionsError(f"{uri}: larger than {max_bytes} bytes, the most read of one "
+                                   "file (TUNIX_RT_PREDICTIONS_MAX_BYTES)")
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            lineno += 1
+            yield _decode(pending, start, end, uri, lineno, max_line_bytes)
+            start = end + 1
+        del pending[:start]
+        if len(pending) > max_line_bytes:
+            _line_too_long(uri, lineno + 1, max_line_bytes)
+    if pending:
+        yield _decode(pending, 0, len(pending), uri, lineno + 1, max_line_bytes)
+
+
+def _decode(buffer: bytearray, start: int, end: int, uri: str, lineno: int,
+            max_line_bytes: int) -> str:
+    if end - start > max_line_bytes:
+        _line_too_long(uri, lineno, max_line_bytes)
+    if end > start and buffer[end - 1] == 0x0D:  # CRLF
+        end -= 1
+    try:
+        return buffer[start:end].decode("utf-8") + "\n"
+    except UnicodeDecodeError as exc:
+        raise PredictionsError(f"{uri}, line {lineno}: not UTF-8 text ({exc.reason} at byte "
+                               f"{exc.start + 1} of the line)") from None
+
+
+def _line_too_long(uri: str, lineno: int, max_line_bytes: int) -> None:
+    raise PredictionsError(f"{uri}, line {lineno}: longer than {max_line_bytes} bytes, the "
+                           "longest line read (TUNIX_RT_PREDICTIONS_MAX_LINE_BYTES)")
+
+
+def allowed_prefixes(settings: Any) -> list[str]:
+    """The prefixes a webhook's ``predictions_uri`` may start with (``TUNIX_RT_PREDICTIONS_ALLOW``).
+
+    Unset: the jobs directory and the demo's directory, each relative to the
+    working directory of the process that checks.
+    """
+    if settings.predictions_allow is not None:
+        return settings.predictions_allow.split()
+    return [settings.jobs_dir, DEMO_DIR]
+
+
+def check_allowed(uri: str, prefixes: Sequence[str]) -> None:
+    """Raise :class:`PredictionsError` unless ``uri`` is under one of ``prefixes``.
+
+    A local path or ``file:`` URI is compared after resolving ``..`` and symbolic
+    links (of the URI and of the prefix), so ``file:///data/runs/../../etc/passwd``
+    is not under ``/data/runs/``; a prefix covers whole path components only
+    (``/data/runs`` does not cover ``/data/runs2``). Any other URI must start with a
+    prefix of its own kind (``s3://team-bucket/``) at a ``/``, and the rest may hold
+    no ``.`` or ``..`` component and no fsspec chain (``::``).
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise PredictionsError(f"predictions_uri {uri!r} contains a control character")
+    path = local_path(uri)
+    if path is not None:
+        resolved = os.path.realpath(path)
+        for prefix in prefixes:
+            root = _local_prefix(prefix)
+            if root is not None and _under(resolved, root):
+                return
+    else:
+        for prefix in prefixes:
+            if _local_prefix(prefix) is None and _remote_under(uri, prefix):
+                return
+    raise PredictionsError(f"predictions_uri {uri!r} is not under a prefix this service reads "
+                           "predictions from (TUNIX_RT_PREDICTIONS_ALLOW)")
+
+
+def _local_prefix(prefix: str) -> str | None:
+    try:
+        path = local_path(prefix)
+    except PredictionsError:
+        return None
+    return None if path is None or not path else os.path.realpath(path)
+
+
+def _under(path: str, root: str) -> bool:
+    return root == os.sep or path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _remote_under(uri: str, prefix: str) -> bool:
+    from urllib.parse import unquote
+
+    def lowered_scheme(text: str) -> str:
+        scheme = _SCHEME.match(text)
+        return text if scheme is None else scheme.group(1).lower() + text[scheme.end() - 3:]
+
+    uri, prefix = lowered_scheme(uri), lowered_scheme(prefix)
+    if not uri.startswith(prefix):
+        return False
+    rest = uri[len(prefix):]
+    if not prefix.endswith("/") and rest and not rest.startswith("/"):
+        return False  # s3://team-bucket does not cover s3://team-bucket-2
+    if "::" in rest:
+        return False
+    segments = re.split(r"[/\\]", unquote(rest))
+    return not any(segment in (".", "..") for segment in segments)
 
 
 def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
@@ -78,6 +308,10 @@ def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
         except json.JSONDecodeError as exc:
             raise PredictionsError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") \
                 from None
+        except RecursionError:
+            raise PredictionsError(f"{where}: not valid JSON (nested too deeply)") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise PredictionsError(f"{where}: not valid JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise PredictionsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         item_id = _required_str(obj, "id", where)
@@ -100,7 +334,14 @@ def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
             metadata = {}
         elif not isinstance(metadata, dict):
             raise PredictionsError(f"{where}: field 'metadata' must be an object")
-        items.append(Item(id=item_id, response=response, prompt=_optional_str(obj, "prompt", where),
+        prompt = _optional_str(obj, "prompt", where)
+        for key, value in (("id", item_id), ("response", response), ("prompt", prompt),
+                           ("reference", reference), ("metadata", metadata)):
+            if _has_nul(value):
+                # PostgreSQL stores no NUL in text or JSON; refuse it here, with the line.
+                raise PredictionsError(f"{where}: field {key!r} contains a NUL character "
+                                       "(\\u0000)")
+        items.append(Item(id=item_id, response=response, prompt=prompt,
                           reference=reference, metadata=metadata))
     if not items:
         what = "predictions file" if require_response else "items file"
@@ -108,6 +349,22 @@ def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
     if line_of is not None:
         line_of.update(seen)
     return items
+
+
+def _has_nul(value: Any) -> bool:
+    """True when ``value`` (a string, or a JSON object or array) holds a NUL anywhere."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\0" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
 
 
 def _required_str(obj: dict[str, Any], key: str, where: str) -> str:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from tunix_rt import __version__
 from tunix_rt.service import deliveries
 from tunix_rt.quality import datasets, gating, leaderboard
+from tunix_rt.quality.predictions import allowed_prefixes
 from tunix_rt.store import runs
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.service.deliveries import Dispatcher
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     engine = get_engine(settings.database_url)
+    predictions_allow = allowed_prefixes(settings)
 
     def scope():  # noqa: ANN202
         return session_scope(engine)
@@ -95,7 +97,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         except SignatureError as exc:
             return _error(401, f"signature rejected: {exc}")
         try:
-            event = parse_event(body)
+            event = parse_event(body, predictions_allow=predictions_allow)
         except PayloadError as exc:
             return _error(422, f"invalid payload: {exc}", field=exc.field)
         delivery_id = request.headers["webhook-id"]

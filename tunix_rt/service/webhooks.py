@@ -8,7 +8,7 @@ configured secret, so secrets can be rotated without dropping deliveries.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -99,9 +99,30 @@ class Verifier:
         raise SignatureError(reason)
 
 
-def parse_event(body: bytes) -> RunEvent:
-    """Validate a verified body; the error names every bad field (``body``: not JSON)."""
+def parse_event(body: bytes, *, predictions_allow: Sequence[str] | None = None) -> RunEvent:
+    """Validate a verified body; the error names every bad field (``body``: not JSON).
+
+    A ``data.predictions_uri`` must be under one of the ``predictions_allow`` prefixes
+    (default: those of the settings, ``TUNIX_RT_PREDICTIONS_ALLOW``): the receiver
+    reads that file, and a sender must not make it read ``/etc/passwd``, ``/dev/zero``
+    or an internal host.
+    """
     try:
-        return RunEvent.model_validate_json(body)
+        event = RunEvent.model_validate_json(body)
     except ValidationError as exc:
         raise PayloadError(*validation_problems(exc, root="body")) from None
+    uri = event.data.predictions_uri
+    if uri is not None:
+        from tunix_rt.errors import PredictionsError
+        from tunix_rt.quality.predictions import allowed_prefixes, check_allowed
+
+        if predictions_allow is None:
+            from tunix_rt.settings import get_settings
+
+            predictions_allow = allowed_prefixes(get_settings())
+        try:
+            check_allowed(uri, predictions_allow)
+        except PredictionsError as exc:
+            field = "data.predictions_uri"
+            raise PayloadError([Problem(field, str(exc))], f"{field}: {exc}") from None
+    return event
