@@ -204,6 +204,12 @@ def test_check_allowed_for_remote_prefixes(prefix: str) -> None:
             check_allowed(bad, [prefix])
 
 
+def test_a_relative_path_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PredictionsError, match="relative path"):
+        check_allowed("runs/p.jsonl", [str(tmp_path)])
+
+
 def test_no_prefixes_allow_nothing(tmp_path: Path) -> None:
     with pytest.raises(PredictionsError):
         check_allowed(str(tmp_path / "p.jsonl"), [])

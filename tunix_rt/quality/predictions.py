@@ -37,7 +37,7 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
 
 def read_predictions(uri: str, *, require_reference: bool = False,
                      line_of: dict[str, int] | None = None) -> list[Item]:
-    """Open ``uri`` with fsspec and parse it; raises :class:`PredictionsError` on bad input.
+    """Open ``uri`` (see :func:`read_jsonl`) and parse it; a :class:`PredictionsError` on bad input.
 
     I/O errors other than a missing file propagate unchanged: they may be transient
     (a flaky object store) and the calling task retries them. ``line_of``, when given,
@@ -245,6 +245,10 @@ def check_allowed(uri: str, prefixes: Sequence[str]) -> None:
         raise PredictionsError(f"predictions_uri {uri!r} contains a control character")
     path = local_path(uri)
     if path is not None:
+        if not os.path.isabs(path):
+            # Relative to what? The receiver's and the worker's directories may differ.
+            raise PredictionsError(f"predictions_uri {uri!r} is a relative path; send an "
+                                   "absolute path or a file:// URI (TUNIX_RT_PREDICTIONS_ALLOW)")
         resolved = os.path.realpath(path)
         for prefix in prefixes:
             root = _local_prefix(prefix)
