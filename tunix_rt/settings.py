@@ -56,6 +56,9 @@ class Settings(BaseSettings):
         2 * 1024 ** 3, gt=0, description="The most bytes of one predictions file read")
     predictions_max_line_bytes: int = Field(
         1024 ** 2, gt=0, description="The most bytes of one line of a predictions file")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token every read of `tunix-rt serve` needs (the API, the page); "
+                          "unset: reads are open to anyone who reaches the port")
 
 
 def get_settings() -> Settings:

@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
+    _protect_reads(app, settings)
 
     @app.exception_handler(TunixRtError)
     async def _tunix_error(_request: Request, exc: TunixRtError) -> JSONResponse:
@@ -127,7 +128,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except DBAPIError as exc:
-            return JSONResponse({"status": "unavailable", "database": str(exc.orig)},
+            # The detail (host, user, why) goes to the log, never to the caller.
+            log.warning("healthz: the database is unavailable: %s", exc.orig)
+            return JSONResponse({"status": "unavailable", "database": "unavailable"},
                                 status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
@@ -192,6 +195,18 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                             status_code=404 if missing else 200)
 
     return app
+
+
+def _protect_reads(app: FastAPI, settings: Settings) -> None:
+    """TUNIX_RT_API_TOKEN: every read needs it (tunix_rt.service.auth); unset, reads are open."""
+    token = settings.api_token.get_secret_value().strip() if settings.api_token else ""
+    if not token:
+        log.warning("TUNIX_RT_API_TOKEN is unset: the read API and the page are open to "
+                    "anyone who reaches this port")
+        return
+    from tunix_rt.service.auth import ApiTokenMiddleware
+
+    app.add_middleware(ApiTokenMiddleware, token=token)
 
 
 def _store(scope: Any, delivery_id: str, event: Any) -> deliveries.Received:
