@@ -96,7 +96,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         except MissingHeadersError as exc:
             return _error(400, str(exc))
         except SignatureError as exc:
-            return _error(401, f"signature rejected: {exc}")
+            # The library's reason goes to the log; the sender gets generic text.
+            log.warning("webhook signature rejected: %s", exc)
+            return _error(401, "signature rejected: bad, expired or unknown signature")
         try:
             event = parse_event(body, predictions_allow=predictions_allow)
         except PayloadError as exc:
