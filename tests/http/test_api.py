@@ -132,8 +132,9 @@ def test_runs_refuse_bad_status_cursor_and_limit(service: Service, engine: Engin
 
     for cursor in ("garbage!", encode_cursor("x"), encode_cursor("2024-01-01T00:00:00", "id"),
                    encode_cursor("not a date", "id"), encode_cursor(1, 2)):
-        message = _error(service.get("/api/runs", cursor=cursor), 422)
-        assert "cursor" in message
+        response = service.get("/api/runs", cursor=cursor)
+        message = _error(response, 400)
+        assert "cursor" in message and response.json()["parameter"] == "cursor"
 
     for limit in (0, -1, 501, "many"):
         assert service.get("/api/runs", limit=limit).status_code == 422
@@ -223,10 +224,9 @@ def test_leaderboard_refuses_bad_input(service: Service, engine: Engine,
 
     message = _error(service.get("/api/leaderboard", dataset="unknown-set"), 404)
     assert "unknown-set" in message
-    assert "cursor" in _error(service.get("/api/leaderboard", dataset="arith",
-                                          cursor=encode_cursor("x")), 422)
-    assert "cursor" in _error(service.get("/api/leaderboard", dataset="arith",
-                                          cursor="%%%"), 422)
+    for cursor in (encode_cursor("x"), "%%%", encode_cursor(-1), encode_cursor(10**30)):
+        response = service.get("/api/leaderboard", dataset="arith", cursor=cursor)
+        assert "cursor" in _error(response, 400) and response.json()["parameter"] == "cursor"
     for limit in (0, 501):
         assert service.get("/api/leaderboard", dataset="arith", limit=limit).status_code == 422
     assert service.get("/api/leaderboard").status_code == 422  # dataset is required

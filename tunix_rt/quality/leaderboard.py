@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import case, delete, func, insert, literal, null, select, text
 from sqlalchemy.orm import Session
 
-from tunix_rt.store.cursor import decode_cursor, encode_cursor
+from tunix_rt.store.cursor import RANK, decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError
 from tunix_rt.quality.evaluation import choose_judge
 from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, LeaderboardEntry, Run,
@@ -153,9 +153,7 @@ def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int =
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
     after = 0
     if cursor:
-        (after,) = decode_cursor(cursor, 1)
-        if not isinstance(after, int) or isinstance(after, bool):
-            raise InvalidInputError(f"invalid cursor {cursor!r}")
+        (after,) = decode_cursor(cursor, RANK)  # an integer rank >= 1, never 10**30
     rows = session.execute(
         select(LeaderboardEntry, Run.name, Run.model)
         .join(Run, Run.id == LeaderboardEntry.run_id)

@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from tunix_rt import __version__
-from tunix_rt.service import deliveries
+from tunix_rt.service import deliveries, params
 from tunix_rt.quality import datasets, gating, leaderboard
 from tunix_rt.quality.predictions import allowed_prefixes
 from tunix_rt.store import runs
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
+    params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
     _protect_reads(app, settings)
 
     @app.exception_handler(TunixRtError)

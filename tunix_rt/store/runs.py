@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from tunix_rt.store.cursor import decode_cursor, encode_cursor
+from tunix_rt.store.cursor import ID, TIMESTAMP, decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError, NotFoundError, RunNotEvaluableError
 from tunix_rt.store.models import Run, RunOrigin, RunStatus, utcnow
 
@@ -94,15 +94,10 @@ def list_runs(session: Session, *, dataset: str | None = None, status: str | Non
     if status is not None:
         query = query.where(Run.status == status)
     if cursor:
-        created_raw, last_id = decode_cursor(cursor, 2)
-        try:
-            created = datetime.fromisoformat(created_raw)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"invalid cursor {cursor!r}") from None
-        # Cursors made here carry an aware timestamp and a string id; anything else
-        # would fail in the database (or, on SQLite, compare as nonsense).
-        if created.tzinfo is None or not isinstance(last_id, str):
-            raise InvalidInputError(f"invalid cursor {cursor!r}")
+        # Cursors made here carry an aware timestamp and a string id; decode_cursor
+        # refuses anything else (it would fail in the database, or, on SQLite,
+        # compare as nonsense), out-of-range dates and NULs included.
+        created, last_id = decode_cursor(cursor, TIMESTAMP, ID)
         query = query.where(or_(Run.created_at < created,
                                 (Run.created_at == created) & (Run.id < last_id)))
     runs = list(session.scalars(query))

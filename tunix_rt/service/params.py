@@ -1,0 +1,89 @@
+"""Parameter checks every route gets: a NUL anywhere, and a cursor we did not make.
+
+A NUL (``%00``) in a path or query parameter cannot be stored or compared in
+PostgreSQL (the driver refuses it: a 500), and no name or id of ours holds one. An
+ASGI middleware refuses it before routing, so that no route (and no route added
+later) can forget to: a 400 naming the parameter, as the route declares it
+(``run_id``, ``dataset``), or ``path`` when no route matches. A cursor that does not
+decode to a key of ours is a 400 naming ``cursor``.
+
+The answer is JSON: ``{"error": "...", "parameter": "..."}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tunix_rt.store.cursor import InvalidCursorError
+
+NUL = "\x00"
+
+# For ``responses=`` on the read routes' decorators: the answers they document.
+ERROR_SCHEMA = {"type": "object", "required": ["error"],
+                "properties": {"error": {"type": "string"}, "parameter": {"type": "string"},
+                               "field": {"type": ["string", "null"]}}}
+
+
+def _described(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+
+
+BAD_PARAMETER = {400: _described("A parameter holds a NUL, or a cursor was not made here")}
+NOT_FOUND = {404: _described("No such run, dataset or board")}
+REFUSED = {422: _described("A parameter is out of range or unknown")}
+
+
+def parameter_error(parameter: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "parameter": parameter}, status_code=400)
+
+
+def nul_parameter(scope: Scope, router: Router) -> str | None:
+    """The name of the first parameter of this request that holds a NUL, if any."""
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                keep_blank_values=True):
+        if NUL in key or NUL in value:
+            return key
+    if NUL not in scope.get("path", ""):
+        return None
+    for route in router.routes:
+        match, child = route.matches(scope)
+        if match is not Match.NONE:
+            for name, value in child.get("path_params", {}).items():
+                if NUL in str(value):
+                    return name
+    return "path"
+
+
+class RefuseNul:
+    """ASGI middleware: a request with a NUL in a path or query parameter is a 400."""
+
+    def __init__(self, app: ASGIApp, router: Router) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            name = nul_parameter(scope, self.router)
+            if name is not None:
+                where = "path" if name == "path" else f"parameter {name}"
+                response = parameter_error(
+                    name, f"{where}: a NUL character (%00) is not allowed in a URL")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def install(app: FastAPI) -> None:
+    """The NUL check on every request, and a 400 for a cursor that was not made here."""
+    app.add_middleware(RefuseNul, router=app.router)
+
+    @app.exception_handler(InvalidCursorError)
+    async def _bad_cursor(_request: Request, exc: InvalidCursorError) -> JSONResponse:
+        return parameter_error(exc.field or "cursor", str(exc))
