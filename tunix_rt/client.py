@@ -45,8 +45,10 @@ hooks, and is only given to your own ``predictions_uri``/``metrics_fn`` callable
     with hook:            # a training error becomes run.failed (and is re-raised)
         trainer.train(...)  # a trainer configured with the hook
 
-The hook's deliveries have ids derived from ``external_id`` and the event type, so when
-every process of a multi-host job calls the hook, the receiver keeps one of each.
+The hook's deliveries have ids derived from ``external_id`` and the event type under the
+job's webhook secret (an HMAC), so when every process of a multi-host job calls the hook,
+or a job process retries, the receiver keeps one of each; and nobody without the secret
+can compute them from the external id (which ``/api/runs`` shows) to claim one first.
 """
 
 from __future__ import annotations
@@ -141,9 +143,17 @@ def new_delivery_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def stable_delivery_id(external_id: str, event_type: str) -> str:
-    """The same ``webhook-id`` for the same run and event, from any process."""
-    return f"msg_{uuid.uuid5(uuid.NAMESPACE_URL, f'tunix-rt:{external_id}:{event_type}').hex}"
+def stable_delivery_id(external_id: str, event_type: str, secret: str) -> str:
+    """The same ``webhook-id`` for the same run and event, from any process holding
+    ``secret`` (the job's ``whsec_`` secret); unguessable without it.
+
+    ``msg_`` and 32 hex digits of HMAC-SHA256, keyed by a key derived from the secret
+    (so the id is never an HMAC the signatures also compute), of the external id and the
+    event type.
+    """
+    key = hmac.new(_secret_key(secret), b"tunix-rt delivery ids", hashlib.sha256).digest()
+    message = json.dumps([external_id, event_type]).encode()
+    return f"msg_{hmac.new(key, message, hashlib.sha256).hexdigest()[:32]}"
 
 
 def _endpoint(url: str) -> str:
@@ -296,10 +306,14 @@ class TunixRtHook:
                          "raise_on_error": raise_on_error}
 
     def _send(self, event_type: str, **fields: Any) -> NotifyResult:
+        secret = self._options["secret"] or (os.environ.get(SECRET_ENV, "").split() or [""])[0]
+        try:
+            delivery_id = stable_delivery_id(self.external_id, event_type, secret)
+        except ValueError:  # no usable secret: notify reports that, with a fresh id
+            delivery_id = None
         result = notify(event_type, external_id=self.external_id, name=self.name,
                         dataset=self.dataset, model=self.model, config=self.config,
-                        delivery_id=stable_delivery_id(self.external_id, event_type),
-                        **fields, **self._options)
+                        delivery_id=delivery_id, **fields, **self._options)
         self.results.append(result)
         return result
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     )
     webhook_secret: SecretStr | None = Field(
         None, description="Standard Webhooks secret(s), whsec_<base64>, space-separated during rotation")
+    webhook_secrets: SecretStr | None = Field(
+        None, description="A secret per source: source=whsec_<base64>, space-separated (a source "
+                          "named again: rotation); a run a source created is changed only by it")
     llm_base_url: str | None = Field(
         None, description="The llm judge's OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     llm_model: str | None = Field(None, description="The model that endpoint serves")

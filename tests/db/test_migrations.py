@@ -86,6 +86,7 @@ def _populate(engine: Engine, tmp_path: Path) -> None:
         run = session.get(Run, cand)
         run.study_id, run.trial_id = study.id, trial.trial_id
         run.exit_code, run.log_uri = 0, str(tmp_path / "cand.log")
+        run.source = "alpha"  # 0009: the webhook source (TUNIX_RT_WEBHOOK_SECRETS)
         session.add(WebhookDelivery(id="msg_cand", event_type="run.completed",
                                     payload={"external_id": "cand"}, run_id=cand))
         session.add(Dispatch(key="msg_cand", run_id=cand, status=DispatchStatus.dispatched.value,

@@ -5,6 +5,13 @@ primary key is the ``webhook-id``, so a second copy finds it and does nothing), 
 run change, and, when a run has just completed, an outbox row owing it a quality
 loop. Dispatch happens after the commit; the sweeper finds what a crash left owed.
 
+A delivery changes only a run that webhooks created (origin ``webhook``), and only when
+it comes from the source that created it (the sender whose secret verified the run's
+first delivery; None for the anonymous secret). Anything else is a
+:class:`RunConflictError` (409) and nothing is stored. NaN and infinities arrive as null
+(:func:`tunix_rt.service.webhooks.parse_event`); the run notes which fields they were in
+its metrics under ``tunix_rt_note``.
+
 A dispatch holds a lease (``lease_until``): set when it is dispatched or claimed by a
 sweeper, renewed while its loop runs (``flows.dispatch.LeaseKeeper``), released when
 the loop ends. The sweeper claims only rows whose lease has expired, so it re-runs a
@@ -44,6 +51,18 @@ RENEW_EVERY = timedelta(minutes=1)
 START_LEASE = timedelta(minutes=10)
 
 
+NOTE_KEY = "tunix_rt_note"  # in run.metrics: what was stored differently from what was sent
+_NOTE_TEXT = "non-finite numbers (NaN, Infinity) stored as null: "
+
+
+class RunConflictError(InvalidInputError):
+    """The delivery names a run it may not change: another origin's or another source's."""
+
+    def __init__(self, message: str, *, run_id: str, field: str = "data.external_id") -> None:
+        super().__init__(message, field=field)
+        self.run_id = run_id
+
+
 @dataclass(frozen=True)
 class Received:
     duplicate: bool
@@ -61,11 +80,14 @@ class Dispatcher(Protocol):
         ...
 
 
-def receive(session: Session, delivery_id: str, event: RunEvent) -> Received:
+def receive(session: Session, delivery_id: str, event: RunEvent, *,
+            source: str | None = None) -> Received:
     """Record a verified delivery and its effect; a repeated ``delivery_id`` does nothing.
 
+    ``source`` is the sender whose secret verified it (None: the anonymous secret).
     Raises :class:`InvalidInputError` (naming the field) when the event cannot apply
-    to the run, e.g. a first ``run.completed`` without a predictions URI; the caller
+    to the run, e.g. a first ``run.completed`` without a predictions URI, and
+    :class:`RunConflictError` when the run is not this source's webhook run; the caller
     rolls back, so nothing of the delivery is stored.
     """
     payload = event.model_dump(mode="json")
@@ -76,7 +98,7 @@ def receive(session: Session, delivery_id: str, event: RunEvent) -> Received:
         run_id = session.scalar(select(WebhookDelivery.run_id)
                                 .where(WebhookDelivery.id == delivery_id))
         return Received(duplicate=True, run_id=run_id)
-    run, completed_now = _apply(session, event)
+    run, completed_now = _apply(session, event, source)
     session.get(WebhookDelivery, delivery_id).run_id = run.id
     dispatch_id = None
     if completed_now:
@@ -89,7 +111,7 @@ def receive(session: Session, delivery_id: str, event: RunEvent) -> Received:
     return Received(duplicate=False, run_id=run.id, dispatch_id=dispatch_id)
 
 
-def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
+def _apply(session: Session, event: RunEvent, source: str | None) -> tuple[Run, bool]:
     data = event.data
     target = _TARGET[event.type]
     by_external_id = select(Run).where(Run.external_id == data.external_id).with_for_update()
@@ -109,9 +131,18 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
             "id": new_run_id(), "external_id": data.external_id,
             "name": data.name or data.external_id, "dataset": data.dataset,
             "model": data.model, "status": RunStatus.pending.value,
-            "origin": RunOrigin.webhook.value, "config": {}, "metrics": {}, "dry_run": False,
-            "created_at": now, "updated_at": now}, key=("external_id",))
+            "origin": RunOrigin.webhook.value, "source": source, "config": {}, "metrics": {},
+            "dry_run": False, "created_at": now, "updated_at": now}, key=("external_id",))
         run = session.scalar(by_external_id.execution_options(populate_existing=True))
+    if run.origin != RunOrigin.webhook.value:
+        raise RunConflictError(
+            f"data.external_id: {data.external_id!r} is run {run.id}, of origin {run.origin}: "
+            "a webhook changes only runs that webhooks created", run_id=run.id)
+    if run.source != source:
+        raise RunConflictError(
+            f"data.external_id: {data.external_id!r} is run {run.id}, created by "
+            f"{_named(run.source)}: a delivery from {_named(source)} cannot change it",
+            run_id=run.id)
     for field in ("name", "dataset", "model", "predictions_uri"):
         value = getattr(data, field)
         if value is not None and not getattr(run, field):
@@ -120,6 +151,12 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
         run.config = {**(run.config or {}), **data.config}
     if data.metrics:
         run.metrics = {**(run.metrics or {}), **data.metrics}
+    if event.nonfinite:  # the fields named once each, however many deliveries had them
+        earlier = (run.metrics or {}).get(NOTE_KEY)
+        fields = (earlier[len(_NOTE_TEXT):].split(", ")
+                  if isinstance(earlier, str) and earlier.startswith(_NOTE_TEXT) else [])
+        run.metrics = {**(run.metrics or {}), NOTE_KEY: _NOTE_TEXT + ", ".join(
+            dict.fromkeys(fields + event.nonfinite))}
     if _RANK[target.value] <= _RANK[run.status]:
         session.flush()
         return run, False  # late or repeated news: never move backwards
@@ -139,6 +176,10 @@ def _apply(session: Session, event: RunEvent) -> tuple[Run, bool]:
             run.error = data.error or "the training job reported run.failed"
     session.flush()
     return run, target is RunStatus.completed and not run.dry_run
+
+
+def _named(source: str | None) -> str:
+    return f"source {source}" if source is not None else "the anonymous secret"
 
 
 def mark_dispatched(session: Session, dispatch_id: int, target: str, *,

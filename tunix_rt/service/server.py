@@ -29,7 +29,7 @@ from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_t
 from tunix_rt.store.models import LeaderboardEntry
 from tunix_rt.settings import Settings, get_settings
 from tunix_rt.service.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
-                               Verifier, parse_event)
+                               Verifier, parse_event, parse_sourced_secrets)
 
 log = logging.getLogger("tunix_rt.service.server")
 
@@ -63,13 +63,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     one, dispatches stay pending for the sweeper.
     """
     settings = settings or get_settings()
-    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value().strip():
-        raise InvalidInputError("TUNIX_RT_WEBHOOK_SECRET is not set: the webhook receiver "
-                                "refuses to start without a secret (whsec_<base64>)")
-    try:
-        verifier = Verifier(settings.webhook_secret.get_secret_value())
-    except ValueError as exc:
-        raise InvalidInputError(str(exc)) from None
+    verifier = _verifier(settings)
     engine = get_engine(settings.database_url)
     predictions_allow = allowed_prefixes(settings)
 
@@ -93,9 +87,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         except BodyTooLarge:
             return _error(413, f"body larger than {max_body_bytes} bytes")
         try:
-            verifier.verify(body, request.headers)
+            # Every header pair: a repeated webhook-id is refused, not half-checked.
+            verified = verifier.verify(body, request.headers.items())
         except MissingHeadersError as exc:
-            return _error(400, str(exc))
+            return _error(400, str(exc), header=exc.header)
         except SignatureError as exc:
             # The library's reason goes to the log; the sender gets generic text.
             log.warning("webhook signature rejected: %s", exc)
@@ -104,9 +99,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             event = parse_event(body, predictions_allow=predictions_allow)
         except PayloadError as exc:
             return _error(422, f"invalid payload: {exc}", field=exc.field)
-        delivery_id = request.headers["webhook-id"]
+        delivery_id = verified.delivery_id  # the id that was verified, never another
         try:
-            received = await run_in_threadpool(_store, scope, delivery_id, event)
+            received = await run_in_threadpool(_store, scope, delivery_id, event,
+                                               verified.source)
+        except deliveries.RunConflictError as exc:
+            return _error(409, str(exc), field=exc.field, run_id=exc.run_id)
         except InvalidInputError as exc:
             return _error(422, f"invalid payload: {exc}", field=exc.field)
         except DBAPIError as exc:
@@ -212,9 +210,26 @@ def _protect_reads(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(ApiTokenMiddleware, token=token)
 
 
-def _store(scope: Any, delivery_id: str, event: Any) -> deliveries.Received:
+def _verifier(settings: Settings) -> Verifier:
+    """The webhook verifier of ``TUNIX_RT_WEBHOOK_SECRET`` (the anonymous source) and
+    ``TUNIX_RT_WEBHOOK_SECRETS`` (named sources); at least one secret is required."""
+    anonymous = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    named = settings.webhook_secrets.get_secret_value() if settings.webhook_secrets else ""
+    try:
+        sourced = parse_sourced_secrets(named)
+        if not anonymous.strip() and not sourced:
+            raise InvalidInputError("TUNIX_RT_WEBHOOK_SECRET is not set: the webhook receiver "
+                                    "refuses to start without a secret (whsec_<base64>; or "
+                                    "TUNIX_RT_WEBHOOK_SECRETS, source=whsec_<base64> ...)")
+        return Verifier(anonymous, sourced)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
+def _store(scope: Any, delivery_id: str, event: Any,
+           source: str | None = None) -> deliveries.Received:
     with scope() as session:
-        return deliveries.receive(session, delivery_id, event)
+        return deliveries.receive(session, delivery_id, event, source=source)
 
 
 def _render_page(boards: list[Any], chosen: Any, entries: list[leaderboard.Entry],

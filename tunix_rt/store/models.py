@@ -123,6 +123,10 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.pending.value)
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
     origin: Mapped[str] = mapped_column(String(16), default=RunOrigin.cli.value)
+    # A webhook run's sender: the TUNIX_RT_WEBHOOK_SECRETS source whose secret verified its
+    # first delivery (None: the anonymous TUNIX_RT_WEBHOOK_SECRET, or not a webhook run).
+    # Only deliveries of that source change the run.
+    source: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,

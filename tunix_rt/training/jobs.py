@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 METRICS_PREFIX = "TUNIX_RT_METRICS"
 PREDICTIONS_PREFIX = "TUNIX_RT_PREDICTIONS"
+METRICS_NOTE = "tunix_rt_note"  # names the metrics stored as null (NaN, Infinity)
+_NOTE_TEXT = "non-finite numbers (NaN, Infinity) stored as null: "
 NOTE_PREFIX = "[tunix-rt]"
 MAX_LINE_BYTES = 1 << 20   # a longer "line" is split into pieces of this size
 
@@ -163,6 +166,7 @@ class _Reader(threading.Thread):
                 return
             if not isinstance(metrics, dict):
                 return
+            metrics = _finite_metrics(metrics, self.metrics.get(METRICS_NOTE))
             self.metrics.update(metrics)
             if self.on_metrics is not None:
                 try:
@@ -173,6 +177,31 @@ class _Reader(threading.Thread):
             uri = text[len(PREDICTIONS_PREFIX) + 1:].strip()
             if uri:
                 self.predictions_uri = uri
+
+
+def _finite_metrics(metrics: dict[str, Any], earlier_note: Any = None) -> dict[str, Any]:
+    """``metrics`` storable as JSON: NaN and the infinities (Python's json reads them; a
+    diverged loss prints them) become None, and ``tunix_rt_note`` names them, after the
+    note of earlier lines. PostgreSQL refuses them, which would leave the run running."""
+    found: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found.append(path)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    cleaned = {k: clean(v, k) for k, v in metrics.items()}
+    if found:
+        earlier = (earlier_note[len(_NOTE_TEXT):].split(", ")
+                   if isinstance(earlier_note, str) and earlier_note.startswith(_NOTE_TEXT)
+                   else [])
+        cleaned[METRICS_NOTE] = _NOTE_TEXT + ", ".join(dict.fromkeys(earlier + found))
+    return cleaned
 
 
 # --- the supervisor ---------------------------------------------------------------------
