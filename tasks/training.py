@@ -20,10 +20,10 @@ from tunix_rt.tasks.quality import RETRY_POLICY
 from tunix_rt.store import runs
 from tunix_rt.store.db import session_scope
 from tunix_rt.errors import TunixRtError
-from tunix_rt.training.jobs import job_command, run_job
+from tunix_rt.training.jobs import job_command, job_environment, run_job
 from tunix_rt.store.models import RunOrigin, RunStatus
 from tunix_rt.training.runfile import RunSpec
-from tunix_rt.settings import get_settings
+from tunix_rt.settings import ENV_PREFIX, get_settings
 
 METRICS_EVERY_S = 2.0
 
@@ -58,7 +58,7 @@ def run_training_job(run_id: str, spec: RunSpec) -> str:
     """
     logger = get_run_logger()
     folder = Path(get_settings().jobs_dir).resolve() / run_id
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = folder / "job.log"
     with session_scope() as session:
         runs.mark_running(session, run_id, log_uri=log_path.as_uri())
@@ -82,7 +82,10 @@ def run_training_job(run_id: str, spec: RunSpec) -> str:
         result = _run_on_ray(spec, job_command(spec, out_dir=folder), extra_env, log_path,
                              run_id)
     else:
-        result = run_job(job_command(spec, out_dir=folder), env={**os.environ, **extra_env},
+        # An allow-list of this environment and what the run file names: not the webhook
+        # secret, the LLM key or the database URL (tunix_rt.training.jobs.job_environment).
+        result = run_job(job_command(spec, out_dir=folder),
+                         env=job_environment(spec.env, extra_env),
                          timeout_s=spec.timeout_s, log_path=log_path,
                          on_line=lambda line: logger.info("job: %s", line),
                          on_metrics=on_metrics, should_cancel=should_cancel, poll_s=1.0)
@@ -113,7 +116,9 @@ def _run_on_ray(spec: RunSpec, cmd: list[str], extra_env: dict[str, str], log_pa
     """Supervise the job from a Ray task that holds the job's resources (GPUs, accelerators).
 
     The log is written where the task runs (shared storage on a real cluster) and the
-    metrics come back with the result; cancellation is polled from the database there.
+    metrics come back with the result. Cancellation is polled from the database there: the
+    node's own TUNIX_RT_DATABASE_URL (the URL, with its password, is never a task argument;
+    without it on the node the job runs to its end or its timeout).
     """
     import ray
 
@@ -121,22 +126,31 @@ def _run_on_ray(spec: RunSpec, cmd: list[str], extra_env: dict[str, str], log_pa
 
     connect()
     options = {**task_options(spec.resources), "max_retries": 0}
-    database_url = get_settings().database_url
     ref = ray.remote(_supervise_remotely).options(**options).remote(
-        cmd, extra_env, spec.timeout_s, str(log_path), run_id, database_url)
+        cmd, extra_env, spec.timeout_s, str(log_path), run_id, list(spec.env))
     return ray.get(ref)
 
 
 def _supervise_remotely(cmd: list[str], extra_env: dict[str, str], timeout_s: float,
-                        log_path: str, run_id: str, database_url: str) -> Any:
+                        log_path: str, run_id: str, env_names: list[str]) -> Any:
+    import logging
+
     from tunix_rt.store.db import get_engine
 
-    def should_cancel() -> bool:
-        with session_scope(get_engine(database_url)) as session:
-            return runs.cancel_requested(session, run_id)
+    database_url = os.environ.get(ENV_PREFIX + "DATABASE_URL", "").strip()
+    should_cancel = None
+    if database_url:
+        def should_cancel() -> bool:
+            with session_scope(get_engine(database_url)) as session:
+                return runs.cancel_requested(session, run_id)
+    else:
+        logging.getLogger(__name__).warning(
+            "run %s: TUNIX_RT_DATABASE_URL is not set on this Ray node: a cancellation "
+            "of the run is not seen until the job ends", run_id)
 
-    # Ray has set CUDA_VISIBLE_DEVICES (and friends) for this task: the job inherits them.
-    return run_job(cmd, env={**os.environ, **extra_env}, timeout_s=timeout_s,
+    # Ray has set CUDA_VISIBLE_DEVICES (and friends) for this task: the allow-list keeps them.
+    Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return run_job(cmd, env=job_environment(env_names, extra_env), timeout_s=timeout_s,
                    log_path=Path(log_path), should_cancel=should_cancel, poll_s=1.0)
 
 

@@ -46,12 +46,28 @@ def make_engine(url: str) -> Engine:
     """A new engine for ``url`` with the pragmas and pool settings tunix-rt relies on."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(parsed.database)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _create_private(path: str) -> None:
+    """Create a new SQLite file readable by its owner only (its -wal and -shm files follow
+    its mode); an existing file is left as it is."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+    finally:
+        os.close(fd)
 
 
 def get_engine(url: str | None = None, *, migrate_embedded: bool = True) -> Engine:
@@ -120,7 +136,10 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         return
     import fcntl
 
-    with open(f"{database}.migrate.lock", "w") as handle:
+    import os
+
+    with os.fdopen(os.open(f"{database}.migrate.lock", os.O_WRONLY | os.O_CREAT, 0o600),
+                   "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from tunix_rt.training.runfile import RunSpec
 
 __all__ = ["METRICS_PREFIX", "PREDICTIONS_PREFIX", "JobResult", "JobStatus", "job_command",
-           "run_job"]
+           "job_environment", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,52 @@ def job_command(spec: RunSpec, *, out_dir: str | Path | None = None,
     if out_dir is not None:
         argv += ["--out", str(out_dir)]
     return argv
+
+
+# --- the job's environment --------------------------------------------------------------
+
+#: Variables a job gets from the launcher's environment, by exact name ...
+ENV_ALLOW = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM",
+    "TMPDIR", "TEMP", "TMP", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_PREFIX",
+    "LD_LIBRARY_PATH", "TUNIX_RT_URL",
+})
+#: ... and by prefix: locale, accelerators (CUDA, JAX, XLA, TPU, NVIDIA, ROCm), model hubs.
+ENV_ALLOW_PREFIXES = ("LC_", "CUDA_", "JAX_", "XLA_", "TPU_", "NVIDIA_", "ROCR_", "HIP_",
+                      "HF_", "TUNIX_")
+#: Never by prefix: tunix-rt's own settings (the webhook secret, the LLM key, the database
+#: URL with its password). A run file's ``env`` may still name one of them.
+ENV_DENY_PREFIX = "TUNIX_RT_"
+
+
+def job_environment(names: Sequence[str] = (), extra: Mapping[str, str] | None = None,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What a launched job sees: the allow-list, the ``names`` its run file lists, ``extra``.
+
+    From ``environ`` (default: this process's environment) a job gets the variables of
+    :data:`ENV_ALLOW` and :data:`ENV_ALLOW_PREFIXES`, never a ``TUNIX_RT_*`` setting but
+    ``TUNIX_RT_URL``, plus each of ``names`` that is set; ``extra`` (the variables tunix-rt
+    sets for the job) goes on top.
+    """
+    source = os.environ if environ is None else environ
+    wanted = set(names)
+    env = {key: value for key, value in source.items()
+           if key in wanted or key in ENV_ALLOW
+           or (key.startswith(ENV_ALLOW_PREFIXES) and not key.startswith(ENV_DENY_PREFIX))}
+    env.update(extra or {})
+    return env
+
+
+def _open_log(path: Path) -> Any:
+    """The job log, appended to, readable by its owner only (an existing file is tightened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 # --- the child process ------------------------------------------------------------------
@@ -232,7 +278,7 @@ def run_job(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
     started = time.monotonic()
     lock = threading.Lock()
 
-    with open(log_path, "a", encoding="utf-8", errors="replace") as log_file:
+    with _open_log(log_path) as log_file:
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

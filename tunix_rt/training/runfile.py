@@ -13,6 +13,7 @@ further and resolves the trainable or finds the executable, without training.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tunix_rt.errors import InvalidInputError
 from tunix_rt.specfile import check_resources, check_trainable, read_yaml, validate_spec
 
 TRAINABLE_KEYS = ("trainable", "config")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+MAX_ENV_NAMES = 256
 COMMAND_KEYS = ("command", "predictions")
 
 
@@ -42,6 +45,23 @@ class RunSpec(BaseModel):
     timeout_s: float = Field(3600.0, gt=0, description="Seconds before the job is stopped")
     judges: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     external_id: str | None = Field(None, min_length=1, max_length=255)
+    env: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables the job gets beyond the allow-list "
+                    "(tunix_rt.training.jobs.job_environment); names only, never values")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_ENV_NAMES:
+            raise ValueError(f"at most {MAX_ENV_NAMES} names")
+        for name in value:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a variable name (letters, digits, _; "
+                                 f"names only: the job reads the value from the environment)")
+        if len(set(value)) != len(value):
+            raise ValueError("a name is listed twice")
+        return value
 
     @field_validator("name", "dataset", "model")
     @classmethod

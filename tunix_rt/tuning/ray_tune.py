@@ -218,13 +218,24 @@ class SweepOutcome:
     unfinished: int = 0
 
 
+def study_storage_path(root: str | Path, name: str, study_id: str) -> Path:
+    """The study's folder, ``root/NAME-ID8``; one that would resolve outside ``root`` (a
+    name with ``/`` or ``..`` that slipped past the sweep file's check) is refused."""
+    root = Path(root).resolve()
+    path = (root / f"{name}-{study_id[:8]}").resolve()
+    if path.parent != root:
+        raise InvalidInputError(f"name: {name!r} would put the study's storage outside "
+                                f"{root}")
+    return path
+
+
 def create_study_record(sweep: Sweep) -> str:
     """Create the study, with a folder of its own under TUNIX_RT_TUNE_STORAGE."""
     root = Path(get_settings().tune_storage).resolve()
     root.mkdir(parents=True, exist_ok=True)
     with session_scope() as session:
         study = studies.create_study(session, sweep, storage_path="")
-        study.storage_path = str(root / f"{sweep.name}-{study.id[:8]}")
+        study.storage_path = str(study_storage_path(root, sweep.name, study.id))
         return study.id
 
 

@@ -7,6 +7,7 @@ trial asks for is checked by the tuning task, against the cluster it joins.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunix_rt.specfile import check_resources, check_trainable, read_yaml, validate_spec
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+#: A sweep's name names its folder under TUNIX_RT_TUNE_STORAGE: no "/", no leading dot.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class Scheduler(BaseModel):
@@ -53,6 +56,14 @@ class Sweep(BaseModel):
     param_space: dict[str, Any] = Field(default_factory=dict)
     top_k: int = Field(1, ge=1, le=100, description="Best trials registered as runs")
     seed: int | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not SAFE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a safe folder name: letters, digits and -_. "
+                             f"only, not starting with a dot")
+        return value
 
     @field_validator("trainable")
     @classmethod
