@@ -187,6 +187,7 @@ def test_a_nan_metric_from_a_supervised_job_is_stored_as_null_and_the_run_ends(
     source = """
         print('TUNIX_RT_METRICS {"loss": 0.5, "step": 1}', flush=True)
         print('TUNIX_RT_METRICS {"loss": NaN, "step": 2, "norm": Infinity}', flush=True)
+        print('TUNIX_RT_METRICS {"tag": "a\\\\u0000b", "k\\\\u0000": 1}', flush=True)
     """
     result = run_job([sys.executable, "-c", textwrap.dedent(source)], timeout_s=60,
                      log_path=tmp_path / "job.log", on_metrics=on_metrics)
@@ -203,6 +204,7 @@ def test_a_nan_metric_from_a_supervised_job_is_stored_as_null_and_the_run_ends(
     assert run["status"] == "completed"
     assert run["metrics"]["loss"] is None and run["metrics"]["step"] == 2
     assert "loss" in run["metrics"][NOTE]
+    assert run["metrics"]["tag"] == "a\ufffdb" and run["metrics"]["k\ufffd"] == 1
     json.dumps(run, allow_nan=False)
 
 

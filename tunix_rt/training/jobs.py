@@ -10,8 +10,9 @@ merged into one pipe. Every line it prints is appended to a log file and handed 
     TUNIX_RT_METRICS {"accuracy": 0.8, "step": 100}
     TUNIX_RT_PREDICTIONS file:///data/runs/x/predictions.jsonl
 
-report metrics (merged, the last value of a key wins) and the predictions URI (the
-last one wins). :mod:`tunix_rt.training.job_entry` prints them for a trainable; a command of
+report metrics (merged, the last value of a key wins; NaN and the infinities become
+null, named under ``tunix_rt_note``) and the predictions URI (the last one wins).
+:mod:`tunix_rt.training.job_entry` prints them for a trainable; a command of
 the user's own may print them too.
 
 A timeout or ``should_cancel()`` stops the whole process group: SIGTERM, then SIGKILL
@@ -228,20 +229,23 @@ class _Reader(threading.Thread):
 def _finite_metrics(metrics: dict[str, Any], earlier_note: Any = None) -> dict[str, Any]:
     """``metrics`` storable as JSON: NaN and the infinities (Python's json reads them; a
     diverged loss prints them) become None, and ``tunix_rt_note`` names them, after the
-    note of earlier lines. PostgreSQL refuses them, which would leave the run running."""
+    note of earlier lines; a NUL character in a string or key becomes U+FFFD. PostgreSQL
+    refuses both, which would leave the run running."""
     found: list[str] = []
 
     def clean(value: Any, path: str) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
             found.append(path)
             return None
+        if isinstance(value, str):
+            return value.replace("\x00", "\ufffd")
         if isinstance(value, dict):
-            return {k: clean(v, f"{path}.{k}") for k, v in value.items()}
+            return {clean(k, path): clean(v, f"{path}.{k}") for k, v in value.items()}
         if isinstance(value, list):
             return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
 
-    cleaned = {k: clean(v, k) for k, v in metrics.items()}
+    cleaned = {clean(k, k): clean(v, k) for k, v in metrics.items()}
     if found:
         earlier = (earlier_note[len(_NOTE_TEXT):].split(", ")
                    if isinstance(earlier_note, str) and earlier_note.startswith(_NOTE_TEXT)
