@@ -190,3 +190,13 @@ def test_clean_parameters_still_answer(service: Service, board: str) -> None:
     # A percent-encoded byte that is not a NUL is ordinary text.
     assert _raw(service, "/api/runs/ab%01cd").status_code == 404
     assert _raw(service, "/api/runs?dataset=%C3%B1").json()["runs"] == []
+
+
+def test_a_version_beyond_a_database_integer_is_422_not_500(service: Service, board: str) -> None:
+    """Found by tests/reliability/test_fuzz.py: ?version=2147483648 reached PostgreSQL."""
+    for version in (2**31, 10**30):
+        response = service.get("/api/datasets/arith", version=version)
+        assert response.status_code == 422, response.text
+        assert "version" in response.text
+    assert service.get("/api/datasets/arith", version=2**31 - 1).status_code == 404
+    assert service.get("/api/datasets/arith", version=1).status_code == 200

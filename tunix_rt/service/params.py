@@ -21,23 +21,39 @@ from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunix_rt.store.cursor import InvalidCursorError
+from tunix_rt.store.models import RunStatus
 
 NUL = "\x00"
 
-# For ``responses=`` on the read routes' decorators: the answers they document.
+# For ``responses=`` on the read routes' decorators: the errors they can answer, so the
+# served schema documents them (FastAPI adds the 422 of its own validation itself).
 ERROR_SCHEMA = {"type": "object", "required": ["error"],
-                "properties": {"error": {"type": "string"}, "parameter": {"type": "string"},
-                               "field": {"type": ["string", "null"]}}}
+                "properties": {"error": {"type": "string"}, "parameter": {"type": "string"}}}
 
 
-def _described(description: str) -> dict[str, Any]:
+def _json(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": ERROR_SCHEMA}}}
 
 
-BAD_PARAMETER = {400: _described("A parameter holds a NUL, or a cursor was not made here")}
-NOT_FOUND = {404: _described("No such run, dataset or board")}
-REFUSED = {422: _described("A parameter is out of range or unknown")}
+BAD_PARAMETER: dict[int | str, dict[str, Any]] = {
+    400: _json("A parameter holds a NUL (%00), or a cursor was not made here: "
+               "`parameter` names it")}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    **BAD_PARAMETER, 404: _json("No such run, gate result, board or dataset")}
+PAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    **BAD_PARAMETER, 404: {"description": "No board for that dataset or judge (the page "
+                                          "says so)", "content": {"text/html": {}}}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    **BAD_PARAMETER, 503: {"description": "The database cannot be reached",
+                           "content": {"application/json": {"schema": {"type": "object"}}}}}
+# The largest integer a query parameter may hold where the database stores an INTEGER
+# (a dataset's version): a larger one is FastAPI's 422, not the database's 500.
+MAX_INT = 2**31 - 1
+
+# ``status`` on /api/runs: documented as the enum it is (an unknown one stays a 422 whose
+# message lists them).
+RUN_STATUSES = {"enum": [s.value for s in RunStatus]}
 
 
 def parameter_error(parameter: str, message: str) -> JSONResponse:

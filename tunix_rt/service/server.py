@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                              "dispatch": received.dispatch_id is not None}, status_code=202,
                             background=background)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=params.UNAVAILABLE)
     def healthz() -> JSONResponse:
         try:
             with engine.connect() as conn:
@@ -135,8 +135,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                                 status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
-    @app.get("/api/runs")
-    def list_runs(dataset: str | None = None, status: str | None = None,
+    @app.get("/api/runs", responses=params.BAD_PARAMETER)
+    def list_runs(dataset: str | None = None,
+                  status: str | None = Query(None, json_schema_extra=params.RUN_STATUSES),
                   limit: int = Query(50, ge=1, le=runs.MAX_PAGE),
                   cursor: str | None = None) -> dict[str, Any]:
         with scope() as session:
@@ -144,12 +145,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                                                limit=limit, cursor=cursor)
             return {"runs": [runs.run_to_dict(r) for r in page], "next_cursor": next_cursor}
 
-    @app.get("/api/runs/{run_id}")
+    @app.get("/api/runs/{run_id}", responses=params.NOT_FOUND)
     def show_run(run_id: str) -> dict[str, Any]:
         with scope() as session:
             return runs.run_to_dict(runs.get_run(session, run_id))
 
-    @app.get("/api/runs/{run_id}/gate")
+    @app.get("/api/runs/{run_id}/gate", responses=params.NOT_FOUND)
     def run_gate(run_id: str, judge: str | None = None) -> Any:
         with scope() as session:
             report = gating.latest_gate(session, run_id, judge)
@@ -158,7 +159,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                           + (f" under judge {judge!r}" if judge else ""))
         return report.to_dict()
 
-    @app.get("/api/leaderboard")
+    @app.get("/api/leaderboard", responses=params.NOT_FOUND)
     def board(dataset: str, judge: str | None = None,
               limit: int = Query(20, ge=1, le=leaderboard.MAX_PAGE),
               cursor: str | None = None) -> dict[str, Any]:
@@ -167,17 +168,18 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             return leaderboard.leaderboard_page(session, dataset, chosen, limit=limit,
                                                 cursor=cursor).to_dict()
 
-    @app.get("/api/datasets")
+    @app.get("/api/datasets", responses=params.BAD_PARAMETER)
     def list_datasets() -> dict[str, Any]:
         with scope() as session:
             return {"datasets": datasets.list_datasets(session)}
 
-    @app.get("/api/datasets/{name}")
-    def show_dataset(name: str, version: int | None = Query(None, ge=1)) -> dict[str, Any]:
+    @app.get("/api/datasets/{name}", responses=params.NOT_FOUND)
+    def show_dataset(name: str, version: int | None = Query(None, ge=1, le=params.MAX_INT)
+                     ) -> dict[str, Any]:
         with scope() as session:
             return datasets.get_dataset(session, name, version).to_dict()
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, responses=params.PAGE_NOT_FOUND)
     def page(dataset: str | None = None, judge: str | None = None) -> HTMLResponse:
         with scope() as session:
             boards = session.execute(select(LeaderboardEntry.dataset, LeaderboardEntry.judge)
