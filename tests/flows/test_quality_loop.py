@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from uuid import UUID
 
 import fsspec
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
-                                            FlowRunFilterId)
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from sqlalchemy import func, select
 
 from tunix_rt.flows.quality_loop import quality_loop
+from tests.flows.support import task_states
 from tests.factories import correctness, make_run, write_predictions
 from tests.waiting import wait_for
 from tunix_rt.store.db import session_scope
@@ -71,15 +70,6 @@ def flaky() -> type[FlakyFileSystem]:
 def _count(engine, model, *where) -> int:  # noqa: ANN001
     with session_scope(engine) as session:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
-def _task_states(flow_run_id: UUID, task_name: str) -> list[str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_run_id])))
-        [run] = [r for r in runs if r.name.startswith(task_name)]
-        states = client.read_task_run_states(run.id)
-    return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
 
 
 def test_loop_scores_ranks_gates_and_promotes(engine, tmp_path: Path) -> None:
@@ -171,7 +161,7 @@ def test_rerunning_does_no_work_twice_and_writes_no_duplicates(engine, tmp_path:
 
     assert second["judges"]["exact_match"]["evaluation"]["reused"] is True
     assert second["judges"]["exact_match"]["gate"] == first["judges"]["exact_match"]["gate"]
-    assert _task_states(state.state_details.flow_run_id, "score-run")[-1] == "Skipped"
+    assert task_states(state.state_details.flow_run_id, "score-run")[-1] == "Skipped"
     assert _count(engine, Evaluation) == 1
     assert _count(engine, Verdict) == N
     assert _count(engine, GateResult) == 1
@@ -193,7 +183,7 @@ def test_transient_io_errors_are_retried(engine, tmp_path: Path, flaky) -> None:
 
     assert state.is_completed()
     assert flaky.opens == 3  # two dropped connections, then success
-    states = _task_states(state.state_details.flow_run_id, "score-run")
+    states = task_states(state.state_details.flow_run_id, "score-run")
     assert states.count("Retrying") == 2
     assert states[-1] == "Completed"
     assert _count(engine, Verdict) == N
@@ -213,7 +203,7 @@ def test_bad_predictions_fail_once_without_retries(engine, tmp_path: Path, flaky
     with pytest.raises(Exception, match="line 3"):
         state.result()
     assert flaky.opens == 1
-    assert "Retrying" not in _task_states(state.state_details.flow_run_id, "score-run")
+    assert "Retrying" not in task_states(state.state_details.flow_run_id, "score-run")
     with session_scope(engine) as session:
         ev = session.scalar(select(Evaluation))
         assert ev is not None and ev.status == "failed" and "line 3" in (ev.error or "")

@@ -91,3 +91,15 @@ def service(webhook_env: str) -> Iterator[Service]:
     from tunix_rt.service.server import create_app
 
     yield from serve_app(create_app())
+
+
+def delivery_counts(db_url: str) -> tuple[int, int, int]:
+    """Rows in webhook_deliveries, runs and dispatches: what a request left behind."""
+    from sqlalchemy import func, select
+
+    from tunix_rt.store.db import get_engine, session_scope
+    from tunix_rt.store.models import Dispatch, Run, WebhookDelivery
+
+    with session_scope(get_engine(db_url)) as session:
+        return tuple(session.scalar(select(func.count()).select_from(m)) or 0
+                     for m in (WebhookDelivery, Run, Dispatch))

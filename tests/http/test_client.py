@@ -16,23 +16,17 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from tests.http.conftest import SECRET, Service, sign
+from tests.http.conftest import SECRET, Service, delivery_counts, sign
 from tunix_rt import client, retrying
 from tunix_rt.client import NotifyError, TunixRtHook, notify, sign_delivery
 from tunix_rt.store.db import get_engine, session_scope
-from tunix_rt.store.models import Dispatch, Run, WebhookDelivery
+from tunix_rt.store.models import Run
 
 ROOT = Path(__file__).resolve().parents[2]
 OTHER_SECRET = "whsec_" + "QW5vdGhlciBzZWNyZXQsIG5vdCB0aGUgcmVjZWl2ZXIncw=="
 FAST = {"backoff": 0.001, "timeout": 5.0}
-
-
-def _counts(db_url: str) -> tuple[int, int, int]:
-    with session_scope(get_engine(db_url)) as session:
-        return tuple(session.scalar(select(func.count()).select_from(m)) or 0
-                     for m in (WebhookDelivery, Run, Dispatch))
 
 
 def _run(db_url: str, external_id: str) -> dict[str, Any]:
@@ -209,7 +203,7 @@ def test_a_completion_from_the_environment_is_stored(service: Service, db_url: s
                    "predictions_uri": "file:///data/p.jsonl",
                    "config": {"learning_rate": 0.01, "steps": 200},
                    "metrics": {"loss": 0.5, "nan": None}, "error": None}
-    assert _counts(db_url) == (1, 1, 1)
+    assert delivery_counts(db_url) == (1, 1, 1)
 
 
 def test_the_same_delivery_id_is_received_once(service: Service, db_url: str,
@@ -221,7 +215,7 @@ def test_the_same_delivery_id_is_received_once(service: Service, db_url: str,
 
     assert first.status == 202 and again.ok and again.status == 200
     assert again.response == {"status": "duplicate", "run_id": first.response["run_id"]}
-    assert _counts(db_url) == (1, 1, 1)
+    assert delivery_counts(db_url) == (1, 1, 1)
 
 
 def test_retries_after_a_dropped_connection_and_a_503_reuse_the_id(
@@ -234,7 +228,7 @@ def test_retries_after_a_dropped_connection_and_a_503_reuse_the_id(
     assert result.ok and result.status == 202 and result.attempts == 3, result
     assert {seen["webhook-id"] for seen in proxy.seen} == {result.delivery_id}
     assert len(proxy.seen) == 3
-    assert _counts(db_url) == (1, 1, 1)
+    assert delivery_counts(db_url) == (1, 1, 1)
 
 
 def test_retry_after_is_honoured_instead_of_the_backoff(
@@ -272,7 +266,7 @@ def test_a_wrong_secret_is_not_retried_and_does_not_raise(service: Service, db_u
         notify("run.started", **fields, url=service.url, secret=OTHER_SECRET,
                raise_on_error=True, **FAST)
     assert raised.value.result.status == 401 and raised.value.result.attempts == 1
-    assert _counts(db_url) == (0, 0, 0)
+    assert delivery_counts(db_url) == (0, 0, 0)
 
 
 def test_an_invalid_payload_is_not_retried(service: Service, db_url: str,
@@ -281,7 +275,7 @@ def test_an_invalid_payload_is_not_retried(service: Service, db_url: str,
 
     assert not result.ok and result.status == 422 and result.attempts == 1
     assert result.response["field"] == "data.predictions_uri"
-    assert _counts(db_url) == (0, 0, 0)
+    assert delivery_counts(db_url) == (0, 0, 0)
 
 
 def test_the_hook_moves_a_run_to_running_then_completed(service: Service, db_url: str,
@@ -312,7 +306,7 @@ def test_the_hook_moves_a_run_to_running_then_completed(service: Service, db_url
     twin.on_train_start(ctx)
     twin.on_train_end(ctx)
     assert [r.status for r in twin.results] == [200, 200]
-    assert _counts(db_url) == (2, 1, 1)
+    assert delivery_counts(db_url) == (2, 1, 1)
     with pytest.raises(AttributeError):
         hook.not_a_hook  # noqa: B018
 
@@ -326,7 +320,7 @@ def test_the_hook_reports_a_failed_training_and_reraises(service: Service, db_ur
 
     run = _run(db_url, "job-7")
     assert run["status"] == "failed" and "RuntimeError: out of memory" in run["error"]
-    assert _counts(db_url) == (2, 1, 0)
+    assert delivery_counts(db_url) == (2, 1, 0)
 
 
 def test_a_broken_metrics_fn_fails_the_run_and_raises(service: Service, db_url: str,

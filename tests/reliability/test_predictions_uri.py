@@ -13,11 +13,11 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from uuid import UUID
 
 import pytest
 from sqlalchemy import func, select
 
+from tests.flows.support import task_states
 from tests.db.support import evaluate
 from tests.factories import correctness, make_run, write_predictions
 from tests.http.conftest import Service, event, serve_app, sign, webhook_env  # noqa: F401
@@ -202,18 +202,6 @@ def test_a_bad_predictions_file_is_refused_with_its_cause(
     assert "\u0000" not in str(excinfo.value)
 
 
-def _task_states(flow_run_id: UUID, task_name: str) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[flow_run_id])))
-        [run] = [r for r in runs if r.name.startswith(task_name)]
-        states = client.read_task_run_states(run.id)
-    return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
-
-
 @pytest.mark.flows
 @pytest.mark.postgres
 @pytest.mark.timeout(120)
@@ -231,7 +219,7 @@ def test_the_loop_records_a_bad_file_once_as_a_failed_evaluation(
     state = quality_loop(run_id, judges=["exact_match"], return_state=True)
 
     assert state.is_failed()
-    states = _task_states(state.state_details.flow_run_id, "score-run")
+    states = task_states(state.state_details.flow_run_id, "score-run")
     assert states.count("Running") == 1 and "Retrying" not in states, states
     with session_scope(engine) as session:
         [ev] = session.scalars(select(Evaluation)).all()

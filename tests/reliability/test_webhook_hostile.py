@@ -23,26 +23,20 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from tests.http.conftest import (SECRET, SECRET_BYTES, Service, event, serve_app,  # noqa: F401
-                                 service, sign, webhook_env)
+from tests.http.conftest import (SECRET, SECRET_BYTES, Service, delivery_counts, event,  # noqa: F401
+                                 serve_app, service, sign, webhook_env)
 from tunix_rt.client import TunixRtHook
 from tunix_rt.store import runs
 from tunix_rt.store.db import get_engine, session_scope
-from tunix_rt.store.models import Dispatch, Run, RunOrigin, RunStatus, WebhookDelivery
+from tunix_rt.store.models import Run, RunOrigin, RunStatus, WebhookDelivery
 from tunix_rt.training.jobs import run_job
 
 pytestmark = pytest.mark.reliability
 
 FAST = {"backoff": 0.001, "timeout": 5.0}
 NOTE = "tunix_rt_note"
-
-
-def _counts(db_url: str) -> tuple[int, int, int]:
-    with session_scope(get_engine(db_url)) as session:
-        return tuple(session.scalar(select(func.count()).select_from(m)) or 0
-                     for m in (WebhookDelivery, Run, Dispatch))
 
 
 def _run(db_url: str, external_id: str) -> dict[str, Any]:
@@ -73,7 +67,7 @@ def test_a_repeated_webhook_header_is_refused(service: Service, db_url: str,
 
     assert response.status_code == 400, response.text
     assert header in response.json()["error"] and response.json()["header"] == header
-    assert _counts(db_url) == (0, 0, 0)
+    assert delivery_counts(db_url) == (0, 0, 0)
     # The same request without the decoy is fine, and is stored under the signed id.
     assert service.post(body, signed).status_code == 202
     with session_scope(get_engine(db_url)) as session:
@@ -126,7 +120,7 @@ def test_non_finite_numbers_are_stored_as_null_with_a_note(service: Service,
     assert service.get(f"/api/runs/{run['id']}").status_code == 200
     # The sender's retry is a duplicate, not another 500.
     assert service.post(body, headers).status_code == 200
-    assert _counts(db_url) == (1, 1, 0)
+    assert delivery_counts(db_url) == (1, 1, 0)
     # Later deliveries with the same NaN name it once; a new field is added to the note.
     again = (b'{"type": "run.started", "data": {"external_id": "job-nan",'
              b' "metrics": {"loss": NaN, "acc": NaN}}}')
@@ -153,7 +147,7 @@ def test_a_nul_character_is_a_422_naming_the_field(service: Service, db_url: str
 
     assert response.status_code == 422, response.text
     assert response.json()["field"].startswith(field)
-    assert _counts(db_url) == (0, 0, 0)
+    assert delivery_counts(db_url) == (0, 0, 0)
 
 
 def test_an_over_long_webhook_id_is_a_400_naming_the_header(service: Service,
@@ -163,7 +157,7 @@ def test_an_over_long_webhook_id_is_a_400_naming_the_header(service: Service,
 
     assert response.status_code == 400, response.text
     assert response.json()["header"] == "webhook-id" and "255" in response.json()["error"]
-    assert _counts(db_url) == (0, 0, 0)
+    assert delivery_counts(db_url) == (0, 0, 0)
     # 255 characters is fine.
     assert service.post(body, sign(body, msg_id="msg_" + "x" * 251)).status_code == 202
 
@@ -226,7 +220,7 @@ def test_a_webhook_cannot_change_a_run_it_did_not_create(service: Service, db_ur
     assert run_id in response.json()["error"] and response.json()["run_id"] == run_id
     assert response.json()["field"] == "data.external_id"
     assert _run(db_url, "hand-1") == before
-    assert _counts(db_url) == (0, 1, 0)
+    assert delivery_counts(db_url) == (0, 1, 0)
 
 
 ALPHA = "whsec_" + base64.b64encode(b"alpha's secret for tests, 32 b!!").decode()
@@ -260,7 +254,7 @@ def test_per_source_secrets_keep_each_sources_runs_to_itself(sourced: Service,
         assert response.status_code == 409, response.text
         assert response.json()["field"] == "data.external_id"
     assert _run(db_url, "alpha-1")["status"] == "running"
-    assert _counts(db_url) == (1, 1, 0)
+    assert delivery_counts(db_url) == (1, 1, 0)
 
     # Alpha's own next secret (rotation) still moves its run.
     done = event("run.completed", "alpha-1", predictions_uri="file:///p.jsonl")
