@@ -20,8 +20,10 @@ FOLDERS = {"tunix_rt.flows": ROOT / "flows", "tunix_rt.tasks": ROOT / "tasks",
            "tunix_rt.judges": ROOT / "judges", "tunix_rt.migrations": ROOT / "migrations",
            "tunix_rt": ROOT / "tunix_rt"}
 HEAVY = ("prefect", "ray", "jax", "optax", "tunix", "pandas", "uvicorn", "fastapi")
-# Modules whose job is to adapt a heavy library: they may import it at module level.
-ADAPTERS = {"tunix_rt.tuning.ray_tune": {"ray"}, "tunix_rt.service.server": {"fastapi"}}
+# Modules whose job is to adapt a heavy library: they may import it at module level. The
+# service's modules are the HTTP app (only `tunix-rt serve` imports them).
+ADAPTERS = {"tunix_rt.tuning.ray_tune": {"ray"}, "tunix_rt.service.server": {"fastapi"},
+            "tunix_rt.service.params": {"fastapi"}, "tunix_rt.service.auth": {"fastapi"}}
 
 
 def _modules() -> dict[str, Path]:
