@@ -85,12 +85,7 @@ def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield {"url": base, "db_url": url, "tmp": tmp, "env": env, "proc": proc, "log": log,
            "prefect_api": f"http://127.0.0.1:{prefect_port}/api"}
     if proc.poll() is None:  # test_ctrl_c_stops_every_process_it_started did not run
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("tunix-rt up did not stop on Ctrl-C")
+        _interrupt(proc)
     out = log.read_text()
     assert "stopped worker" in out and "stopped Prefect server" in out, out[-2000:]
     assert _get(f"http://127.0.0.1:{prefect_port}/api/health") is None
@@ -256,6 +251,16 @@ def test_a_loop_that_cannot_run_says_why_on_its_run(stack: dict) -> None:
     _wait(stack, lambda: _loop_error(stack, crashing) is None, "the loop error cleared")
 
 
+def _interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C for ``tunix-rt up``; fails the test if it does not stop within a minute."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("tunix-rt up did not stop on Ctrl-C")
+
+
 def _process_tree(root: int) -> dict[int, int]:
     """pid -> process group of ``root`` and everything descended from it."""
     parent, group = {}, {}
@@ -311,12 +316,7 @@ def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
     assert engines and all(line.startswith(str(BIN / "python")) for line in engines), commands
     groups = set(tree.values()) - {os.getpgid(os.getpid())}
 
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("tunix-rt up did not stop on Ctrl-C")
+    _interrupt(proc)
 
     assert proc.returncode == 0, stack["log"].read_text()[-2000:]
     left = [pid for pid in tree if _running(pid)]

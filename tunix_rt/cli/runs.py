@@ -72,10 +72,7 @@ def _evaluations(session: Any, run_id: str) -> list[dict[str, Any]]:
     """The run's evaluations, one dict each, by judge and judge version."""
     from sqlalchemy import select
 
-    from tunix_rt.store.models import Dataset, Evaluation
-
-    def coverage(n_items: int, n_missing: int | None) -> float | None:
-        return None if n_missing is None or not n_items else (n_items - n_missing) / n_items
+    from tunix_rt.store.models import Dataset, Evaluation, coverage
 
     rows = session.execute(select(Evaluation, Dataset.version).outerjoin(
         Dataset, Dataset.id == Evaluation.dataset_id).where(Evaluation.run_id == run_id)

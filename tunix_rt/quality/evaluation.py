@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from tunix_rt.judges import Item, ScoringContext, judge_spec
 from tunix_rt.judges.base import Verdict as JudgeVerdict
 from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError
-from tunix_rt.store.models import Evaluation, EvaluationStatus, Run, Verdict, utcnow
+from tunix_rt.store.models import Evaluation, EvaluationStatus, Run, Verdict, coverage, utcnow
 from tunix_rt.quality.judging import build_judge, self_consistency
 from tunix_rt.quality.stats import bootstrap_mean_ci
 from tunix_rt.store.upsert import upsert
@@ -137,13 +137,6 @@ def choose_judge(asked: str | None, judges: Callable[[], Sequence[str]], *, none
 
 
 MISSING = "missing from the predictions file"
-
-
-def coverage(n_items: int, n_missing: int | None) -> float | None:
-    """The share of the item set the run answered; None when it is not known."""
-    if n_missing is None or n_items <= 0:
-        return None
-    return (n_items - n_missing) / n_items
 
 
 def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
@@ -277,8 +270,7 @@ def item_outcomes(session: Session, evaluation_id: int) -> dict[str, float | Non
     return dict(rows.all())
 
 
-def prepare_items(session_scope: Callable[[], Any], run: RunInfo, *,
-                  require_reference: bool = False) -> Any:
+def prepare_items(session_scope: Callable[[], Any], run: RunInfo) -> Any:
     """Read the run's predictions and lay them over its dataset (an :class:`Aligned`).
 
     The dataset is the latest version of the run's dataset name; when there is none,

@@ -21,7 +21,7 @@ from tunix_rt.store.cursor import RANK, decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError
 from tunix_rt.quality.evaluation import choose_judge
 from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, LeaderboardEntry, Run,
-                                   utcnow)
+                                   coverage, utcnow)
 
 MAX_PAGE = 500
 
@@ -45,9 +45,7 @@ class Entry:
     @property
     def coverage(self) -> float | None:
         """The share of the item set the run answered (None: not known)."""
-        if self.n_missing is None or self.n_items <= 0:
-            return None
-        return (self.n_items - self.n_missing) / self.n_items
+        return coverage(self.n_items, self.n_missing)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "coverage": self.coverage}

@@ -61,6 +61,13 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def coverage(n_items: int, n_missing: int | None) -> float | None:
+    """The share of an item set a run answered; None when it is not known."""
+    if n_missing is None or n_items <= 0:
+        return None
+    return (n_items - n_missing) / n_items
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex
 
