@@ -100,6 +100,7 @@ class LocalDispatcher:
 
     def _work(self) -> None:
         from tunix_rt.flows.quality_loop import quality_loop
+        from tunix_rt.flows.subflows import without_heartbeats
 
         while True:
             item = self._queue.get()
@@ -107,7 +108,11 @@ class LocalDispatcher:
                 if item is None:
                     return
                 run_id, keeper = item
-                with keeper:  # released once the loop has run
+                # No heartbeat thread (its join costs ~0.9 s a loop): this dispatcher
+                # runs only without a Prefect server, so the API that would watch the
+                # heartbeats lives and dies with this process; the lease is what lets
+                # the sweeper see a loop that died.
+                with keeper, without_heartbeats():  # the lease is released once it ran
                     quality_loop(run_id=run_id)
             except Exception:  # noqa: BLE001 - a failed loop is on record in Prefect
                 log.exception("quality loop for run %s failed", item[0] if item else None)
