@@ -4,6 +4,8 @@
 (a ``postgresql+psycopg://`` URL of a database the tests may create databases
 from). Otherwise the session runs ``initdb`` into a temporary folder and starts
 a cluster on a free loopback port with fsync off, and stops it at the end.
+Fault tests that stop and restart PostgreSQL start a :class:`PostgresCluster` of their
+own, so the session's server is never the one restarted.
 """
 
 from __future__ import annotations
@@ -45,6 +47,73 @@ def _as_user(cmd: list[str]) -> list[str]:
     return cmd
 
 
+class PostgresCluster:
+    """A cluster in a folder of its own, on a fixed loopback port, that can be stopped
+    and started again: the same data directory, the same port, the same URL.
+
+    For fault tests (a PostgreSQL restarted under load); the session's server
+    (:func:`postgres_server`) is one of these, never restarted. ``stop`` takes a
+    ``pg_ctl`` shutdown mode: ``fast`` ends every session with an error, ``immediate``
+    is a crash.
+    """
+
+    def __init__(self) -> None:
+        initdb, pg_ctl = _find_bin("initdb"), _find_bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            raise PostgresUnavailable(
+                "no PostgreSQL server binaries (initdb, pg_ctl) found; install them "
+                "(Debian: apt-get install postgresql) or set TUNIX_RT_TEST_POSTGRES_URL")
+        self._initdb, self._pg_ctl = initdb, pg_ctl
+        self.root = Path(tempfile.mkdtemp(prefix="tunix-rt-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        sock = self.root / "sock"
+        sock.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres")
+            shutil.chown(sock, "postgres")
+        self.port = _free_port()
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        self._options = (f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 "
+                         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+                         "-c max_connections=200")
+        try:
+            self._run([initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                       "-E", "UTF8", "--no-locale"])
+            self.start()
+        except PostgresUnavailable:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    def _run(self, cmd: list[str]) -> None:
+        try:
+            subprocess.run(_as_user(cmd), check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            detail = self.log.read_text() if self.log.exists() else ""
+            raise PostgresUnavailable(f"`{' '.join(cmd[:1] + cmd[-1:])}` failed: "
+                                      f"{exc.stderr}\n{detail[-4000:]}") from exc
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        self._run([self._pg_ctl, "-D", str(self.data), "-o", self._options, "-l",
+                   str(self.log), "-w", "-t", "60", "start"])
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl stop -m mode``) and wait until it is down."""
+        self._run([self._pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"])
+
+    def close(self) -> None:
+        """Stop the server if it runs, and delete its folder."""
+        subprocess.run(_as_user([self._pg_ctl, "-D", str(self.data), "-m", "immediate",
+                                 "stop"]), capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresCluster:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Yield a SQLAlchemy URL of a superuser connection to a running server."""
@@ -52,38 +121,8 @@ def postgres_server() -> Iterator[str]:
     if external:
         yield external
         return
-    initdb, pg_ctl = _find_bin("initdb"), _find_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        raise PostgresUnavailable(
-            "no PostgreSQL server binaries (initdb, pg_ctl) found; install them "
-            "(Debian: apt-get install postgresql) or set TUNIX_RT_TEST_POSTGRES_URL")
-    root = Path(tempfile.mkdtemp(prefix="tunix-rt-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = _free_port()
-    try:
-        subprocess.run(_as_user([initdb, "-D", str(data), "-U", "postgres", "-A", "trust",
-                                 "-E", "UTF8", "--no-locale"]),
-                       check=True, capture_output=True, text=True)
-        options = (f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        subprocess.run(_as_user([pg_ctl, "-D", str(data), "-o", options, "-l",
-                                 str(root / "server.log"), "-w", "-t", "60", "start"]),
-                       check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        log = root / "server.log"
-        detail = log.read_text() if log.exists() else ""
-        shutil.rmtree(root, ignore_errors=True)
-        raise PostgresUnavailable(f"could not start PostgreSQL: {exc.stderr}\n{detail}") from exc
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_user([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with PostgresCluster() as cluster:
+        yield cluster.url
 
 
 def create_database(admin_url: str, prefix: str = "t", template: str | None = None) -> str:
