@@ -75,7 +75,7 @@ __all__ = ["EVENT_TYPES", "NotifyError", "NotifyResult", "TunixRtHook", "notify"
 
 log = logging.getLogger("tunix_rt.client")
 
-EVENT_TYPES = ("run.started", "run.completed", "run.failed")
+EVENT_TYPES = ("run.started", "run.progress", "run.completed", "run.failed")
 WEBHOOK_PATH = "/webhooks/training"
 URL_ENV = "TUNIX_RT_URL"
 SECRET_ENV = "TUNIX_RT_WEBHOOK_SECRET"
@@ -178,13 +178,15 @@ def notify(event_type: str, *, external_id: str, name: str | None = None,
            dataset: str | None = None, model: str | None = None,
            predictions_uri: str | None = None, config: Mapping[str, Any] | None = None,
            metrics: Mapping[str, Any] | None = None, error: str | None = None,
-           url: str | None = None, secret: str | None = None, retries: int = 5,
+           progress: list[Mapping[str, Any]] | None = None, url: str | None = None, secret: str | None = None, retries: int = 5,
            backoff: float = 0.5, timeout: float = 10.0, raise_on_error: bool = False,
            delivery_id: str | None = None) -> NotifyResult:
     """Send one signed training event to ``{url}/webhooks/training``.
 
     ``retries`` is the most attempts in all (at least 1); the wait before attempt n+1 is
     uniform in [0, backoff * 2**(n-1)] (capped at 60 s), or the receiver's Retry-After.
+    ``progress`` (``run.progress``) is a list of ``{"step": int, "metrics": {name:
+    number}}`` points, stored as the run's time series (at most 1,000 a delivery).
     ``delivery_id`` (default: a fresh ``msg_<uuid hex>``) is the ``webhook-id`` of every
     attempt; passing the same one again later makes the receiver answer 200 and do nothing.
     Missing or invalid ``url``/``secret`` configuration is a failed delivery with
@@ -200,7 +202,7 @@ def notify(event_type: str, *, external_id: str, name: str | None = None,
     delivery_id = delivery_id or new_delivery_id()
     data = {"external_id": external_id, "name": name, "dataset": dataset, "model": model,
             "predictions_uri": predictions_uri, "config": config, "metrics": metrics,
-            "error": error}
+            "error": error, "progress": progress or None}
     payload = {"type": event_type,
                "data": {k: json_safe(v) for k, v in data.items() if v is not None}}
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()

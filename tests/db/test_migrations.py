@@ -20,7 +20,7 @@ from tunix_rt.errors import DatabaseNotMigratedError
 from tunix_rt.quality.gating import gate_run, set_baseline
 from tunix_rt.store.models import (Base, Dispatch, DispatchStatus, Evaluation, JudgeCacheEntry,
                                    LeaderboardEntry,
-                                   Run, Study, StudyStatus, Trial, TrialResult, TrialStatus,
+                                   Run, RunMetric, Study, StudyStatus, Trial, TrialResult, TrialStatus,
                                    Verdict, WebhookDelivery, utcnow)
 from tunix_rt.quality.leaderboard import rebuild_leaderboard
 from tunix_rt.quality.stats import GatePolicy
@@ -92,6 +92,7 @@ def _populate(engine: Engine, tmp_path: Path) -> None:
         session.add(Dispatch(key="msg_cand", run_id=cand, status=DispatchStatus.dispatched.value,
                              target="local", attempts=1, dispatched_at=utcnow(),
                              lease_until=utcnow(), claimed_by="loop:flow-run", claims=1))
+        session.add(RunMetric(run_id=cand, name="train_loss", step=1, value=0.5))  # 0010
         session.add(JudgeCacheEntry(key="0" * 64, judge="llm", judge_version="1",
                                     verdict={"score": 1.0, "rationale": "ok"}))
         evaluation = session.scalars(select(Evaluation).where(Evaluation.run_id == cand)).one()

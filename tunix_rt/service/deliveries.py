@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from tunix_rt.errors import InvalidInputError
 from tunix_rt.store.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
                              WebhookDelivery, new_run_id, utcnow)
+from tunix_rt.store.metrics import record_points
 from tunix_rt.store.upsert import insert_ignore
 from tunix_rt.service.webhooks import RunEvent
 
@@ -38,8 +39,9 @@ from tunix_rt.service.webhooks import RunEvent
 # run.completed changes nothing), and the first terminal status stands.
 _RANK = {RunStatus.pending.value: 0, RunStatus.running.value: 1,
          RunStatus.completed.value: 2, RunStatus.failed.value: 2}
-_TARGET = {"run.started": RunStatus.running, "run.completed": RunStatus.completed,
-           "run.failed": RunStatus.failed}
+# run.progress is news that the run is running; its points go to the run's series.
+_TARGET = {"run.started": RunStatus.running, "run.progress": RunStatus.running,
+           "run.completed": RunStatus.completed, "run.failed": RunStatus.failed}
 MAX_DISPATCH_ATTEMPTS = 5
 # How long a claim or a dispatch holds a loop without news, and how often a running loop
 # renews its lease (flows.dispatch.LeaseKeeper): several renewals fit in one lease, so a
@@ -157,6 +159,9 @@ def _apply(session: Session, event: RunEvent, source: str | None) -> tuple[Run, 
                   if isinstance(earlier, str) and earlier.startswith(_NOTE_TEXT) else [])
         run.metrics = {**(run.metrics or {}), NOTE_KEY: _NOTE_TEXT + ", ".join(
             dict.fromkeys(fields + event.nonfinite))}
+    if data.progress:  # stored whatever the status: a late last step is not lost
+        record_points(session, run.id, [(name, point.step, value) for point in data.progress
+                                        for name, value in point.metrics.items()])
     if _RANK[target.value] <= _RANK[run.status]:
         session.flush()
         return run, False  # late or repeated news: never move backwards

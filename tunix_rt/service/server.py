@@ -150,6 +150,16 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         with scope() as session:
             return runs.run_to_dict(runs.get_run(session, run_id))
 
+    @app.get("/api/runs/{run_id}/metrics", responses=params.NOT_FOUND)
+    def run_metrics(run_id: str, name: str | None = Query(None, min_length=1, max_length=255)
+                    ) -> dict[str, Any]:
+        """The run's metrics time series (its loss curve): ``{name: [{step, value}]}``."""
+        from tunix_rt.store.metrics import series
+
+        with scope() as session:
+            run = runs.get_run(session, run_id)
+            return {"run_id": run.id, "series": series(session, run.id, name)}
+
     @app.get("/api/runs/{run_id}/gate", responses=params.NOT_FOUND)
     def run_gate(run_id: str, judge: str | None = None) -> Any:
         with scope() as session:

@@ -27,7 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
+                      field_validator)
 
 from tunix_rt.specfile import Problem, validation_problems
 
@@ -71,6 +72,26 @@ class PayloadError(ValueError):
         self.field = problems[0].field if problems else "body"
 
 
+MAX_PROGRESS_POINTS = 1000
+
+
+class ProgressPoint(BaseModel):
+    """One step of a ``run.progress`` delivery: the metrics at that training step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    step: int = Field(ge=0, le=2**63 - 1)
+    metrics: dict[str, float | None] = Field(min_length=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _names(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        for name in value:
+            if not name or len(name) > 255:
+                raise ValueError("a metric name must be 1-255 characters")
+        return value
+
+
 class RunEventData(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -82,6 +103,9 @@ class RunEventData(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
+    # run.progress: the time series points since the last delivery (at most 1,000).
+    progress: list[ProgressPoint] = Field(default_factory=list,
+                                          max_length=MAX_PROGRESS_POINTS)
 
 
 class RunEvent(BaseModel):
@@ -89,7 +113,7 @@ class RunEvent(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: Literal["run.started", "run.completed", "run.failed"]
+    type: Literal["run.started", "run.progress", "run.completed", "run.failed"]
     data: RunEventData
     # Fields whose NaN or infinity was stored as null (data.metrics.loss, ...).
     _nonfinite: list[str] = PrivateAttr(default_factory=list)

@@ -11,13 +11,13 @@ purpose with ``tunix-rt db upgrade``; until then every command says so.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import DatabaseNotMigratedError
@@ -25,7 +25,7 @@ from tunix_rt.settings import get_settings
 
 # The Alembic head this code expects. tests/db/test_migrations.py checks it against
 # the revisions in migrations/versions, so the two cannot drift apart.
-SCHEMA_HEAD = "20261129_0009"
+SCHEMA_HEAD = "20261129_0010"
 
 _engines: dict[str, Engine] = {}
 _checked: set[str] = set()
@@ -113,34 +113,80 @@ def _ensure_schema(engine: Engine) -> None:
     if revision == SCHEMA_HEAD:
         return
     if engine.dialect.name == "sqlite":
-        with _migration_lock(engine):
-            # Another process may have migrated while this one waited for the lock.
-            if current_revision(engine) != SCHEMA_HEAD:
-                upgrade(engine)
+        # Under the migration lock: a process that waited finds head and does nothing.
+        upgrade(engine)
         return
     raise DatabaseNotMigratedError(
         f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
         f"{revision or 'none'}, this tunix-rt needs {SCHEMA_HEAD}; run `tunix-rt db upgrade`")
 
 
-@contextmanager
-def _migration_lock(engine: Engine) -> Iterator[None]:
-    """An exclusive lock beside the SQLite file while it is migrated.
+# The key of the PostgreSQL advisory lock every migration holds: "tunixrt" in ASCII.
+# Advisory locks are scoped to one database, so databases on one server do not contend.
+MIGRATION_LOCK_KEY = 0x74756E69787274
 
-    Processes that start at once on a new embedded database (a service and a CLI,
-    say) would otherwise all run the first migration, and all but one would fail.
+
+@contextmanager
+def migration_lock(connection: Connection,
+                   on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the database's migration lock on ``connection`` while a migration runs on it.
+
+    Two upgrades at once (two hosts deploying, two flow runs' pull steps, a service and a
+    CLI on a new embedded file) would otherwise both create the same tables, and all but
+    one fail. With the lock the later one waits, then finds the database at head.
+    PostgreSQL: a session advisory lock, released by the server if the process dies.
+    SQLite: an exclusive lock on a file beside the database. ``on_wait`` is called once
+    if another migration holds the lock.
     """
-    database = engine.url.database
+    if connection.dialect.name == "postgresql":
+        with _advisory_lock(connection, on_wait):
+            yield
+    elif connection.dialect.name == "sqlite":
+        with _file_lock(connection.engine.url.database, on_wait):
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def _advisory_lock(connection: Connection,
+                   on_wait: Callable[[], None] | None) -> Iterator[None]:
+    key = {"key": MIGRATION_LOCK_KEY}
+    if not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+        if on_wait is not None:
+            on_wait()
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), key)
+    connection.commit()  # a session lock outlives the transaction that took it
+    try:
+        yield
+    finally:
+        try:
+            if connection.in_transaction():
+                connection.rollback()  # a failed migration's transaction
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), key)
+            connection.commit()
+        except DBAPIError:
+            # The session is gone or unusable: closing it releases the lock, and a pooled
+            # connection must not go back to the pool still holding it.
+            connection.invalidate()
+
+
+@contextmanager
+def _file_lock(database: str | None, on_wait: Callable[[], None] | None) -> Iterator[None]:
     if not database or database == ":memory:":
         yield
         return
     import fcntl
-
     import os
 
     with os.fdopen(os.open(f"{database}.migrate.lock", os.O_WRONLY | os.O_CREAT, 0o600),
                    "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -160,19 +206,32 @@ def alembic_config(engine: Engine):  # noqa: ANN201  (alembic is imported lazily
     return cfg
 
 
-def upgrade(engine: Engine | None = None, revision: str = "head") -> None:
-    """Migrate the database to ``revision`` (Alembic ``upgrade``)."""
+def upgrade(engine: Engine | None = None, revision: str = "head", *,
+            on_wait: Callable[[], None] | None = None) -> str | None:
+    """Migrate the database to ``revision`` (Alembic ``upgrade``) under the migration
+    lock; returns the revision it was at once the lock was held (what this call migrated
+    from: head if another process had just migrated it)."""
     from alembic import command
+    from alembic.migration import MigrationContext
 
     engine = engine or get_engine(migrate_embedded=False)
-    command.upgrade(alembic_config(engine), revision)
+    with engine.connect() as connection, migration_lock(connection, on_wait):
+        before = MigrationContext.configure(connection).get_current_revision()
+        connection.commit()
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = connection  # migrations/env.py runs on it
+        command.upgrade(cfg, revision)
+    return before
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    """Migrate the database down to ``revision`` (Alembic ``downgrade``)."""
+    """Migrate the database down to ``revision`` (Alembic ``downgrade``), under the lock."""
     from alembic import command
 
-    command.downgrade(alembic_config(engine), revision)
+    with engine.connect() as connection, migration_lock(connection):
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, revision)
 
 
 @contextmanager

@@ -352,6 +352,25 @@ class GateResult(Base):
                                                  onupdate=utcnow)
 
 
+class RunMetric(Base):
+    """One point of a run's metrics time series: a metric's value at a training step.
+
+    Written from ``run.progress`` deliveries and from the metrics of jobs that
+    ``tunix-rt train`` launched; the loss curve of a run is its ``train_loss`` points.
+    The key is (run, name, step): a repeated point (a retried delivery, every host of a
+    multi-host job) is stored once. ``value`` is None for a NaN or an infinity.
+    """
+
+    __tablename__ = "run_metrics"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+
+
 class DispatchStatus(str, enum.Enum):
     pending = "pending"
     dispatched = "dispatched"
