@@ -39,10 +39,12 @@ class RunInfo:
     dataset: str
     model: str
     predictions_uri: str
+    origin: str | None = None  # webhook: the predictions are checked again as they are read
 
     @classmethod
     def of(cls, run: Run) -> RunInfo:
-        return cls(run.id, run.name, run.dataset, run.model, run.predictions_uri or "")
+        return cls(run.id, run.name, run.dataset, run.model, run.predictions_uri or "",
+                   run.origin)
 
 
 @dataclass(frozen=True)
@@ -281,11 +283,13 @@ def prepare_items(session_scope: Callable[[], Any], run: RunInfo) -> Any:
     from dataclasses import replace
 
     from tunix_rt.quality import datasets
-    from tunix_rt.quality.predictions import read_predictions
+    from tunix_rt.quality.predictions import allowed_for, read_predictions
     from tunix_rt.store.models import DatasetSource
 
     line_of: dict[str, int] = {}
-    predictions = read_predictions(run.predictions_uri, line_of=line_of)
+    # A webhook's URI was checked when it came; the file it names may have changed since.
+    predictions = read_predictions(run.predictions_uri, line_of=line_of,
+                                   allow=allowed_for(run.origin))
     with session_scope() as session:
         latest = datasets.latest_dataset(session, run.dataset)
         created = False

@@ -7,7 +7,15 @@ Reading is bounded: a file larger than ``TUNIX_RT_PREDICTIONS_MAX_BYTES``, a lin
 longer than ``TUNIX_RT_PREDICTIONS_MAX_LINE_BYTES`` and a local path that is not a
 regular file (a FIFO, a device, a directory) are refused, whatever the URI's source.
 A URI that arrives over the webhook must also be under one of the prefixes of
-``TUNIX_RT_PREDICTIONS_ALLOW`` (:func:`check_allowed`).
+``TUNIX_RT_PREDICTIONS_ALLOW`` (:func:`check_allowed`), when it arrives and again when
+it is read (``allow=``): a job could replace its file with a symbolic link after the
+delivery was accepted, so the path is resolved and checked at the open itself.
+
+A URI whose filesystem cannot be had (an unknown protocol, a backend package or native
+library that is missing, a malformed URI) is a :class:`PredictionsError`: retrying
+cannot help. A network error reaching a store (refused, reset, timed out, a failed name
+lookup) propagates as the ``OSError`` it is, and the calling task retries it a bounded
+number of times: a store that restarts comes back.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,33 +39,39 @@ T = TypeVar("T")
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 _CHAIN = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*::")  # fsspec's "simplecache::s3://..."
+# Said when a webhook's URI, accepted before, fails the allow-list as it is read.
+_AT_READ = "checked again as it was read: not read"
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                (stat.S_ISSOCK, "a socket"))
 
 
 def read_predictions(uri: str, *, require_reference: bool = False,
-                     line_of: dict[str, int] | None = None) -> list[Item]:
+                     line_of: dict[str, int] | None = None,
+                     allow: Sequence[str] | None = None) -> list[Item]:
     """Open ``uri`` (see :func:`read_jsonl`) and parse it; a :class:`PredictionsError` on bad input.
 
-    I/O errors other than a missing file propagate unchanged: they may be transient
-    (a flaky object store) and the calling task retries them. ``line_of``, when given,
-    is filled with each item's line number.
+    Network errors reaching a store propagate unchanged: they may be transient and
+    the calling task retries them. ``line_of``, when given, is filled with each
+    item's line number; ``allow``, when given, are the prefixes the file must be under
+    when it is opened (:func:`allowed_for`).
     """
     return read_jsonl(uri, lambda lines: parse_predictions(
-        lines, uri=uri, require_reference=require_reference, line_of=line_of))
+        lines, uri=uri, require_reference=require_reference, line_of=line_of), allow=allow)
 
 
 def read_jsonl(uri: str, parse: Callable[[Iterable[str]], T], *, what: str = "predictions",
-               max_bytes: int | None = None, max_line_bytes: int | None = None) -> T:
+               max_bytes: int | None = None, max_line_bytes: int | None = None,
+               allow: Sequence[str] | None = None) -> T:
     """Open ``uri`` (a path or anything fsspec opens) as UTF-8 text and ``parse`` its lines.
 
     A local path or ``file://`` URI is opened directly, and only if it is a regular
     file (checked without opening it: opening a FIFO blocks); anything else through
     fsspec. At most ``max_bytes`` are read and no line may exceed ``max_line_bytes``
     (defaults: the settings). A missing, oversized or non-regular file, a line too
-    long, text that is not UTF-8 and a URI no installed filesystem opens are
-    :class:`PredictionsError`s naming the URI (and the line).
+    long, text that is not UTF-8, a URI no filesystem can open and, with ``allow``, a
+    file outside those prefixes are :class:`PredictionsError`s naming the URI (and
+    the line).
     """
     if max_bytes is None or max_line_bytes is None:
         from tunix_rt.settings import get_settings
@@ -65,7 +80,7 @@ def read_jsonl(uri: str, parse: Callable[[Iterable[str]], T], *, what: str = "pr
         max_bytes = settings.predictions_max_bytes if max_bytes is None else max_bytes
         max_line_bytes = (settings.predictions_max_line_bytes if max_line_bytes is None
                           else max_line_bytes)
-    with _open_binary(uri, what) as handle:
+    with _open_binary(uri, what, allow) as handle:
         try:
             return parse(_text_lines(handle, uri, max_bytes, max_line_bytes))
         except FileNotFoundError:
@@ -129,20 +144,42 @@ def _stat(path: str, uri: str, what: str) -> os.stat_result:
 
 
 @contextmanager
-def _open_binary(uri: str, what: str) -> Iterator[IO[bytes]]:
+def _open_binary(uri: str, what: str,
+                 allow: Sequence[str] | None = None) -> Iterator[IO[bytes]]:
     path = local_path(uri)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if path is not None and allow is not None:
+        # What the path names now, not when the delivery came: resolved, checked, and
+        # opened without following a link that a job swaps in between the two.
+        try:
+            path = _check_local(path, uri, allow)
+        except PredictionsError as exc:
+            raise PredictionsError(f"{exc}; {_AT_READ}") from None
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    elif path is None and allow is not None:
+        try:
+            check_allowed(uri, allow)
+        except PredictionsError as exc:
+            raise PredictionsError(f"{exc}; {_AT_READ}") from None
     if path is not None:
         _require_regular(_stat(path, uri, what).st_mode, uri, what)
         # O_NONBLOCK: a FIFO swapped in since the stat must not block the open.
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, flags)
         except (FileNotFoundError, NotADirectoryError):
             raise PredictionsError(f"{what} file not found: {uri}") from None
         except (PermissionError, IsADirectoryError) as exc:
             raise PredictionsError(f"{uri}: cannot open the {what} file ({exc.strerror})") \
                 from None
+        except OSError as exc:
+            if allow is None or exc.errno != getattr(os, "ELOOP", None):
+                raise
+            raise PredictionsError(f"{_outside(uri, path, 'a symbolic link was swapped in')}; "
+                                   f"{_AT_READ}") from None
         try:
             _require_regular(os.fstat(fd).st_mode, uri, what)
+            if allow is not None:
+                _check_opened(fd, uri, allow)
             os.set_blocking(fd, True)
         except BaseException:
             os.close(fd)
@@ -156,11 +193,18 @@ def _open_binary(uri: str, what: str) -> Iterator[IO[bytes]]:
 
     try:
         fs, fs_path = url_to_fs(uri)
-    except (ImportError, ValueError) as exc:
+    except (ImportError, ValueError, TypeError) as exc:
         # ValueError: "Protocol not known: ..." or a malformed URL; ImportError: the
         # protocol's package (s3fs, gcsfs, ...) is not installed.
         raise PredictionsError(f"cannot open {what} URI {uri!r}: no filesystem for it "
                                f"({exc})") from None
+    except OSError as exc:
+        if is_network_error(exc):
+            raise  # the store may be back for the task's next attempt
+        # pyarrow's hdfs:// without a JVM or libhdfs ("Unable to load libjvm"), or any
+        # backend that fails before it reaches the network: the same on every attempt.
+        raise PredictionsError(f"cannot open {what} URI {uri!r}: its filesystem could not "
+                               f"be set up ({_first_line(exc)})") from None
     if isinstance(fs, LocalFileSystem):  # a local filesystem under another protocol
         _require_regular(_stat(fs_path, uri, what).st_mode, uri, what)
     try:
@@ -173,6 +217,25 @@ def _open_binary(uri: str, what: str) -> Iterator[IO[bytes]]:
         raise PredictionsError(f"cannot open {what} URI {uri!r}: {exc}") from None
     with handle:
         yield handle
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """True when ``exc`` is, or was caused by, a failure to reach a host: refused, reset,
+    timed out, a failed name lookup (requests and aiohttp wrap these; their chain shows
+    them). Such an error may pass; a store's own error or a missing backend does not."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
 
 
 def _text_lines(handle: IO[bytes], uri: str, max_bytes: int,
@@ -231,6 +294,22 @@ def allowed_prefixes(settings: Any) -> list[str]:
     return [settings.jobs_dir, DEMO_DIR]
 
 
+def allowed_for(origin: str | None, settings: Any = None) -> list[str] | None:
+    """The prefixes a run's predictions must be under when they are read, or None.
+
+    Runs whose predictions came over the webhook (origin ``webhook``) are checked
+    again at evaluation against this process's ``TUNIX_RT_PREDICTIONS_ALLOW``; runs the
+    operator registered, launched or tuned are not subject to the list.
+    """
+    if origin != "webhook":
+        return None
+    if settings is None:
+        from tunix_rt.settings import get_settings
+
+        settings = get_settings()
+    return allowed_prefixes(settings)
+
+
 def check_allowed(uri: str, prefixes: Sequence[str]) -> None:
     """Raise :class:`PredictionsError` unless ``uri`` is under one of ``prefixes``.
 
@@ -245,21 +324,49 @@ def check_allowed(uri: str, prefixes: Sequence[str]) -> None:
         raise PredictionsError(f"predictions_uri {uri!r} contains a control character")
     path = local_path(uri)
     if path is not None:
-        if not os.path.isabs(path):
-            # Relative to what? The receiver's and the worker's directories may differ.
-            raise PredictionsError(f"predictions_uri {uri!r} is a relative path; send an "
-                                   "absolute path or a file:// URI (TUNIX_RT_PREDICTIONS_ALLOW)")
-        resolved = os.path.realpath(path)
-        for prefix in prefixes:
-            root = _local_prefix(prefix)
-            if root is not None and _under(resolved, root):
-                return
-    else:
-        for prefix in prefixes:
-            if _local_prefix(prefix) is None and _remote_under(uri, prefix):
-                return
+        _check_local(path, uri, prefixes)
+        return
+    for prefix in prefixes:
+        if _local_prefix(prefix) is None and _remote_under(uri, prefix):
+            return
     raise PredictionsError(f"predictions_uri {uri!r} is not under a prefix this service reads "
                            "predictions from (TUNIX_RT_PREDICTIONS_ALLOW)")
+
+
+def _check_local(path: str, uri: str, prefixes: Sequence[str]) -> str:
+    """``path`` resolved (``..`` and symbolic links), when under a local prefix."""
+    if not os.path.isabs(path):
+        # Relative to what? The receiver's and the worker's directories may differ.
+        raise PredictionsError(f"predictions_uri {uri!r} is a relative path; send an "
+                               "absolute path or a file:// URI (TUNIX_RT_PREDICTIONS_ALLOW)")
+    resolved = os.path.realpath(path)
+    if not _under_any(resolved, prefixes):
+        raise PredictionsError(_outside(uri, resolved if resolved != path else None))
+    return resolved
+
+
+def _check_opened(fd: int, uri: str, prefixes: Sequence[str]) -> None:
+    """The file actually opened must be under a prefix too: a directory of the path
+    may have been swapped for a link between the check and the open (Linux names the
+    open file in /proc; elsewhere the check before the open stands)."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    if os.path.isabs(opened) and not _under_any(opened, prefixes):
+        raise PredictionsError(f"{_outside(uri, opened)}; {_AT_READ}")
+
+
+def _under_any(resolved: str, prefixes: Sequence[str]) -> bool:
+    return any(root is not None and _under(resolved, root)
+               for root in map(_local_prefix, prefixes))
+
+
+def _outside(uri: str, resolved: str | None, how: str | None = None) -> str:
+    where = f" resolves to {resolved!r}, which" if resolved else ""
+    text = (f"predictions_uri {uri!r}{where} is not under a prefix this service reads "
+            "predictions from (TUNIX_RT_PREDICTIONS_ALLOW)")
+    return f"{text}: {how}" if how else text
 
 
 def _local_prefix(prefix: str) -> str | None:
