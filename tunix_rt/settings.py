@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="Bearer token every read of `tunix-rt serve` needs (the API, the page); "
                           "unset: reads are open to anyone who reaches the port")
+    auth_max_failures: int = Field(
+        10, ge=1, description="Failed token checks (POST /login, a wrong bearer token or cookie) "
+                              "one client address may make within the window before it gets 429")
+    auth_failure_window_s: float = Field(
+        60.0, gt=0, description="The sliding window of TUNIX_RT_AUTH_MAX_FAILURES, in seconds")
+    loop_timeout_s: float = Field(
+        6 * 3600.0, gt=0,
+        description="The most seconds one quality loop may run: then Prefect times it out, its "
+                    "lease is no longer renewed and the sweeper may start it again")
 
 
 def get_settings() -> Settings:

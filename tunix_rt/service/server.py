@@ -219,7 +219,8 @@ def _protect_reads(app: FastAPI, settings: Settings) -> None:
         return
     from tunix_rt.service.auth import ApiTokenMiddleware
 
-    app.add_middleware(ApiTokenMiddleware, token=token)
+    app.add_middleware(ApiTokenMiddleware, token=token, max_failures=settings.auth_max_failures,
+                       failure_window_s=settings.auth_failure_window_s)
 
 
 def _verifier(settings: Settings) -> Verifier:
