@@ -1,14 +1,15 @@
 """Alembic environment for tunix-rt.
 
-The engine comes from ``tunix_rt.store.db.alembic_config`` (``config.attributes["engine"]``)
-when tunix-rt runs a migration itself, or from ``sqlalchemy.url`` / the configured
-``TUNIX_RT_DATABASE_URL`` when a developer runs ``alembic`` by hand.
+When tunix-rt runs a migration itself (``tunix_rt.store.db.upgrade``) it hands over a
+connection that already holds the migration lock (``config.attributes["connection"]``).
+When a developer runs ``alembic`` by hand the engine comes from ``sqlalchemy.url`` or the
+configured ``TUNIX_RT_DATABASE_URL``, and the lock is taken here.
 """
 
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from tunix_rt.store.models import Base
 
@@ -32,24 +33,36 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def run_migrations_online() -> None:
-    engine = config.attributes.get("engine") or create_engine(_url())
-    with engine.connect() as connection:
-        sqlite = connection.dialect.name == "sqlite"
-        if sqlite:
-            # Batch mode rebuilds a SQLite table by copy-and-drop, which enforced foreign
-            # keys forbid while other tables point at it. The pragma only takes effect
-            # outside a transaction.
-            connection.commit()
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True, compare_type=True)
-        with context.begin_transaction():
-            context.run_migrations()
+def _migrate(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode rebuilds a SQLite table by copy-and-drop, which enforced foreign
+        # keys forbid while other tables point at it. The pragma only takes effect
+        # outside a transaction.
         connection.commit()
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=True, compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
+def run_migrations_online() -> None:
+    """On the connection tunix-rt hands over (it holds the migration lock), else on a new
+    one that takes the lock here, so that `alembic upgrade` by hand is serialized too."""
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _migrate(connection)
+        return
+    from tunix_rt.store.db import migration_lock
+
+    engine = config.attributes.get("engine") or create_engine(_url())
+    with engine.connect() as connection, migration_lock(connection):
+        _migrate(connection)
 
 
 if context.is_offline_mode():

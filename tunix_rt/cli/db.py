@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from tunix_rt.cli._args import add_command, add_group
@@ -13,14 +14,20 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     from tunix_rt.store import db
 
     engine = db.get_engine(migrate_embedded=False)
-    before = db.current_revision(engine)
-    db.upgrade(engine, args.revision)
+    # What the upgrade found once it held the lock: a run that waited for another
+    # reports the revision that one left, not the one it saw before waiting.
+    before = db.upgrade(engine, args.revision, on_wait=_waiting)
     after = db.current_revision(engine)
     if args.format == "json":
         to_json({"from": before, "to": after})
     else:
         print(f"database at {after} (was {before or 'empty'})")
     return 0
+
+
+def _waiting() -> None:
+    print("tunix-rt: another migration of this database is running; waiting for it to finish",
+          file=sys.stderr, flush=True)
 
 
 def register(subparsers: Any) -> None:

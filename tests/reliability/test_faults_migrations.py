@@ -1,0 +1,192 @@
+"""Faults in schema migration: upgrades that race, and upgrades from every earlier revision.
+
+Upgrades race when a deploy runs ``tunix-rt db upgrade`` on two hosts, or a Prefect pull
+step runs it before each of two flow runs that start together. They run here as real
+processes on a real PostgreSQL (and on the embedded SQLite file), released together by
+a start line after their imports so that the race is not left to chance, and the
+database is checked afterwards: at head exactly once, the schema the models declare,
+no error on any stream.
+
+An installed tunix-rt may be any earlier release, so a database at each earlier
+revision, with rows in every table it has, is taken to head in one ``upgrade``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, text
+
+from tests.cli.conftest import UNREACHABLE_PREFECT
+from tests.db.test_migrations import _assert_survived, _populate, _revisions, _snapshot
+from tests.pgserver import create_database
+from tests.waiting import wait_for
+from tunix_rt.store import db
+from tunix_rt.store.models import Base
+
+pytestmark = [pytest.mark.reliability, pytest.mark.cli]
+
+ROUNDS = 5
+TIMEOUT_S = 180
+
+# A contender does its imports, says it is ready, and waits for the start line: the
+# processes then reach the database within milliseconds of each other, which a bare
+# `tunix-rt db upgrade` (a second of imports each) leaves to chance.
+CONTENDER = r"""
+import pathlib, sys, time
+import alembic.command, psycopg, sqlalchemy.dialects.sqlite  # what the first query needs
+import tunix_rt.store.db, tunix_rt.store.models
+from tunix_rt.cli import main
+pathlib.Path(sys.argv[1]).touch()
+start = pathlib.Path(sys.argv[2])
+while not start.exists():
+    time.sleep(0.005)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    args: tuple[str, ...]
+    code: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return (f"$ tunix-rt {' '.join(self.args)}: exit {self.code}\n--- stdout\n"
+                f"{self.stdout[-2000:]}\n--- stderr\n{self.stderr[-4000:]}")
+
+
+def at_once(url: str, *commands: Sequence[str]) -> list[Outcome]:
+    """Run each ``tunix-rt`` command in its own process, released together; their outcomes.
+
+    Output goes to files, not pipes, so that a process blocked on a full pipe never
+    holds a lock another one waits for.
+    """
+    env = dict(os.environ, TUNIX_RT_DATABASE_URL=url, PREFECT_API_URL=UNREACHABLE_PREFECT)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = Path(tmp, "start")
+        started = []
+        for i, args in enumerate(commands):
+            out, err = Path(tmp, f"{i}.out").open("w+"), Path(tmp, f"{i}.err").open("w+")
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CONTENDER, str(Path(tmp, f"{i}.ready")), str(start),
+                 *args], env=env, stdout=out, stderr=err, text=True)
+            started.append((tuple(args), proc, out, err))
+        try:
+            for i, (_, proc, _, err) in enumerate(started):
+                wait_for(lambda i=i: Path(tmp, f"{i}.ready").exists(), TIMEOUT_S,
+                         f"contender {i} to finish its imports", proc=proc,
+                         log=Path(err.name))
+            start.touch()
+            outcomes = []
+            for args, proc, out, err in started:
+                code = proc.wait(timeout=TIMEOUT_S)
+                with out, err:
+                    out.seek(0)
+                    err.seek(0)
+                    outcomes.append(Outcome(args, code, out.read(), err.read()))
+            return outcomes
+        finally:
+            for _, proc, _, _ in started:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+def schema_diff(engine: Engine) -> list:
+    """What differs between the database's schema and the models (empty: nothing)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                         "compare_server_default": True})
+        return compare_metadata(context, Base.metadata)
+
+
+def assert_at_head_once(engine: Engine) -> None:
+    """One alembic_version row, the head, and the schema the models declare."""
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert versions == [db.SCHEMA_HEAD]
+    assert schema_diff(engine) == []
+
+
+# The one note an upgrade that waited for another may print; anything else on stderr is
+# an error or a warning a user would have to read.
+WAITING = "tunix-rt: another migration of this database is running; waiting for it to finish"
+
+
+def assert_quiet_success(outcome: Outcome) -> None:
+    assert outcome.code == 0, str(outcome)
+    assert [line for line in outcome.stderr.splitlines() if line != WAITING] == [], str(outcome)
+
+
+def assert_upgraded(outcomes: list[Outcome], before: str | None) -> None:
+    """Every upgrade exited 0 and quietly and says the database is at head; exactly one
+    found it at ``before`` and migrated it, the others found it at head once they held
+    the lock."""
+    was = before or "empty"
+    for outcome in outcomes:
+        assert_quiet_success(outcome)
+    said = sorted(o.stdout.strip() for o in outcomes)
+    assert said == sorted([f"database at {db.SCHEMA_HEAD} (was {was})"] + [
+        f"database at {db.SCHEMA_HEAD} (was {db.SCHEMA_HEAD})"] * (len(outcomes) - 1)), \
+        "\n".join(map(str, outcomes))
+
+
+@contextmanager
+def engine_for(url: str) -> Iterator[Engine]:
+    engine = db.make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+# --- Two upgrades at once -------------------------------------------------------------
+
+@pytest.mark.postgres
+def test_two_upgrades_at_once_on_a_new_postgres_database_migrate_it_once(
+        pg_admin_url: str) -> None:
+    """Before: one of the two failed on "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index" (both created alembic_version), an internal error, exit 4."""
+    for r in range(ROUNDS):
+        url = create_database(pg_admin_url, prefix="race")
+        outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
+        assert_upgraded(outcomes, None)
+        with engine_for(url) as engine:
+            assert_at_head_once(engine)
+
+
+def test_two_upgrades_at_once_on_a_new_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
+    """Before: one of the two failed on "table alembic_version already exists" or "table
+    runs already exists" (`db upgrade` did not take the lock the first-use path takes)."""
+    for r in range(ROUNDS):
+        url = f"sqlite:///{tmp_path / f'race{r}.db'}"
+        outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
+        assert_upgraded(outcomes, None)
+        with engine_for(url) as engine:
+            assert_at_head_once(engine)
+
+
+def test_an_upgrade_and_a_first_use_at_once_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """`tunix-rt db upgrade` and a command that migrates the embedded file on first use,
+    started together: both succeed, the file is migrated once."""
+    for r in range(ROUNDS):
+        url = f"sqlite:///{tmp_path / f'mixed{r}.db'}"
+        upgraded, listed = at_once(url, ["db", "upgrade"], ["runs", "list", "--format", "json"])
+        assert_quiet_success(upgraded)
+        assert_quiet_success(listed)
+        assert json.loads(listed.stdout)["runs"] == [], str(listed)
+        with engine_for(url) as engine:
+            assert_at_head_once(engine)
