@@ -30,6 +30,8 @@ def guarded(webhook_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Servi
     from tunix_rt.service.server import create_app
 
     monkeypatch.setenv("TUNIX_RT_API_TOKEN", TOKEN)
+    # These tests present many wrong tokens on purpose; the throttle has tests of its own.
+    monkeypatch.setenv("TUNIX_RT_AUTH_MAX_FAILURES", "1000")
     yield from serve_app(create_app())
 
 
@@ -130,3 +132,96 @@ def test_without_the_token_reads_stay_open(open_service: Service, run_id: str) -
     service = open_service
     assert _get(service, f"/api/runs/{run_id}").json()["config"]["hf_token"] == SECRET_CONFIG
     assert _get(service, "/").status_code == 200
+
+
+# --- guessing the token is throttled per client address ------------------------------------
+
+@pytest.fixture
+def throttled(webhook_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:  # noqa: F811
+    """The service with the default throttle: 10 failed checks a minute per address."""
+    from tunix_rt.service.server import create_app
+
+    monkeypatch.setenv("TUNIX_RT_API_TOKEN", TOKEN)
+    for name in ("TUNIX_RT_AUTH_MAX_FAILURES", "TUNIX_RT_AUTH_FAILURE_WINDOW_S"):
+        monkeypatch.delenv(name, raising=False)
+    yield from serve_app(create_app())
+
+
+def _from(address: str) -> httpx.Client:
+    """A client whose requests come from ``address`` (any of 127.0.0.0/8 on loopback)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30,
+                        follow_redirects=False)
+
+
+def _login(client: httpx.Client, service: Service, token: str) -> httpx.Response:
+    return client.post(service.url + "/login", data={"token": token})
+
+
+def test_failed_logins_are_throttled_per_address(throttled: Service) -> None:
+    with _from("127.0.0.1") as guesser, _from("127.0.0.2") as other:
+        codes = [_login(guesser, throttled, f"guess-{i}").status_code for i in range(10)]
+        assert codes == [401] * 10
+
+        refused = _login(guesser, throttled, "guess-10")
+        assert refused.status_code == 429, refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert "too many failed" in refused.text and "set-cookie" not in refused.headers
+        # The right token looks the same while throttled, by form and by header.
+        right = _login(guesser, throttled, TOKEN)
+        assert right.status_code == 429 and "set-cookie" not in right.headers
+        api = guesser.get(throttled.url + "/api/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert api.status_code == 429 and api.headers["retry-after"]
+        assert api.json()["retry_after"] >= 1
+
+        # Another address is not affected.
+        assert _login(other, throttled, TOKEN).status_code == 303
+
+
+def test_wrong_bearer_tokens_count_and_successes_do_not(throttled: Service) -> None:
+    with _from("127.0.0.3") as client:
+        for _ in range(25):  # successes never count
+            assert _login(client, throttled, TOKEN).status_code == 303
+        client.cookies.clear()  # from here on, only what each request carries
+        for i in range(10):
+            response = client.get(throttled.url + "/api/runs",
+                                  headers={"Authorization": f"Bearer wrong-{i}"})
+            assert response.status_code == 401, (i, response.text)
+        # Without credentials nothing is tested, so nothing is throttled: the plain 401.
+        assert client.get(throttled.url + "/api/runs").status_code == 401
+        assert _login(client, throttled, TOKEN).status_code == 429
+
+
+def test_a_throttled_address_may_try_again_after_the_window(
+        webhook_env: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from tests.waiting import wait_for
+    from tunix_rt.service.server import create_app
+
+    monkeypatch.setenv("TUNIX_RT_API_TOKEN", TOKEN)
+    monkeypatch.setenv("TUNIX_RT_AUTH_MAX_FAILURES", "3")
+    monkeypatch.setenv("TUNIX_RT_AUTH_FAILURE_WINDOW_S", "2")
+    for service in serve_app(create_app()):
+        with _from("127.0.0.4") as client:
+            assert [_login(client, service, "no").status_code for _ in range(3)] == [401] * 3
+            refused = _login(client, service, TOKEN)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) <= 2
+            ok = wait_for(lambda: _login(client, service, TOKEN).status_code == 303, 60,
+                          "the throttle's window to pass", interval=0.5)
+            assert ok
+
+
+def test_the_throttle_keeps_bounded_memory() -> None:
+    from tunix_rt.service.auth import FailureLimiter, client_key
+
+    now = [0.0]
+    limiter = FailureLimiter(limit=3, window_s=60, max_clients=100, clock=lambda: now[0])
+    for i in range(5000):
+        limiter.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter) == 100
+    for _ in range(50):
+        limiter.failed("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 60
+    now[0] = 61.0
+    assert limiter.retry_after("10.0.0.1") is None
+    # One host's IPv6 /64 is one client; an IPv4-mapped address is its IPv4 address.
+    assert client_key({"client": ("2001:db8::1", 1)}) == client_key({"client": ("2001:db8::ff", 1)})
+    assert client_key({"client": ("::ffff:10.1.2.3", 1)}) == "10.1.2.3"

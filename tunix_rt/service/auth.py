@@ -12,6 +12,14 @@ paths) answers 401 with ``WWW-Authenticate: Bearer`` unless the request carries
 
 A token in the query string is not accepted: URLs end up in logs and browser history.
 Unset, nothing is checked (the README's Security section says so plainly).
+
+Guessing is throttled: a client address (an IPv6 address by its /64) whose credentials
+failed ``TUNIX_RT_AUTH_MAX_FAILURES`` times within ``TUNIX_RT_AUTH_FAILURE_WINDOW_S``
+(a wrong token at ``POST /login``, a wrong bearer token, a forged cookie) gets 429 with
+``Retry-After`` for every credential it presents until the oldest failure leaves the
+window, the right token included (else the answer would tell a guess apart). A
+request without credentials tests nothing and is not counted; a success is not
+counted. Behind a proxy every client shares the proxy's address.
 """
 
 from __future__ import annotations
@@ -19,7 +27,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import ipaddress
 import logging
+import math
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
@@ -31,6 +43,9 @@ OPEN_PATHS = frozenset({"/webhooks/training", "/healthz"})
 LOGIN_PATH = "/login"
 MAX_FORM_BYTES = 4096
 _COOKIE_CONTEXT = b"tunix-rt page session v1"
+MAX_FAILURES = 10
+FAILURE_WINDOW_S = 60.0
+MAX_TRACKED_CLIENTS = 10_000  # addresses with recent failures kept; the least recent go
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -42,13 +57,79 @@ def session_cookie_value(token: str) -> str:
     return hmac.new(token.encode(), _COOKIE_CONTEXT, hashlib.sha256).hexdigest()
 
 
+def _digest(secret: bytes) -> bytes:
+    # compare_digest on the raw values would leak the token's length; digests are equal-sized.
+    return hashlib.sha256(secret).digest()
+
+
+def client_key(scope: Scope) -> str:
+    """Whose failures these are: the peer address, an IPv6 one by its /64 (one host
+    commonly holds a whole /64, so counting its addresses apart would count nothing)."""
+    host = (scope.get("client") or ("unknown", 0))[0] or "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class FailureLimiter:
+    """Failed credential checks per client in a sliding window, in bounded memory.
+
+    Each client keeps at most ``limit`` timestamps, and at most ``max_clients`` clients
+    are kept (the one whose last failure is oldest goes first). Used from the event
+    loop's one thread only.
+    """
+
+    def __init__(self, limit: int = MAX_FAILURES, window_s: float = FAILURE_WINDOW_S,
+                 max_clients: int = MAX_TRACKED_CLIENTS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may present credentials again; None: it may now."""
+        times = self._failures.get(client)
+        if times is None:
+            return None
+        now = self._clock()
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return None
+        if len(times) < self.limit:
+            return None
+        return times[0] + self.window_s - now
+
+    def failed(self, client: str) -> None:
+        times = self._failures.pop(client, None) or deque(maxlen=self.limit)
+        times.append(self._clock())
+        self._failures[client] = times  # now the most recent
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._failures)
+
+
 class ApiTokenMiddleware:
     """A pure ASGI middleware (request bodies stream through untouched)."""
 
-    def __init__(self, app: Any, token: str) -> None:
+    def __init__(self, app: Any, token: str, *, max_failures: int = MAX_FAILURES,
+                 failure_window_s: float = FAILURE_WINDOW_S) -> None:
         self.app = app
-        self._token = token.encode()
-        self._cookie = session_cookie_value(token).encode()
+        self._token = _digest(token.encode())
+        self._cookie_value = session_cookie_value(token)
+        self._cookie = _digest(self._cookie_value.encode())
+        self.limiter = FailureLimiter(max_failures, failure_window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,23 +142,56 @@ class ApiTokenMiddleware:
         if path == LOGIN_PATH:
             await self._login(scope, receive, send)
             return
-        if self._authorized(scope):
+        verdict = self._authorized(scope)
+        if verdict is True:
             await self.app(scope, receive, send)
+            return
+        if verdict is not None:  # credentials were presented: throttled, or wrong
+            await self._too_many(scope, send, verdict, page=False)
             return
         await self._refuse(scope, send)
 
     # --- checks -----------------------------------------------------------------------
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _authorized(self, scope: Scope) -> bool | float | None:
+        """True: let it through; None: no credentials, or wrong ones (counted);
+        a number: the client is throttled for that many more seconds."""
         headers = _headers(scope)
         scheme, _, credentials = headers.get("authorization", "").strip().partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
-            return hmac.compare_digest(credentials.strip().encode(), self._token)
+            return self._check(scope, credentials.strip().encode(), self._token)
         if scope.get("method") in ("GET", "HEAD"):
             cookie = _cookies(headers.get("cookie", "")).get(COOKIE)
             if cookie:
-                return hmac.compare_digest(cookie.encode(), self._cookie)
-        return False
+                return self._check(scope, cookie.encode(), self._cookie)
+        return None
+
+    def _check(self, scope: Scope, given: bytes, expected: bytes) -> bool | float | None:
+        client = client_key(scope)
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            return wait
+        if hmac.compare_digest(_digest(given), expected):
+            return True
+        self._failed(client)
+        return None
+
+    def _failed(self, client: str) -> None:
+        self.limiter.failed(client)
+        if self.limiter.retry_after(client) is not None:
+            log.warning("%s: %d failed credential checks within %g s: throttled",
+                        client, self.limiter.limit, self.limiter.window_s)
+
+    async def _too_many(self, scope: Scope, send: Send, wait: float, *, page: bool) -> None:
+        seconds = max(1, math.ceil(wait))
+        text = (f"too many failed credential checks from this address: try again in "
+                f"{seconds} s")
+        headers = [(b"retry-after", str(seconds).encode())]
+        if page:
+            await _respond(send, 429, _login_page(text), "text/html; charset=utf-8", headers)
+        else:
+            await _respond(send, 429, f'{{"error":"{text}","retry_after":{seconds}}}'.encode(),
+                           "application/json", headers)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         path = scope.get("path", "")
@@ -102,12 +216,17 @@ class ApiTokenMiddleware:
             await _respond(send, 405, b'{"error":"method not allowed"}', "application/json",
                            [(b"allow", b"GET, POST")])
             return
+        client = client_key(scope)
+        wait = self.limiter.retry_after(client)
+        if wait is not None:  # before reading the form: a right guess must look the same
+            await self._too_many(scope, send, wait, page=True)
+            return
         body = await _read_form(receive)
         given = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0] \
             if body is not None else ""
-        if not given or not hmac.compare_digest(given.encode(), self._token):
-            client = scope.get("client") or ("?", 0)
-            log.warning("login refused from %s: wrong or missing token", client[0])
+        if not given or not hmac.compare_digest(_digest(given.encode()), self._token):
+            log.warning("login refused from %s: wrong or missing token", client)
+            self._failed(client)
             await _respond(send, 401, _login_page("wrong token"), "text/html; charset=utf-8",
                            [(b"www-authenticate", b'Bearer realm="tunix-rt"')])
             return
@@ -116,7 +235,7 @@ class ApiTokenMiddleware:
             attributes += "; Secure"
         await _respond(send, 303, b"", "text/plain",
                        [(b"location", b"/"),
-                        (b"set-cookie", f"{COOKIE}={self._cookie.decode()}{attributes}".encode()),
+                        (b"set-cookie", f"{COOKIE}={self._cookie_value}{attributes}".encode()),
                         (b"cache-control", b"no-store")])
 
 
