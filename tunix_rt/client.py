@@ -307,12 +307,19 @@ class TunixRtHook:
                          "backoff": backoff, "timeout": timeout,
                          "raise_on_error": raise_on_error}
 
-    def _send(self, event_type: str, **fields: Any) -> NotifyResult:
+    def delivery_id(self, event_key: str) -> str | None:
+        """The stable id of this run's ``event_key`` delivery (None without a usable
+        secret: notify then reports that, with a fresh id)."""
         secret = self._options["secret"] or (os.environ.get(SECRET_ENV, "").split() or [""])[0]
         try:
-            delivery_id = stable_delivery_id(self.external_id, event_type, secret)
-        except ValueError:  # no usable secret: notify reports that, with a fresh id
-            delivery_id = None
+            return stable_delivery_id(self.external_id, event_key, secret)
+        except ValueError:
+            return None
+
+    def _send(self, event_type: str, *, event_key: str | None = None,
+              **fields: Any) -> NotifyResult:
+        """One delivery; ``event_key`` (default: the event type) keys its stable id."""
+        delivery_id = self.delivery_id(event_key or event_type)
         result = notify(event_type, external_id=self.external_id, name=self.name,
                         dataset=self.dataset, model=self.model, config=self.config,
                         delivery_id=delivery_id, **fields, **self._options)

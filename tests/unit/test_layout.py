@@ -23,7 +23,11 @@ HEAVY = ("prefect", "ray", "jax", "optax", "tunix", "pandas", "uvicorn", "fastap
 # Modules whose job is to adapt a heavy library: they may import it at module level. The
 # service's modules are the HTTP app (only `tunix-rt serve` imports them).
 ADAPTERS = {"tunix_rt.tuning.ray_tune": {"ray"}, "tunix_rt.service.server": {"fastapi"},
-            "tunix_rt.service.params": {"fastapi"}, "tunix_rt.service.auth": {"fastapi"}}
+            "tunix_rt.service.params": {"fastapi"}, "tunix_rt.service.auth": {"fastapi"},
+            # The tunix extra's adapter: only a Tunix job or script imports it.
+            "tunix_rt.integrations.tunix": {"tunix"},
+            "tunix_rt.integrations.tunix.hooks": {"tunix"},
+            "tunix_rt.integrations.tunix.sampling": {"tunix"}}
 
 
 def _modules() -> dict[str, Path]:

@@ -17,6 +17,8 @@ or run file as ``"package.module:function"``:
 
 ``builtin`` names :func:`builtin_trainable`, which trains the small JAX model of
 :func:`train_arithmetic` on the ``arithmetic`` dataset (:func:`arithmetic_items`).
+``tunix-sft`` and ``tunix-grpo`` name Google Tunix's trainers on the same dataset
+(:mod:`tunix_rt.integrations.tunix.trainables`, the ``tunix`` extra).
 
 Importing this module is cheap: jax, optax and ray are imported only by the
 functions that need them.
@@ -45,6 +47,9 @@ Trainable = Callable[[dict[str, Any]], str]
 Reporter = Callable[[dict[str, Any]], None]
 
 BUILTIN = "builtin"
+#: Trainables named like ``builtin`` that live in the ``tunix`` extra's adapter.
+TUNIX_TRAINABLES = {"tunix-sft": "tunix_rt.integrations.tunix.trainables:sft_trainable",
+                    "tunix-grpo": "tunix_rt.integrations.tunix.trainables:grpo_trainable"}
 DATASET = "arithmetic"
 PREDICTIONS_FILE = "predictions.jsonl"
 
@@ -192,8 +197,9 @@ def reporting_to(reporter: Reporter) -> Iterator[Reporter]:
 # --- loading trainables -----------------------------------------------------------------
 
 def is_trainable_path(path: str) -> bool:
-    """``"builtin"``, or ``"package.module:function"`` made of identifiers (nothing imported)."""
-    if path == BUILTIN:
+    """``"builtin"``, ``"tunix-sft"``, ``"tunix-grpo"``, or ``"package.module:function"``
+    made of identifiers (nothing imported)."""
+    if path == BUILTIN or path in TUNIX_TRAINABLES:
         return True
     module_name, sep, attr = path.partition(":")
     return bool(sep and module_name.strip() and attr.strip() and ":" not in attr
@@ -207,6 +213,13 @@ def load_trainable(path: str) -> Trainable:
         raise ValueError(f"trainable: expected a string, got {type(path).__name__}")
     if path == BUILTIN:
         return builtin_trainable
+    if path in TUNIX_TRAINABLES:
+        try:
+            import tunix  # noqa: F401
+        except ModuleNotFoundError:
+            raise ValueError(f"trainable {path!r} needs Google's Tunix: pip install "
+                             f"'tunix-rt[tunix]'") from None
+        path = TUNIX_TRAINABLES[path]
     if not is_trainable_path(path):
         raise ValueError(f"trainable {path!r}: expected \"builtin\" or "
                          f"\"package.module:function\"")

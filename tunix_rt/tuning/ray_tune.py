@@ -198,6 +198,9 @@ def _trial_fn(trainable: str, out_root: str):  # noqa: ANN202 - the function Ray
         if trainable == "builtin":
             uri = builtin.train_arithmetic(config, report=forward, out_dir=out_dir)
         else:
+            # A trainable of its own (tunix-sft, a user's) finds the folder here, as in a job.
+            os.environ["TUNIX_RT_OUT_DIR"] = str(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
             with builtin.reporting_to(forward):
                 uri = load_trainable(trainable)(config)
         if uri and reported.get("predictions_uri") != uri:
