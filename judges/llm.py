@@ -29,14 +29,19 @@ Capabilities: it caches (``cache``), samples (``variant`` changes the seed) and
 costs (``ledger``: calls, retries, cache hits and tokens of the last ``score()``).
 An optional cache (``get_many``/``put_many``) returns stored verdicts without a call;
 its key covers everything that decides the verdict (see ``cache_key``). Only verdicts
-the model gave are stored, so a re-run retries the items that failed.
+the model gave are stored, so a re-run retries the items that failed. They are stored
+as they are bought, in batches (``CACHE_BATCH`` verdicts, and at least every
+``CACHE_FLUSH_S``), while the other items are still being asked: a process killed
+mid-scoring loses at most its last second's verdicts, and its re-run pays for the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import re
 import threading
@@ -59,6 +64,10 @@ NAME = "llm"
 VERSION = "1.1"  # 1.1: delimited prompt, last-object grade in the schema, capped reply
 REPLY_CHARS = 500  # how much of the model's reply a verdict keeps
 MAX_REPLY_BYTES = 256 * 1024  # the default cap on one provider reply
+CACHE_BATCH = 50  # bought verdicts per cache write while scoring goes on
+CACHE_FLUSH_S = 1.0  # the longest a bought verdict waits for its cache write
+
+log = logging.getLogger(__name__)
 
 
 class JudgeConfigError(ValueError):
@@ -137,7 +146,11 @@ class LLMConfig:
 
 
 class VerdictCache(Protocol):
-    """Where the judge keeps verdicts: a dict per key (see ``cache_key``)."""
+    """Where the judge keeps verdicts: a dict per key (see ``cache_key``).
+
+    ``put_many`` is called while scoring goes on, from a worker thread (one call at a
+    time), so that the event loop keeps reading replies during a slow write.
+    """
 
     def get_many(self, keys: list[str]) -> dict[str, dict]: ...
 
@@ -348,6 +361,63 @@ async def _read_capped(response: httpx.Response, cap: int) -> tuple[bytes, bool]
     return b"".join(chunks), False
 
 
+class _CacheWriter:
+    """Writes bought verdicts to the cache while the other items are still being asked.
+
+    A batch goes out when it holds ``batch`` verdicts or ``interval`` seconds after the
+    previous one, from one task (so writes never overlap) through a worker thread. A
+    write that fails keeps its verdicts for the next one; only the last write, at
+    ``close``, raises, as the single write at the end of scoring used to.
+    """
+
+    def __init__(self, cache: VerdictCache, batch: int = CACHE_BATCH,
+                 interval: float = CACHE_FLUSH_S) -> None:
+        self.cache = cache
+        self.batch = batch
+        self.interval = interval
+        self.pending: dict[str, dict] = {}
+        self.writes = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def add(self, key: str, entry: dict) -> None:
+        self.pending[key] = entry
+        if len(self.pending) >= self.batch:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Write what is pending, and stop; raises when that last write fails."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            closing = self._closing
+            await self._flush(last=closing)
+            if closing:
+                return
+
+    async def _flush(self, *, last: bool) -> None:
+        if not self.pending:
+            return
+        entries, self.pending = self.pending, {}
+        try:
+            await asyncio.to_thread(self.cache.put_many, entries)
+        except Exception as exc:
+            self.pending = {**entries, **self.pending}
+            if last:
+                raise
+            log.warning("could not write %d verdicts to the judge cache (%s: %s); "
+                        "trying again with the next batch", len(entries), type(exc).__name__, exc)
+        else:
+            self.writes += 1
+
+
 class LLMJudge:
     """Asks a chat model to grade each item under a rubric; passed = score >= 0.5.
 
@@ -427,16 +497,16 @@ class LLMJudge:
             limits = httpx.Limits(max_connections=cfg.max_concurrency,
                                   max_keepalive_connections=cfg.max_concurrency)
             async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits) as client:
-                fresh = await asyncio.gather(*(
-                    self._judge_safely(client, semaphore, limiter, items[i]) for i in keys))
-            to_store: dict[str, dict] = {}
+                writer = _CacheWriter(self.cache) if self.cache is not None else None
+                try:
+                    fresh = await asyncio.gather(*(
+                        self._judge_and_keep(client, semaphore, limiter, items[i], keys[i], writer)
+                        for i in keys))
+                finally:  # what was bought is kept, also when scoring is cut short
+                    if writer is not None:
+                        await writer.close()
             for i, verdict in zip(keys, fresh):
                 verdicts[i] = verdict
-                if verdict.scored:
-                    to_store[keys[i]] = {"score": verdict.score, "passed": verdict.passed,
-                                         "rationale": verdict.rationale, "raw": dict(verdict.raw or {})}
-            if self.cache is not None and to_store:
-                self.cache.put_many(to_store)
         return [v for v in verdicts if v is not None]
 
     def variant(self, seed_offset: int) -> LLMJudge:
@@ -465,6 +535,16 @@ class LLMJudge:
         if self.config.seed is not None:
             body["seed"] = self.config.seed
         return body
+
+    async def _judge_and_keep(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
+                              limiter: _RateLimiter | None, item: Item, key: str,
+                              writer: _CacheWriter | None) -> Verdict:
+        """``_judge_safely``, and a scored verdict handed to the cache writer at once."""
+        verdict = await self._judge_safely(client, semaphore, limiter, item)
+        if writer is not None and verdict.scored:
+            writer.add(key, {"score": verdict.score, "passed": verdict.passed,
+                             "rationale": verdict.rationale, "raw": dict(verdict.raw or {})})
+        return verdict
 
     async def _judge_safely(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
                             limiter: _RateLimiter | None, item: Item) -> Verdict:
