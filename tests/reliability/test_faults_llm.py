@@ -181,6 +181,7 @@ def test_a_cache_that_takes_no_write_fails_the_scoring_as_before() -> None:
 
 N = 60
 PAID_BEFORE_KILL = 24  # the provider answers this many items, then holds every request
+CONCURRENCY = 8  # TUNIX_RT_LLM_MAX_CONCURRENCY: requests the judge keeps in flight
 
 
 class GatedGrader:
@@ -212,16 +213,19 @@ def test_a_loop_killed_mid_scoring_completes_on_rerun_and_pays_only_for_the_rest
     grader = GatedGrader(PAID_BEFORE_KILL)
     with fake_openai(grader) as provider:
         # A timeout far beyond the test: held requests stay in flight until the kill.
-        env = env_for(prefect_api_url, provider, TUNIX_RT_LLM_TIMEOUT_S="600")
+        env = env_for(prefect_api_url, provider, TUNIX_RT_LLM_TIMEOUT_S="600",
+                      TUNIX_RT_LLM_MAX_CONCURRENCY=str(CONCURRENCY))
         first_log = tmp_path / "first.log"
         first = start_evaluate(run_id, env, first_log)
         try:
-            # Every verdict bought is committed while the rest are still being asked.
+            # Every verdict bought is committed while the rest are still being asked
+            # (every slot of the judge holds a request the provider has not answered).
             wait_for(lambda: len(grader.answered) == PAID_BEFORE_KILL
+                     and provider.in_flight == CONCURRENCY
                      and len(cached_items(engine)) == PAID_BEFORE_KILL,
                      WAIT_S, f"{PAID_BEFORE_KILL} verdicts in judge_cache mid-scoring",
                      proc=first, log=first_log)
-            assert len(provider.requests) < N + 1  # not all asked: the loop is mid-scoring
+            assert len(provider.requests) == PAID_BEFORE_KILL + CONCURRENCY < N
         finally:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=PROCESS_TIMEOUT_S)
@@ -266,12 +270,13 @@ HANG_S = 10.0
 
 def planned(run: int, i: int, attempt: int) -> Reply | None:
     """The seeded fault for this item's ``attempt``: None (answer) in 70% of calls, else
-    a 500, 502 or 503 or a hang past the client's timeout, one quarter each."""
+    a 500, a 502, a 503 with Retry-After: 1, or a hang past the client's timeout, one
+    quarter each."""
     digest = hashlib.blake2b(f"{SEED}:{run}:{i}:{attempt}".encode(), digest_size=8).digest()
     if int.from_bytes(digest[:4], "big") / 2**32 >= FAIL_RATE:
         return None
-    kind = digest[4] % 4
-    return Reply.hang(HANG_S) if kind == 3 else Reply.http((500, 502, 503)[kind])
+    return (Reply.http(500), Reply.http(502), Reply.http(503, retry_after=1),
+            Reply.hang(HANG_S))[digest[4] % 4]
 
 
 def exhausted(run: int, i: int) -> bool:
@@ -314,6 +319,9 @@ def test_every_evaluation_completes_with_a_provider_failing_30_percent_of_calls(
         n_requests = len(provider.requests)
 
     evaluations = [result["judges"]["llm"]["evaluation"] for result in results]
+    print(f"{n_requests} requests for {RUNS * ITEMS} items; scored "
+          f"{sum(ev['n_scored'] for ev in evaluations)}, unscored "
+          f"{sum(ev['n_unscored'] for ev in evaluations)} (planned {len(doomed)})")
     unscored: set[tuple[int, int]] = set()
     with session_scope(engine) as session:
         for r, (run_id, ev) in enumerate(zip(run_ids, evaluations)):
