@@ -20,7 +20,8 @@ from tunix_rt.tasks.quality import RETRY_POLICY
 from tunix_rt.store import runs
 from tunix_rt.store.db import session_scope
 from tunix_rt.errors import TunixRtError
-from tunix_rt.training.jobs import job_command, job_environment, run_job
+from tunix_rt.store.metrics import record_points, series_points
+from tunix_rt.training.jobs import POINTS_KEY, job_command, job_environment, run_job
 from tunix_rt.store.models import RunOrigin, RunStatus
 from tunix_rt.training.runfile import RunSpec
 from tunix_rt.settings import ENV_PREFIX, get_settings
@@ -64,12 +65,14 @@ def run_training_job(run_id: str, spec: RunSpec) -> str:
         runs.mark_running(session, run_id, log_uri=log_path.as_uri())
 
     pending: dict[str, Any] = {}
+    points: list[tuple[str, int, float | None]] = []  # the run's series (its loss curve)
     last_write = [time.monotonic()]
 
     def on_metrics(metrics: dict[str, Any]) -> None:
-        pending.update(metrics)
+        points.extend(series_points(metrics))
+        pending.update({k: v for k, v in metrics.items() if k != POINTS_KEY})
         if time.monotonic() - last_write[0] >= METRICS_EVERY_S:
-            _flush_metrics(run_id, pending)
+            _flush_metrics(run_id, pending, points)
             last_write[0] = time.monotonic()
 
     def should_cancel() -> bool:
@@ -89,7 +92,7 @@ def run_training_job(run_id: str, spec: RunSpec) -> str:
                          timeout_s=spec.timeout_s, log_path=log_path,
                          on_line=lambda line: logger.info("job: %s", line),
                          on_metrics=on_metrics, should_cancel=should_cancel, poll_s=1.0)
-    _flush_metrics(run_id, pending)
+    _flush_metrics(run_id, pending, points)
     # A command names its predictions in the run file; a trainable returns them.
     uri = spec.predictions or result.predictions_uri
     completed = result.status == "completed" and bool(uri)
@@ -154,12 +157,18 @@ def _supervise_remotely(cmd: list[str], extra_env: dict[str, str], timeout_s: fl
                    log_path=Path(log_path), should_cancel=should_cancel, poll_s=1.0)
 
 
-def _flush_metrics(run_id: str, pending: dict[str, Any]) -> None:
-    if pending:
+def _flush_metrics(run_id: str, pending: dict[str, Any],
+                   points: list[tuple[str, int, float | None]] | None = None) -> None:
+    if pending or points:
         with session_scope() as session:
-            runs.record_metrics(session, run_id, {k: v for k, v in pending.items()
-                                                  if k != "predictions_uri"})
+            if pending:
+                runs.record_metrics(session, run_id, {k: v for k, v in pending.items()
+                                                      if k != "predictions_uri"})
+            if points:
+                record_points(session, run_id, points)
         pending.clear()
+        if points:
+            points.clear()
 
 
 def _announce_failure(run_id: str, status: str, exit_code: int | None) -> None:

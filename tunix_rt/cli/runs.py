@@ -54,18 +54,54 @@ def cmd_show(args: argparse.Namespace) -> int:
     from tunix_rt.store import runs
     from tunix_rt.store.db import session_scope
 
+    from tunix_rt.store.metrics import series
+
     with session_scope() as session:
         run = runs.get_run(session, args.run_id)
         data = runs.run_to_dict(run)
         data["evaluations"] = _evaluations(session, run.id)
+        data["series"] = series(session, run.id)
     if args.format == "json":
         to_json(data)
     else:
         evaluations = data.pop("evaluations")
+        curves = data.pop("series")
         key_values(data)
+        if curves:
+            print()
+            for line in curve_lines(curves):
+                print(line)
         print()
         to_table(evaluations, EVALUATION_COLUMNS)
     return 0
+
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def curve_lines(curves: dict[str, list[dict[str, Any]]], width: int = 40) -> list[str]:
+    """One line per metric series: its points, first and last values, and a sparkline of
+    at most ``width`` bars (evenly spaced points; a NaN or infinity is a blank)."""
+    lines = []
+    name_width = max(len(name) for name in curves)
+    for name, points in sorted(curves.items()):
+        values = [p["value"] for p in points]
+        finite = [v for v in values if v is not None]
+        shown = values if len(values) <= width else [
+            values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+        low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+        span = (high - low) or 1.0
+        spark = "".join(" " if v is None else BARS[int((v - low) / span * (len(BARS) - 1))]
+                        for v in shown)
+        first, last = points[0], points[-1]
+        lines.append(f"{name:<{name_width}}  {len(points)} points  step {first['step']}: "
+                     f"{_fmt(first['value'])} -> step {last['step']}: {_fmt(last['value'])}"
+                     f"  {spark}")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "null" if value is None else f"{value:.4g}"
 
 
 def _evaluations(session: Any, run_id: str) -> list[dict[str, Any]]:

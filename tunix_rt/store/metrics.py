@@ -49,6 +49,20 @@ def points_from_metrics(step: Any, metrics: Mapping[str, Any]) -> list[tuple[str
     return out
 
 
+def series_points(report: Mapping[str, Any]) -> list[tuple[str, int, float | None]]:
+    """The points of one metrics report of a job: its ``tunix_rt_points`` when it has
+    them (``[{"step", "metrics"}]``, as TunixRtHooks sends), else its numeric metrics at
+    its ``step`` (the built-in trainable's ``accuracy`` and ``loss``)."""
+    given = report.get("tunix_rt_points")
+    if isinstance(given, list):
+        out = []
+        for point in given:
+            if isinstance(point, Mapping) and isinstance(point.get("metrics"), Mapping):
+                out += points_from_metrics(point.get("step"), point["metrics"])
+        return out
+    return points_from_metrics(report.get("step"), report)
+
+
 def record_points(session: Session, run_id: str,
                   points: Iterable[tuple[str, int, float | None]]) -> int:
     """Add the points to the run's series; one already stored (same name and step) stays.

@@ -11,7 +11,8 @@ merged into one pipe. Every line it prints is appended to a log file and handed 
     TUNIX_RT_PREDICTIONS file:///data/runs/x/predictions.jsonl
 
 report metrics (merged, the last value of a key wins; NaN and the infinities become
-null, named under ``tunix_rt_note``) and the predictions URI (the last one wins).
+null, named under ``tunix_rt_note``; ``tunix_rt_points`` carries time series points, handed
+to ``on_metrics`` but not merged) and the predictions URI (the last one wins).
 :mod:`tunix_rt.training.job_entry` prints them for a trainable; a command of
 the user's own may print them too.
 
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 METRICS_PREFIX = "TUNIX_RT_METRICS"
 PREDICTIONS_PREFIX = "TUNIX_RT_PREDICTIONS"
+#: In a metrics line: the time series points since the last line,
+#: ``[{"step": int, "metrics": {name: number}}]`` (TunixRtHooks sends them). They go to
+#: the run's series, never to its last values.
+POINTS_KEY = "tunix_rt_points"
 METRICS_NOTE = "tunix_rt_note"  # names the metrics stored as null (NaN, Infinity)
 _NOTE_TEXT = "non-finite numbers (NaN, Infinity) stored as null: "
 NOTE_PREFIX = "[tunix-rt]"
@@ -214,10 +219,11 @@ class _Reader(threading.Thread):
             if not isinstance(metrics, dict):
                 return
             metrics = _finite_metrics(metrics, self.metrics.get(METRICS_NOTE))
+            points = metrics.pop(POINTS_KEY, None)  # a series, not a last value
             self.metrics.update(metrics)
             if self.on_metrics is not None:
                 try:
-                    self.on_metrics(dict(metrics))
+                    self.on_metrics({**metrics, POINTS_KEY: points} if points else dict(metrics))
                 except Exception:
                     log.exception("on_metrics callback failed")
         elif text.startswith(PREDICTIONS_PREFIX + " "):

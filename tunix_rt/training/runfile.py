@@ -159,6 +159,13 @@ class RunSpec(BaseModel):
                     trainables._config(self.config or {})
                 except ValueError as exc:
                     raise InvalidInputError(f"config.{exc}") from None
+            elif self.trainable in trainables.TUNIX_TRAINABLES:
+                from tunix_rt.integrations.tunix.trainables import check_config
+
+                try:
+                    check_config(self.trainable, self.config or {})
+                except ValueError as exc:
+                    raise InvalidInputError(f"config.{exc}") from None
             return
         assert self.command is not None and self.predictions is not None
         program = self.command[0]

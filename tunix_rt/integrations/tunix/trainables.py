@@ -38,7 +38,7 @@ import numpy as np
 
 from tunix_rt.training import trainable as core
 
-__all__ = ["DEFAULTS", "GRPO_DEFAULTS", "eval_pairs", "grpo_trainable", "load_model",
+__all__ = ["DEFAULTS", "GRPO_DEFAULTS", "check_config", "eval_pairs", "grpo_trainable", "load_model",
            "model_input_fn", "sft_batches", "sft_trainable", "train_grpo", "train_sft",
            "with_lora"]
 
@@ -103,6 +103,11 @@ def _config(config: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str,
         raise ValueError("model_id: name the model's family (e.g. Qwen/Qwen3-0.6B) with "
                          "model_path")
     return merged
+
+
+def check_config(trainable: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` checked for ``tunix-sft`` or ``tunix-grpo`` (a run file's --dry-run)."""
+    return _config(config, GRPO_DEFAULTS if trainable == "tunix-grpo" else DEFAULTS)
 
 
 def _out_dir() -> Path:
