@@ -36,6 +36,7 @@ from tests.fakes.openai_server import FakeOpenAI, Reply, fake_openai
 from tests.waiting import wait_for
 from tunix_rt.judges import Item, ScoringContext
 from tunix_rt.judges.llm import LLMConfig, LLMJudge, MemoryCache
+from tunix_rt.quality.leaderboard import leaderboard_page
 from tunix_rt.store.db import session_scope
 from tunix_rt.store.models import Evaluation, JudgeCacheEntry, Verdict
 
@@ -340,6 +341,9 @@ def test_every_evaluation_completes_with_a_provider_failing_30_percent_of_calls(
             assert ev["n_scored"] == ITEMS - ev["n_unscored"]
             assert ev["score"] == pytest.approx(
                 sum(1 for row in rows if row.score == 1.0) / ev["n_scored"])
+            # The board counts them too (under 5% unscored: listed without a flag).
+            [entry] = leaderboard_page(session, f"faults-{r}", "llm").entries
+            assert (entry.run_id, entry.n_unscored, entry.flag) == (run_id, ev["n_unscored"], None)
         assert session.scalar(select(func.count()).select_from(Evaluation)) == RUNS
         assert (session.scalar(select(func.count()).select_from(JudgeCacheEntry))
                 == RUNS * ITEMS - len(unscored))
