@@ -20,6 +20,7 @@ loop that stopped, never one that is only slow, and two sweepers never claim one
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,12 +29,14 @@ from typing import Any, Protocol
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
-from tunix_rt.errors import InvalidInputError
+from tunix_rt.errors import InvalidInputError, is_transient
 from tunix_rt.store.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
                              WebhookDelivery, new_run_id, utcnow)
 from tunix_rt.store.metrics import record_points
 from tunix_rt.store.upsert import insert_ignore
 from tunix_rt.service.webhooks import RunEvent
+
+log = logging.getLogger("tunix_rt.service.deliveries")
 
 # Status order: a delivery never moves a run backwards (a late run.started after
 # run.completed changes nothing), and the first terminal status stands.
@@ -320,13 +323,32 @@ def claim_owed(session: Session, *, older_than: timedelta, holder: str, limit: i
 
 def dispatch_now(session_scope: Callable[[], Any], dispatcher: Dispatcher, dispatch_id: int,
                  run_id: str, key: str) -> str | None:
-    """Start the loop and record it; a failure is recorded for the sweeper, not raised."""
+    """Start the loop and record it. Never raises: it runs after the answer was sent.
+
+    A failed start is recorded for the sweeper. When the record itself cannot be written
+    (the database went away right after the delivery's commit), the row stays as it
+    was, pending, and is only logged: the sweeper finds a pending row, and a loop that
+    did start renews its lease once it runs.
+    """
     try:
         flow_run_id = dispatcher.dispatch(run_id, key)
     except Exception as exc:  # noqa: BLE001 - recorded; the sweeper retries
-        with session_scope() as session:
-            mark_failed_attempt(session, dispatch_id, f"{type(exc).__name__}: {exc}")
+        _record(session_scope, mark_failed_attempt, dispatch_id, run_id,
+                f"{type(exc).__name__}: {exc}")
         return None
-    with session_scope() as session:
-        mark_dispatched(session, dispatch_id, dispatcher.target)
+    _record(session_scope, mark_dispatched, dispatch_id, run_id, dispatcher.target)
     return flow_run_id
+
+
+def _record(session_scope: Callable[[], Any], mark: Callable[..., None], dispatch_id: int,
+            run_id: str, detail: str) -> None:
+    try:
+        with session_scope() as session:
+            mark(session, dispatch_id, detail)
+    except Exception as exc:  # noqa: BLE001 - the row stays pending: the sweeper's to find
+        if is_transient(exc):
+            log.warning("dispatch %s of run %s: cannot record %s (%s); it stays pending for "
+                        "the sweeper", dispatch_id, run_id, mark.__name__, exc)
+        else:
+            log.exception("dispatch %s of run %s: cannot record %s", dispatch_id, run_id,
+                          mark.__name__)
