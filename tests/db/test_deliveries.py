@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from tests.db.support import evaluate
+from tests.db.support import JUDGE, evaluate
+from tunix_rt.quality.gating import gate_run
+from tunix_rt.quality.stats import GatePolicy
 from tunix_rt.store.db import session_scope
 from tunix_rt.service.deliveries import (MAX_DISPATCH_ATTEMPTS, claim_owed, dispatch_now,
                                          mark_dispatched, owed_dispatches, receive,
@@ -42,7 +44,8 @@ class Recorder:
         return "flow-run-1"
 
 
-def test_pending_and_fruitless_dispatches_are_owed_after_the_grace_period(engine, tmp_path) -> None:  # noqa: ANN001
+def test_pending_and_fruitless_dispatches_are_owed_after_the_grace_period(engine, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("TUNIX_RT_PREDICTIONS_ALLOW", str(tmp_path))  # read as webhook runs are
     pending = _completed(engine, tmp_path, "a", "d-a")
     sent = _completed(engine, tmp_path, "b", "d-b")
     done = _completed(engine, tmp_path, "c", "d-c")
@@ -51,6 +54,8 @@ def test_pending_and_fruitless_dispatches_are_owed_after_the_grace_period(engine
         mark_dispatched(session, done, "event")
         done_run = session.get(Dispatch, done).run_id
     evaluate(engine, done_run)
+    with session_scope(engine) as session:  # the loop got as far as its gate: done
+        gate_run(session, done_run, JUDGE, GatePolicy())
 
     with session_scope(engine) as session:
         assert owed_dispatches(session, older_than=timedelta(minutes=10)) == []

@@ -19,6 +19,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -246,3 +247,105 @@ class Counter:
     def __getitem__(self, key: Any) -> int:
         with self._lock:
             return self.values.get(key, 0)
+
+
+# --- A load generator, run in a process of its own (python -m tests.reliability.processes)
+
+def start_load(url: str, seconds: float, out: Path, *, predictions_uri: str,
+               concurrency: int = 8, log: Path | None = None) -> subprocess.Popen:
+    """Start the load generator: ``concurrency`` connections sending signed deliveries
+    to ``url`` for ``seconds``; it writes what it sent and what came back to ``out``."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    args = [sys.executable, "-m", "tests.reliability.processes", "load", url, str(seconds),
+            str(out), predictions_uri, str(concurrency)]
+    sink = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(args, cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            sink.close()
+
+
+async def _load(url: str, seconds: float, out: Path, predictions_uri: str,
+                concurrency: int) -> None:
+    """Closed-loop load: each connection sends, waits for the answer, sends again.
+
+    Per step: a new run (``run.started`` then ``run.completed``, each a new delivery)
+    four times in five, else a retry of a delivery already acknowledged (the same
+    webhook-id and body, signed anew: the receiver must answer 200 and store nothing).
+    """
+    import asyncio
+    import random
+    import time as clock
+    import uuid
+
+    from tunix_rt.client import sign_delivery
+
+    endpoint = url.rstrip("/") + "/webhooks/training"
+    acknowledged: dict[str, list[str]] = {}  # webhook-id -> [external id, type], 202s
+    duplicates: list[str] = []         # webhook-ids answered 200
+    other: dict[str, int] = {}         # any other answer (status or error) -> count
+    bodies: list[tuple[str, bytes]] = []
+    counts = {"requests": 0, "retries": 0}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + seconds
+
+    async def post(client: Any, msg_id: str, body: bytes) -> int | None:
+        headers = sign_delivery(SECRET, msg_id, int(clock.time()), body)
+        headers["content-type"] = "application/json"
+        counts["requests"] += 1
+        try:
+            response = await client.post(endpoint, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            other[type(exc).__name__] = other.get(type(exc).__name__, 0) + 1
+            return None
+        return response.status_code
+
+    async def connection(n: int) -> None:
+        rng = random.Random(n)
+        async with httpx.AsyncClient(timeout=60) as client:
+            while loop.time() < deadline:
+                if bodies and rng.random() < 0.2:
+                    msg_id, body = rng.choice(bodies)
+                    counts["retries"] += 1
+                    status = await post(client, msg_id, body)
+                    if status == 200:
+                        duplicates.append(msg_id)
+                    else:
+                        other[str(status)] = other.get(str(status), 0) + 1
+                    continue
+                external_id = f"load-{uuid.uuid4().hex[:16]}"
+                data = {"external_id": external_id, "name": external_id,
+                        "dataset": "arithmetic", "model": "tiny"}
+                for kind, extra in (("run.started", {"config": {"lr": rng.random()}}),
+                                    ("run.completed", {"predictions_uri": predictions_uri,
+                                                       "metrics": {"loss": rng.random()}})):
+                    msg_id = f"msg_{uuid.uuid4().hex}"
+                    body = json.dumps({"type": kind, "data": {**data, **extra}}).encode()
+                    status = await post(client, msg_id, body)
+                    if status == 202:
+                        acknowledged[msg_id] = [external_id, kind]
+                        bodies.append((msg_id, body))
+                    else:
+                        other[str(status)] = other.get(str(status), 0) + 1
+
+    await asyncio.gather(*(connection(n) for n in range(concurrency)))
+    elapsed = loop.time() - start
+    out.write_text(json.dumps({"seconds": elapsed, "concurrency": concurrency, **counts,
+                               "acknowledged": acknowledged, "duplicates": duplicates,
+                               "other": other}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "load":
+        import asyncio
+
+        asyncio.run(_load(sys.argv[2], float(sys.argv[3]), Path(sys.argv[4]), sys.argv[5],
+                          int(sys.argv[6])))
+    else:
+        sys.exit("usage: python -m tests.reliability.processes load URL SECONDS OUT "
+                 "PREDICTIONS_URI CONCURRENCY")

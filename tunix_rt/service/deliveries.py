@@ -30,8 +30,8 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError, is_transient
-from tunix_rt.store.models import (Dispatch, DispatchStatus, Evaluation, Run, RunOrigin, RunStatus,
-                             WebhookDelivery, new_run_id, utcnow)
+from tunix_rt.store.models import (Dispatch, DispatchStatus, Evaluation, GateResult, Run,
+                                   RunOrigin, RunStatus, WebhookDelivery, new_run_id, utcnow)
 from tunix_rt.store.metrics import record_points
 from tunix_rt.store.upsert import insert_ignore
 from tunix_rt.service.webhooks import RunEvent
@@ -265,16 +265,27 @@ class Owed:
 
 
 def _owed(now: datetime, older_than: timedelta) -> Any:
-    """Which dispatches are owed at ``now``: no evaluation of the run, attempts left, and
-    no live lease. A pending row is owed ``older_than`` after it was written (the
-    receiver dispatches right after its commit); a dispatched row when its lease has
-    expired or, without a lease (rows from before leases, a loop that ended without an
-    evaluation), ``older_than`` after it was dispatched."""
+    """Which dispatches are owed at ``now``: the run's loop has not got as far as its gate
+    (see below), attempts left, and no live lease. A pending row is owed ``older_than``
+    after it was written (the receiver dispatches right after its commit); a dispatched
+    row when its lease has expired or, without a lease (rows from before leases, a loop
+    that ended without an evaluation), ``older_than`` after it was dispatched.
+
+    A loop got as far as its gate when the run has an evaluation and none of its
+    completed evaluations lacks a gate decision under its judge. A loop killed between
+    storing the evaluation and gating (a receiver stopped mid-loop) is owed again; the
+    loop then reuses the evaluation. A failed evaluation (a bad predictions file) is an
+    answer: not owed again.
+    """
     cutoff = now - older_than
     has_evaluation = exists().where(Evaluation.run_id == Dispatch.run_id)
+    ungated = exists().where(
+        Evaluation.run_id == Dispatch.run_id, Evaluation.status == "completed",
+        ~exists().where(GateResult.run_id == Evaluation.run_id,
+                        GateResult.judge == Evaluation.judge))
     no_lease = Dispatch.lease_until.is_(None)
     lease_free = no_lease | (Dispatch.lease_until < now)
-    return (~has_evaluation & (Dispatch.attempts < MAX_DISPATCH_ATTEMPTS)
+    return ((~has_evaluation | ungated) & (Dispatch.attempts < MAX_DISPATCH_ATTEMPTS)
             & (((Dispatch.status == DispatchStatus.pending.value)
                 & (Dispatch.created_at < cutoff) & lease_free)
                | ((Dispatch.status == DispatchStatus.dispatched.value)
