@@ -131,7 +131,8 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Any, str]:
     from tunix.generate import tokenizer_adapter
     from tunix.models import automodel
 
-    mesh = jax.make_mesh((1, len(jax.devices())), ("fsdp", "tp"))
+    mesh = jax.make_mesh((1, len(jax.devices())), ("fsdp", "tp"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
     model, model_path = automodel.AutoModel.from_pretrained(
         model_id=cfg["model_id"], mesh=mesh,
         model_source=automodel.ModelSource(cfg["model_source"]),
@@ -280,10 +281,15 @@ def sft_trainable(config: dict[str, Any]) -> str:
 # --- tunix-grpo --------------------------------------------------------------------------
 
 def train_grpo(config: Mapping[str, Any], *, report: Any = None,
-               out_dir: str | Path | None = None, hooks: Any = None) -> str:
+               out_dir: str | Path | None = None, hooks: Any = None, reward: Any = None,
+               batches: list[dict[str, Any]] | None = None) -> str:
     """GRPO with Tunix's ``GRPOLearner`` on the arithmetic prompts, the reward a tunix-rt
     judge (:func:`~tunix_rt.integrations.tunix.rewards.judge_reward`, ``judge`` in the
-    config); returns the URI of the predictions sampled afterwards."""
+    config); returns the URI of the predictions sampled afterwards.
+
+    ``reward`` replaces the judge's reward function; ``batches`` the training batches
+    (each ``{"prompts": array, "reference": array}``, one per step).
+    """
     cfg = _config(config, GRPO_DEFAULTS)
     import jax
     import optax
@@ -297,7 +303,8 @@ def train_grpo(config: Mapping[str, Any], *, report: Any = None,
 
     base, tokenizer, template = load_model(cfg)
     actor = with_lora(base, cfg)
-    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"))
+    mesh = jax.make_mesh((1, 1), ("fsdp", "tp"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
     rollout = base_rollout.RolloutConfig(
         max_tokens_to_generate=cfg["max_new_tokens"],
         max_prompt_length=cfg["max_prompt_length"],
@@ -318,7 +325,7 @@ def train_grpo(config: Mapping[str, Any], *, report: Any = None,
         rl_cluster=cluster,
         algo_config=grpo_learner.GRPOConfig(num_generations=cfg["num_generations"],
                                             num_iterations=1, beta=cfg["beta"]),
-        reward_fns=judge_reward(cfg["judge"]))
+        reward_fns=reward or judge_reward(cfg["judge"]))
     hooks = hooks or TunixRtHooks(report=report or core.report)
     if isinstance(hooks, TunixRtHooks):
         hooks.complete_on_train_end = False  # the actor trainer ends once per batch
@@ -326,14 +333,15 @@ def train_grpo(config: Mapping[str, Any], *, report: Any = None,
 
     rng = np.random.default_rng(cfg["seed"])
     pairs = core.training_pairs()
-    batches = []
-    for _ in range(cfg["steps"]):
+    given, batches = batches, []
+    for _ in range(cfg["steps"] if given is None else 0):
         chosen = [pairs[i] for i in rng.integers(0, len(pairs), cfg["batch_size"])]
-        batches.append({"prompts": [template.format(prompt=f"What is {a} + {b}?")
-                                    for a, b in chosen],
-                        "reference": [str(a + b) for a, b in chosen]})
+        # Arrays, not lists: the learner repeats every column G times along axis 0.
+        batches.append({"prompts": np.array([template.format(prompt=f"What is {a} + {b}?")
+                                             for a, b in chosen]),
+                        "reference": np.array([str(a + b) for a, b in chosen])})
     with hooks if isinstance(hooks, TunixRtHooks) else _nothing():
-        learner.train(batches)
+        learner.train(given if given is not None else batches)
         if isinstance(hooks, TunixRtHooks):
             hooks.finish(cluster.actor_trainer)
     directory = Path(out_dir) if out_dir is not None else _out_dir()
