@@ -28,7 +28,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, text
 
-from tests.cli.conftest import UNREACHABLE_PREFECT
+from tests.cli.conftest import COMMAND, UNREACHABLE_PREFECT
 from tests.db.test_migrations import _assert_survived, _populate, _revisions, _snapshot
 from tests.pgserver import create_database
 from tests.waiting import wait_for
@@ -190,3 +190,136 @@ def test_an_upgrade_and_a_first_use_at_once_on_a_new_sqlite_file(tmp_path: Path)
         assert json.loads(listed.stdout)["runs"] == [], str(listed)
         with engine_for(url) as engine:
             assert_at_head_once(engine)
+
+
+def _spawn(url: str, args: Sequence[str], folder: Path) -> tuple[subprocess.Popen, Path, Path]:
+    """``tunix-rt ARGS`` started on ``url`` with its output in files; the process and files."""
+    env = dict(os.environ, TUNIX_RT_DATABASE_URL=url, PREFECT_API_URL=UNREACHABLE_PREFECT)
+    name = "-".join(args).replace("/", "_")
+    out, err = folder / f"{name}.out", folder / f"{name}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([*COMMAND, *args], env=env, stdout=stdout, stderr=stderr,
+                                text=True)
+    return proc, out, err
+
+
+def _finish(proc: subprocess.Popen, out: Path, err: Path, args: Sequence[str]) -> Outcome:
+    try:
+        code = proc.wait(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return Outcome(tuple(args), code, out.read_text(), err.read_text())
+
+
+def _clone(engine: Engine, db_url: str, pg_admin_url: str | None, folder: Path,
+           name: str) -> str:
+    """A copy of the database behind ``engine``, as it is now; its URL."""
+    if engine.dialect.name == "sqlite":
+        path = folder / f"{name}.db"
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"VACUUM INTO '{path}'")
+        return f"sqlite:///{path}"
+    from sqlalchemy.engine import make_url
+
+    engine.dispose()  # a template must have no open connections
+    return create_database(pg_admin_url, prefix="from", template=make_url(db_url).database)
+
+
+# --- From every earlier revision --------------------------------------------------------
+
+def test_one_upgrade_from_every_earlier_revision_keeps_the_rows(
+        engine: Engine, db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """For each revision before head: a database at it with rows in every table it has,
+    taken to head by one upgrade (as a user skipping releases does), keeps every row in
+    the columns both revisions have, and ends with the schema the models declare."""
+    admin = request.getfixturevalue("pg_admin_url") if engine.dialect.name != "sqlite" else None
+    _populate(engine, tmp_path)
+    revisions = _revisions(engine)
+    assert len(revisions) >= 2 and revisions[-1] == db.SCHEMA_HEAD
+    for revision in reversed(revisions[:-1]):
+        db.downgrade(engine, revision)  # one step down from the previous one
+        at_revision = _snapshot(engine)
+        empty = sorted(name for name, rows in at_revision.items() if not rows)
+        assert empty == [], f"at {revision} these tables have no rows: {empty}"
+
+        url = _clone(engine, db_url, admin, tmp_path, revision)
+        with engine_for(url) as copy:
+            assert db.upgrade(copy) == revision
+            assert_at_head_once(copy)
+            _assert_survived(at_revision, _snapshot(copy), f"upgrade {revision} -> head")
+
+
+@pytest.mark.postgres
+def test_two_upgrades_at_once_from_the_first_revision_with_rows(
+        tmp_path: Path, pg_admin_url: str, pg_template: str) -> None:
+    """The longest upgrade there is, twice at once, on a database full of rows: one
+    migrates it, the other waits and finds head; every row is still there."""
+    url = create_database(pg_admin_url, template=pg_template)
+    with engine_for(url) as engine:
+        _populate(engine, tmp_path)
+        first = _revisions(engine)[0]
+        db.downgrade(engine, first)
+        before = _snapshot(engine)
+    outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
+    assert_upgraded(outcomes, first)
+    with engine_for(url) as engine:
+        assert_at_head_once(engine)
+        _assert_survived(before, _snapshot(engine), f"two upgrades {first} -> head")
+
+
+# --- Commands that start while an upgrade runs ------------------------------------------
+
+@pytest.mark.postgres
+def test_commands_started_during_an_upgrade_wait_for_it(
+        tmp_path: Path, pg_admin_url: str, pg_template: str) -> None:
+    """An upgrade held mid-way (its first step done, its transaction open, blocked on a
+    lock the test holds on alembic_version): a second `db upgrade` says it waits and
+    waits; a command that reads (`runs list`) waits rather than refusing or reading a
+    half-migrated schema; once the upgrade commits, all three succeed.
+
+    Before: `runs list` exited 3 at once, "the database is at schema revision ...; run
+    `tunix-rt db upgrade`", while the upgrade it was told to run was running."""
+    url = create_database(pg_admin_url, template=pg_template)
+    with engine_for(url) as engine:
+        db.downgrade(engine, _revisions(engine)[0])
+    holder = db.make_engine(url)
+    try:
+        with holder.connect() as hold:
+            # Readers of alembic_version pass; the upgrade's UPDATE of it waits.
+            hold.exec_driver_sql("LOCK TABLE alembic_version IN EXCLUSIVE MODE")
+
+            def waiting(query: str) -> int:
+                # On another connection: a transaction sees one snapshot of pg_stat_activity.
+                with holder.connect() as conn:
+                    return conn.execute(text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND wait_event_type = 'Lock' AND query LIKE :q"),
+                        {"q": query}).scalar()
+
+            first = _spawn(url, ["db", "upgrade"], tmp_path)
+            wait_for(lambda: waiting("UPDATE alembic_version%"), TIMEOUT_S,
+                     "the upgrade to block on alembic_version", proc=first[0], log=first[2])
+            (tmp_path / "second").mkdir()
+            (tmp_path / "reader").mkdir()
+            second = _spawn(url, ["db", "upgrade"], tmp_path / "second")
+            reader = _spawn(url, ["runs", "list", "--format", "json"], tmp_path / "reader")
+            wait_for(lambda: second[2].read_text() == WAITING + "\n", TIMEOUT_S,
+                     "the second upgrade to say it waits", proc=second[0], log=second[2])
+            wait_for(lambda: waiting("SELECT pg_advisory_lock%") == 2, TIMEOUT_S,
+                     "the second upgrade and the reader to wait for the migration lock",
+                     proc=reader[0], log=reader[2])
+            assert second[0].poll() is None and reader[0].poll() is None
+            hold.rollback()  # the lock goes: the first upgrade finishes
+        upgraded = _finish(*first, ["db", "upgrade"])
+        waited = _finish(*second, ["db", "upgrade"])
+        listed = _finish(*reader, ["runs", "list"])
+    finally:
+        holder.dispose()
+    assert_upgraded([upgraded, waited], _revisions(db.make_engine("sqlite://"))[0])
+    assert waited.stdout.strip() == f"database at {db.SCHEMA_HEAD} (was {db.SCHEMA_HEAD})"
+    assert_quiet_success(listed)
+    assert json.loads(listed.stdout)["runs"] == []
+    with engine_for(url) as engine:
+        assert_at_head_once(engine)

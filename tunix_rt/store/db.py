@@ -74,8 +74,9 @@ def get_engine(url: str | None = None, *, migrate_embedded: bool = True) -> Engi
     """The cached engine for ``url`` (default: the configured database), schema checked.
 
     The first call for a URL checks the schema revision: a SQLite database behind
-    head is upgraded in place; any other database behind head raises
-    :class:`DatabaseNotMigratedError` with the command that fixes it.
+    head is upgraded in place; any other database behind head, once any upgrade running
+    on it has finished, raises :class:`DatabaseNotMigratedError` with the command that
+    fixes it.
     """
     url = url or get_settings().database_url
     with _lock:
@@ -115,6 +116,14 @@ def _ensure_schema(engine: Engine) -> None:
     if engine.dialect.name == "sqlite":
         # Under the migration lock: a process that waited finds head and does nothing.
         upgrade(engine)
+        return
+    # An upgrade may be running (a deploy's, a flow run's pull step): wait it out, then
+    # look again, so that a process starting meanwhile neither refuses nor reads a schema
+    # half-way between revisions. With no upgrade running the lock is free at once.
+    with engine.connect() as connection, migration_lock(connection):
+        pass
+    revision = current_revision(engine)
+    if revision == SCHEMA_HEAD:
         return
     raise DatabaseNotMigratedError(
         f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
