@@ -19,7 +19,8 @@ How verdicts become rewards:
 The judge is built as the loop builds it (:func:`tunix_rt.quality.judging.build_judge`),
 so the ``llm`` judge's verdict cache in the database applies (the same completion is
 graded once, across steps and runs), and its cost is added up in ``reward.ledger``.
-``reward.last_verdicts`` keeps the verdicts of the last call.
+``reward.last_verdicts`` keeps the verdicts of the last call, ``reward.mean`` the mean
+reward given so far.
 
 Importing this module does not import Tunix: a reward function is plain Python.
 """
@@ -48,6 +49,8 @@ class JudgeReward:
         self.context = context or ScoringContext(run_id="tunix-reward")
         self.ledger = Ledger()
         self.last_verdicts: list[Any] = []
+        self.count = 0          # rewards given so far
+        self.total = 0.0        # their sum
         self.__name__ = f"judge_reward_{judge.name}"
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str],
@@ -75,7 +78,16 @@ class JudgeReward:
         ledger = getattr(self.judge, "ledger", None)
         if hasattr(ledger, "as_dict"):
             self.ledger = Ledger.total([self.ledger, ledger])
-        return [self.reward(v.score) for v in verdicts]
+        rewards = [self.reward(v.score) for v in verdicts]
+        finite = [r for r in rewards if not math.isnan(r)]
+        self.count += len(finite)
+        self.total += sum(finite)
+        return rewards
+
+    @property
+    def mean(self) -> float | None:
+        """The mean reward given so far (NaN rewards left out); None before any."""
+        return self.total / self.count if self.count else None
 
     def reward(self, score: float | None) -> float:
         """The reward for one verdict's score (None: unscored)."""

@@ -23,7 +23,8 @@ many steps: one Ray Tune iteration), ``seed``, ``n_eval`` (eval items sampled fo
 predictions). Each report has ``step``, ``train_loss``, ``eval_loss`` and the points
 since the last one (the run's loss curve); the last also has ``predictions_uri``.
 ``tunix-grpo`` adds ``num_generations``, ``beta``, ``temperature`` and ``judge`` (the
-reward, default ``exact_match``).
+reward, default ``exact_match``); its reports add ``reward_mean``, the mean reward the
+judge gave over the run (the metric a GRPO sweep optimizes).
 """
 
 from __future__ import annotations
@@ -321,11 +322,12 @@ def train_grpo(config: Mapping[str, Any], *, report: Any = None,
                                                   rl_cluster_lib.Role.ROLLOUT)},
             rollout_engine="vanilla", offload_to_cpu=False, training_config=training,
             rollout_config=rollout))
+    reward = reward or judge_reward(cfg["judge"])
     learner = grpo_learner.GRPOLearner(
         rl_cluster=cluster,
         algo_config=grpo_learner.GRPOConfig(num_generations=cfg["num_generations"],
                                             num_iterations=1, beta=cfg["beta"]),
-        reward_fns=reward or judge_reward(cfg["judge"]))
+        reward_fns=reward)
     hooks = hooks or TunixRtHooks(report=report or core.report)
     if isinstance(hooks, TunixRtHooks):
         hooks.complete_on_train_end = False  # the actor trainer ends once per batch
@@ -343,6 +345,8 @@ def train_grpo(config: Mapping[str, Any], *, report: Any = None,
     with hooks if isinstance(hooks, TunixRtHooks) else _nothing():
         learner.train(given if given is not None else batches)
         if isinstance(hooks, TunixRtHooks):
+            if getattr(reward, "mean", None) is not None:
+                hooks.latest["reward_mean"] = reward.mean  # what a GRPO sweep optimizes
             hooks.finish(cluster.actor_trainer)
     directory = Path(out_dir) if out_dir is not None else _out_dir()
     uri = write_predictions(actor, tokenizer, _eval_items(cfg["n_eval"]),
