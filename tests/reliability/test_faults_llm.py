@@ -87,10 +87,14 @@ def finish(proc: subprocess.Popen, log: Path) -> dict[str, Any]:
     return json.loads(text[start + 1 if start >= 0 else text.index("{"):])
 
 
-def env_for(prefect_api_url: str, provider: FakeOpenAI, **extra: str) -> dict[str, str]:
-    return dict(os.environ, PREFECT_API_URL=prefect_api_url,
-                TUNIX_RT_LLM_BASE_URL=provider.base_url, TUNIX_RT_LLM_MODEL="judge-model",
-                **extra)
+def env_for(prefect_api_url: str | None, provider: FakeOpenAI, **extra: str) -> dict[str, str]:
+    """The command's environment: the session's Prefect server, or (None) none at all."""
+    env = dict(os.environ, TUNIX_RT_LLM_BASE_URL=provider.base_url,
+               TUNIX_RT_LLM_MODEL="judge-model", **extra)
+    env.pop("PREFECT_API_URL", None)
+    if prefect_api_url is not None:
+        env["PREFECT_API_URL"] = prefect_api_url
+    return env
 
 
 def cached_items(engine: Engine) -> list[int]:
@@ -257,6 +261,64 @@ def test_a_loop_killed_mid_scoring_completes_on_rerun_and_pays_only_for_the_rest
         assert len(items) == N and len(set(items)) == N
         assert session.scalar(select(func.count()).select_from(JudgeCacheEntry)) == N
     assert sorted(Counter(cached_items(engine)).values()) == [1] * N
+
+
+# --- killed alone, as the OOM killer does: no Prefect server left behind -----------------
+
+def children(pid: int) -> list[int]:
+    """The running processes whose parent is ``pid``."""
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and running(int(entry.name))
+            and _stat(int(entry.name))[1] == str(pid)]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, or a process that is gone, does not)."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return text[text.rfind(")") + 2:].split()
+
+
+@on_postgres
+def test_a_loop_killed_alone_leaves_no_prefect_server_behind(engine: Engine,
+                                                              tmp_path: Path) -> None:
+    """Without PREFECT_API_URL the command needs a local Prefect server; SIGKILL to the
+    command alone (not its group) must take that server down too."""
+    run_id = make_run(engine, tmp_path, "alone", [True] * 4)
+    held = threading.Event()
+
+    def holding_grader(request: dict[str, Any], attempt: int) -> Reply:
+        held.wait(PROCESS_TIMEOUT_S)
+        return grade(request, item_of(request)[1])
+
+    servers: list[int] = []
+    with fake_openai(holding_grader) as provider:
+        env = env_for(None, provider, PREFECT_HOME=str(tmp_path / "prefect"))
+        log = tmp_path / "alone.log"
+        proc = start_evaluate(run_id, env, log)
+        try:
+            wait_for(lambda: provider.calls > 0, WAIT_S, "the loop asking the provider",
+                     proc=proc, log=log)
+            servers = children(proc.pid)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=PROCESS_TIMEOUT_S)
+            held.set()
+    try:
+        assert servers, "tunix-rt evaluate ran a loop with no Prefect server process under it"
+        wait_for(lambda: not any(running(pid) for pid in servers), WAIT_S,
+                 "the local Prefect server to stop with the command")
+    finally:  # never leave one running, whatever the outcome
+        for pid in servers:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 # --- a provider failing 30% of calls -----------------------------------------------------
