@@ -81,6 +81,17 @@ def rss_kib(pid: int, *, with_children: bool = True) -> int:
     return total
 
 
+def threads(pid: int) -> int:
+    """How many threads ``pid`` runs (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tunix_rt_env(db_url: str, prefect_home: Path, **extra: str) -> dict[str, str]:
     """The environment of a ``tunix-rt`` subprocess: this one's, the given database, the
     tests' webhook secret, a Prefect home of its own and no Prefect server."""
