@@ -323,3 +323,46 @@ def test_commands_started_during_an_upgrade_wait_for_it(
     assert json.loads(listed.stdout)["runs"] == []
     with engine_for(url) as engine:
         assert_at_head_once(engine)
+
+
+# --- Two processes opening a new embedded file --------------------------------------------
+
+def _has_open(proc: subprocess.Popen, path: Path) -> bool:
+    """Whether ``proc`` has ``path`` open (Linux: its /proc/PID/fd links)."""
+    folder = Path(f"/proc/{proc.pid}/fd")
+    try:
+        return any(os.path.realpath(link) == str(path.resolve()) for link in folder.iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_first_use_of_a_new_file_another_process_is_converting(tmp_path: Path) -> None:
+    """A process converting a new embedded file to WAL holds a write lock for a moment;
+    another that opens the file then must wait for it, not fail.
+
+    Before: SQLite answered "database is locked" at once to the second process's
+    `PRAGMA journal_mode=WAL` (its busy handler is not used there), and `tunix-rt runs
+    list` exited 3. About one start in a hundred on a new file lost this race; here the
+    other process is a connection of the test holding the write lock it would hold."""
+    import sqlite3
+
+    path = tmp_path / "new.db"
+    path.touch(mode=0o600)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        args = ["runs", "list", "--format", "json"]
+        proc, out, err = _spawn(f"sqlite:///{path}", args, tmp_path)
+        wait_for(lambda: _has_open(proc, path), TIMEOUT_S, "the command to open the file",
+                 proc=proc, log=err)
+        holder.rollback()
+        listed = _finish(proc, out, err, args)
+    finally:
+        holder.close()
+    assert_quiet_success(listed)
+    assert json.loads(listed.stdout)["runs"] == []
+    with engine_for(f"sqlite:///{path}") as engine:
+        assert_at_head_once(engine)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

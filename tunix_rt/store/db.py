@@ -37,9 +37,31 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     # Foreign keys are off by default in SQLite; WAL lets readers (the CLI, the
     # HTTP service) proceed while a flow writes; busy_timeout waits out a writer.
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _journal_mode_wal(cursor)
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _journal_mode_wal(cursor) -> None:  # noqa: ANN001 - a DB-API cursor
+    """Switch the file to WAL, retrying "database is locked" for up to 30 s.
+
+    Two processes opening a new file at once both convert it, and SQLite answers one of
+    them "database is locked" at once, without its busy handler (a CLI and a service
+    started together on the embedded default: one failed). Once the file is in WAL the
+    pragma only reads, so only the first connections ever retry.
+    """
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def make_engine(url: str) -> Engine:
