@@ -188,6 +188,9 @@ def _trial_fn(trainable: str, out_root: str):  # noqa: ANN202 - the function Ray
         reported: dict[str, Any] = {}
 
         def forward(metrics: dict[str, Any]) -> None:
+            # Each report is one iteration, stored whole (trial_results): the points a
+            # TunixRtHooks report carries for a job's series would only repeat them.
+            metrics = {k: v for k, v in metrics.items() if k != "tunix_rt_points"}
             reported.clear()
             reported.update(metrics)
             tune.report({**metrics, "gpu_ids": gpu_ids})
