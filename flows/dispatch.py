@@ -13,6 +13,11 @@ dispatch): a failed dispatch is recorded by ``dispatch_now``, a failed or crashe
 by the quality-loop flow's hooks, and a flow run that crashed before the loop's code
 even ran (a failing pull step, a flow that cannot be imported) by ``CrashWatcher``,
 which the receiver runs beside an ``EventDispatcher``.
+
+A loop has a deadline, ``TUNIX_RT_LOOP_TIMEOUT_S`` (:func:`loop_timeout_s`): Prefect
+times the flow run out, and, for a loop stuck where Prefect cannot interrupt it (a
+worker thread blocked in a read), its :class:`LeaseKeeper` stops renewing and lets the
+lease lapse, noting why on the run, so the sweeper may start the loop again.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -35,6 +42,20 @@ QUALITY_LOOP_DEPLOYMENT = f"{QUALITY_LOOP_FLOW}/quality-loop"
 _EVENT_NAMESPACE = uuid.UUID("9b1f3c2e-6a55-4f0e-9d43-2b7f1d7d5a10")
 
 log = logging.getLogger("tunix_rt.dispatch")
+
+
+def loop_timeout_s() -> float:
+    """``TUNIX_RT_LOOP_TIMEOUT_S``: the most seconds one quality loop may run."""
+    from tunix_rt.settings import get_settings
+
+    return get_settings().loop_timeout_s
+
+
+def timed_out_error(run_ref: Any, seconds: float) -> str:
+    """What a run shows when its loop outlived its deadline."""
+    return (f"the quality loop for run {run_ref} ran longer than {seconds:g} s "
+            "(TUNIX_RT_LOOP_TIMEOUT_S) and was given up: its lease lapsed, so the sweeper "
+            "may start it again")
 
 
 def has_prefect_server() -> bool:
@@ -75,15 +96,18 @@ class LocalDispatcher:
 
     A run waiting in the queue is alive as long as this process is: its lease is held
     (:class:`LeaseKeeper`) from the dispatch until its loop has run, so the sweeper does
-    not start again a loop that only waits behind a slow one.
+    not start again a loop that only waits behind a slow one. A loop that outlives its
+    deadline (``TUNIX_RT_LOOP_TIMEOUT_S``) cannot be stopped from outside its thread:
+    its lease lapses, and another worker thread takes over the queue behind it.
     """
 
     target = "local"
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[str, LeaseKeeper] | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._work, name="tunix-rt-loop", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._add_worker()
 
     def dispatch(self, run_id: str, key: str) -> str | None:
         keeper = LeaseKeeper(run_id, f"local:{key}").__enter__()
@@ -95,8 +119,21 @@ class LocalDispatcher:
         self._queue.join()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        with self._lock:
+            threads = [t for t in self._threads if t.is_alive()]
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join(timeout=30)
+
+    def _add_worker(self) -> None:
+        """One more worker thread: at start, and in place of one stuck past its deadline."""
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            thread = threading.Thread(target=self._work, daemon=True,
+                                      name=f"tunix-rt-loop-{len(self._threads) + 1}")
+            self._threads.append(thread)
+        thread.start()
 
     def _work(self) -> None:
         from tunix_rt.flows.quality_loop import quality_loop
@@ -108,12 +145,15 @@ class LocalDispatcher:
                 if item is None:
                     return
                 run_id, keeper = item
+                timeout = loop_timeout_s()
+                # From here the queued lease is held for the loop, at most until its deadline.
+                keeper.arm(timeout, on_expire=self._add_worker)
                 # No heartbeat thread (its join costs ~0.9 s a loop): this dispatcher
                 # runs only without a Prefect server, so the API that would watch the
                 # heartbeats lives and dies with this process; the lease is what lets
                 # the sweeper see a loop that died.
                 with keeper, without_heartbeats():  # the lease is released once it ran
-                    quality_loop(run_id=run_id)
+                    quality_loop.with_options(timeout_seconds=timeout)(run_id=run_id)
             except Exception:  # noqa: BLE001 - a failed loop is on record in Prefect
                 log.exception("quality loop for run %s failed", item[0] if item else None)
             finally:
@@ -129,8 +169,9 @@ class InlineDispatcher:
         from tunix_rt.flows.quality_loop import quality_loop
         from tunix_rt.flows.subflows import without_heartbeats
 
+        loop = quality_loop.with_options(timeout_seconds=loop_timeout_s())
         with without_heartbeats():  # the calling flow (the sweeper) sends heartbeats
-            state = quality_loop(run_id=run_id, return_state=True)
+            state = loop(run_id=run_id, return_state=True)
         return str(state.state_details.flow_run_id) if state.state_details else None
 
 
@@ -178,20 +219,40 @@ class LeaseKeeper:
     the sweeper start the loop again. A process that dies takes the thread with it, so
     the lease of a dead loop lapses and the sweeper re-dispatches it. Never raises: the
     database may be what is wrong, and the loop is worth running anyway.
+
+    A loop that hangs (a stuck call, a deadlock) would renew forever, so the keeper has
+    a deadline (``deadline_s``, or :meth:`arm`): past it, it stops renewing, lets the
+    lease lapse at once, notes why on the run and calls ``on_expire``; the sweeper may
+    then start the loop again (up to ``MAX_DISPATCH_ATTEMPTS``).
     """
 
     def __init__(self, run_ref: Any, holder: str | None = None, *,
                  lease: timedelta = deliveries.LEASE,
-                 every: timedelta = deliveries.RENEW_EVERY) -> None:
+                 every: timedelta = deliveries.RENEW_EVERY,
+                 deadline_s: float | None = None) -> None:
         self.run_ref = str(run_ref) if run_ref else ""
         self.holder = holder or f"loop:{uuid.uuid4().hex}"
         self.lease = lease
         self.every = every
         self.renewals = 0
+        self.expired = False
         self._entered = False
         self._run_id: str | None = None
         self._stop = threading.Event()
+        self._poke = threading.Event()  # the deadline changed, or stop: look again
+        self._deadline: float | None = None
+        self._timeout_s: float | None = None
+        self._on_expire: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._keep, name="tunix-rt-lease", daemon=True)
+        if deadline_s is not None:
+            self.arm(deadline_s)
+
+    def arm(self, seconds: float | None, on_expire: Callable[[], None] | None = None) -> None:
+        """Hold the lease at most ``seconds`` from now (None: no deadline)."""
+        self._timeout_s = seconds
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+        self._on_expire = on_expire
+        self._poke.set()
 
     def __enter__(self) -> LeaseKeeper:
         """Hold the lease from now on (again: no effect)."""
@@ -204,6 +265,7 @@ class LeaseKeeper:
     def __exit__(self, *_exc: Any) -> None:
         """Stop renewing, then release the lease (when this keeper still holds it)."""
         self._stop.set()
+        self._poke.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         if self._run_id is None:
@@ -221,7 +283,7 @@ class LeaseKeeper:
         from tunix_rt.store import runs
         from tunix_rt.store.db import session_scope
 
-        if not self.run_ref:
+        if not self.run_ref or self.expired:
             return False
         try:
             with session_scope() as session:
@@ -238,8 +300,44 @@ class LeaseKeeper:
         return held > 0
 
     def _keep(self) -> None:
-        while not self._stop.wait(self.every.total_seconds()):
-            self.renew()
+        next_renewal = time.monotonic() + self.every.total_seconds()
+        while True:
+            deadline = self._deadline
+            until = next_renewal if deadline is None else min(next_renewal, deadline)
+            self._poke.wait(max(0.0, until - time.monotonic()))
+            self._poke.clear()
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            if self._deadline is not None and now >= self._deadline:
+                self._expire()
+                return
+            if now >= next_renewal:
+                self.renew()
+                next_renewal = now + self.every.total_seconds()
+
+    def _expire(self) -> None:
+        """Past the deadline: the lease lapses now (a zero-length renewal) and the run
+        says why. Whoever claims it next holds it; this keeper's exit releases nothing."""
+        from tunix_rt.store.db import session_scope
+
+        seconds = self._timeout_s or 0.0
+        error = timed_out_error(self.run_ref, seconds)
+        log.warning("%s", error)
+        try:
+            if self._run_id is not None:
+                with session_scope() as session:
+                    deliveries.renew_lease(session, self._run_id, self.holder,
+                                           lease=timedelta(0))
+        except Exception:  # noqa: BLE001 - without it the lease lapses by itself
+            log.exception("could not give up the lease of run %s", self.run_ref)
+        self.expired = True
+        note_loop_error(self.run_ref, error)
+        if self._on_expire is not None:
+            try:
+                self._on_expire()
+            except Exception:  # noqa: BLE001
+                log.exception("after the deadline of run %s", self.run_ref)
 
 
 # Loggers of the worker and the runner around a flow run, as opposed to the flow run's own.

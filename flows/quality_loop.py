@@ -15,7 +15,8 @@ from pydantic import Field
 from prefect.states import State
 from prefect.utilities.annotations import quote
 
-from tunix_rt.flows.dispatch import LeaseKeeper, clear_loop_error, note_loop_error
+from tunix_rt.flows.dispatch import (LeaseKeeper, clear_loop_error, loop_timeout_s,
+                                     note_loop_error, timed_out_error)
 from tunix_rt.judges import RegisteredJudge
 from tunix_rt.tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
                            publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
@@ -35,11 +36,24 @@ def value_of(result: Any) -> Any:
     return result.result() if isinstance(result, State) else result
 
 
-def _loop_did_not_finish(_flow: Any, flow_run: FlowRun, state: State) -> None:
+def _loop_did_not_finish(flow: Any, flow_run: FlowRun, state: State) -> None:
     """on_failure, on_crashed: the reason is shown on the run, not only in Prefect."""
-    note_loop_error(flow_run.parameters.get("run_id"),
-                    f"quality-loop flow run {flow_run.name!r} ({flow_run.id}) "
-                    f"{state.name.lower()}: {state.message or 'no message'}")
+    run_id = flow_run.parameters.get("run_id")
+    if state.name == "TimedOut":
+        error = (f"{timed_out_error(run_id, flow.timeout_seconds or 0)} (flow run "
+                 f"{flow_run.name!r}, {flow_run.id}: {state.message or 'timed out'})")
+    else:
+        error = (f"quality-loop flow run {flow_run.name!r} ({flow_run.id}) "
+                 f"{state.name.lower()}: {state.message or 'no message'}")
+    note_loop_error(run_id, error)
+
+
+def _deadline_s() -> float | None:
+    """This flow run's timeout (``with_options`` may have changed the decorator's)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.flow.timeout_seconds if context and context.flow else loop_timeout_s()
 
 
 def _lease_holder() -> str | None:
@@ -53,7 +67,11 @@ def _loop_completed(_flow: Any, flow_run: FlowRun, _state: State) -> None:
     clear_loop_error(flow_run.parameters.get("run_id"))
 
 
+# The deadline (TUNIX_RT_LOOP_TIMEOUT_S) as this process reads it on import: a worker
+# running the deployment, the CLI; the dispatchers of a long-lived process read it again
+# per loop (with_options).
 @flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True,
+      timeout_seconds=loop_timeout_s(),
       on_failure=[_loop_did_not_finish], on_crashed=[_loop_did_not_finish],
       on_completion=[_loop_completed])
 def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  # noqa: B006
@@ -70,8 +88,9 @@ def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  #
             gradings agreed (self-consistency of sampling judges such as llm).
     """
     # The lease of the run's dispatch is renewed while the loop runs: the sweeper
-    # re-dispatches a loop only when it stops renewing (it died), never a slow one.
-    with LeaseKeeper(run_id, holder=_lease_holder()):
+    # re-dispatches a loop only when it stops renewing (it died, or hung past the
+    # deadline), never a slow one.
+    with LeaseKeeper(run_id, holder=_lease_holder(), deadline_s=_deadline_s()):
         run = load_run(run_id)
         results: dict[str, Any] = {"run_id": run.id, "dataset": run.dataset, "judges": {}}
         for judge in judges:

@@ -4,12 +4,15 @@
   accepted is not read: the path is checked again as it is opened.
 - A URI whose filesystem cannot be had (hdfs:// without a JVM, a backend not
   installed) is one failed evaluation, never retried; a refused connection is retried.
+- A loop that hangs stops renewing its lease at its deadline (TUNIX_RT_LOOP_TIMEOUT_S):
+  the lease lapses, the run says why, and the sweeper may start the loop again.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -197,3 +200,147 @@ def test_a_refused_connection_to_a_store_is_transient(engine, tmp_path: Path) ->
             evaluate(engine, run_id)
         assert not isinstance(excinfo.value, PredictionsError)
         assert is_transient(excinfo.value), repr(excinfo.value)
+
+
+# --- 5. a loop that hangs gives its lease up at its deadline ---------------------------------
+
+class SilentStore:
+    """A TCP server that accepts connections and never answers: a store that hangs."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        """The hung reads end (a reset), and new connections are refused."""
+        self._listener.close()
+        for conn in self.accepted:
+            conn.close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def silent_store() -> Iterator[SilentStore]:
+    store = SilentStore()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _loop_error(engine, run_id: str) -> str | None:  # noqa: ANN001
+    from tunix_rt.store.runs import get_run, run_to_dict
+
+    with session_scope(engine) as session:
+        return run_to_dict(get_run(session, run_id))["loop_error"]
+
+
+def _claimable(engine, run_id: str) -> bool:  # noqa: ANN001
+    """Whether a sweeper may take the run's loop now (its lease has lapsed); claims it."""
+    from datetime import timedelta
+
+    from tunix_rt.service.deliveries import claim_owed
+
+    with session_scope(engine) as session:
+        owed = claim_owed(session, older_than=timedelta(0), holder="sweeper:test")
+    return any(o.run_id == run_id for o in owed)
+
+
+@pytest.mark.flows
+@pytest.mark.postgres
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_loop_hung_in_a_worker_thread_lets_its_lease_lapse(
+        prefect_api_url: str, webhook_env: str, engine, tmp_path: Path,  # noqa: ANN001, F811
+        silent_store: SilentStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receiver's own worker thread reads predictions from a store that never
+    answers: nothing can interrupt that read, so before the deadline existed its lease
+    was renewed forever and no sweeper could give the run its evaluation."""
+    from tests.waiting import wait_for
+    from tunix_rt.flows.dispatch import LocalDispatcher
+    from tunix_rt.service.server import create_app
+
+    store = f"webhdfs://127.0.0.1:{silent_store.port}/runs/"
+    monkeypatch.setenv("TUNIX_RT_PREDICTIONS_ALLOW", f"{store} {tmp_path.as_uri()}/")
+    monkeypatch.setenv("TUNIX_RT_LOOP_TIMEOUT_S", "3")
+    dispatcher = LocalDispatcher()
+    try:
+        for service in serve_app(create_app(dispatcher=dispatcher)):
+            body = event(external_id="hung", predictions_uri=store + "p.jsonl")
+            response = service.post(body, sign(body))
+            assert response.status_code == 202, response.text
+            hung = response.json()["run_id"]
+            wait_for(lambda: silent_store.accepted, 60, "the loop to reach the store")
+
+            wait_for(lambda: _claimable(engine, hung), 60, "the hung loop's lease to lapse")
+            error = _loop_error(engine, hung) or ""
+            assert "TUNIX_RT_LOOP_TIMEOUT_S" in error and "3 s" in error, error
+
+            # The worker thread is still stuck; the next run is not stuck behind it.
+            path = write_predictions(tmp_path / "next.jsonl", correctness(N, 0.5, seed=6))
+            body = event(external_id="next", predictions_uri=path)
+            following = service.post(body, sign(body)).json()["run_id"]
+            wait_for(lambda: _evaluation_status(engine, following), 90,
+                     "the next run's loop to run on another worker thread")
+    finally:
+        silent_store.close()  # the stuck read ends, and its thread with it
+        dispatcher.close()
+
+
+def _evaluation_status(engine, run_id: str) -> str | None:  # noqa: ANN001
+    with session_scope(engine) as session:
+        return session.scalar(select(Evaluation.status).where(Evaluation.run_id == run_id))
+
+
+@pytest.mark.flows
+@pytest.mark.cli
+@pytest.mark.postgres
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_prefect_times_a_hung_loop_out_and_the_run_shows_why(
+        prefect_api_url: str, webhook_env: str, engine, tmp_path: Path,  # noqa: ANN001, F811
+        silent_store: SilentStore) -> None:
+    """``tunix-rt evaluate`` in its own process, the flow in its main thread as a worker
+    runs a deployment: Prefect interrupts the stuck read at the deadline (TimedOut), the
+    read is not retried, the run says why and its lease is free."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from tests.cli.conftest import Cli
+    from tunix_rt.service.deliveries import mark_dispatched, receive
+    from tunix_rt.service.webhooks import RunEvent
+    from tunix_rt.store.models import Dispatch
+
+    store = f"webhdfs://127.0.0.1:{silent_store.port}/runs/"
+    with session_scope(engine) as session:  # a webhook's run, its loop started
+        run_id = receive(session, "d-hung", RunEvent.model_validate({
+            "type": "run.completed", "data": {"external_id": "hung", "dataset": "arith",
+                                              "model": "m", "predictions_uri": store + "p"}}
+        )).run_id
+    with session_scope(engine) as session:
+        mark_dispatched(session, session.scalar(select(Dispatch.id)), "deployment")
+
+    result = Cli(prefect_api_url)("evaluate", run_id, expect=None,
+                                  TUNIX_RT_LOOP_TIMEOUT_S="3", TUNIX_RT_PREDICTIONS_ALLOW=store)
+
+    assert result.returncode != 0, result
+    with get_client(sync_client=True) as client:
+        [flow_run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(any_=[f"quality-loop-{run_id}"])))
+    assert flow_run.state.name == "TimedOut", flow_run.state
+    states = task_states(flow_run.id, "score-run")
+    assert states.count("Running") == 1 and "Retrying" not in states, states
+    error = _loop_error(engine, run_id) or ""
+    assert "TUNIX_RT_LOOP_TIMEOUT_S" in error and "exceeded timeout of 3" in error, error
+    assert _claimable(engine, run_id)
