@@ -53,6 +53,7 @@ def on_postgres(test: Any) -> Any:
 # Safety nets for a hung process on a loaded machine, never a claim about speed.
 PROCESS_TIMEOUT_S = 300
 WAIT_S = 120
+SERVER_WAIT_S = 240  # a Prefect server's first start migrates its database
 
 PROMPT = re.compile(r"(?:run (\d+): )?what is (\d+)\?")
 
@@ -304,7 +305,8 @@ def test_a_loop_killed_alone_leaves_no_prefect_server_behind(engine: Engine,
         log = tmp_path / "alone.log"
         proc = start_evaluate(run_id, env, log)
         try:
-            wait_for(lambda: provider.calls > 0, WAIT_S, "the loop asking the provider",
+            # The command first starts a Prefect server on a fresh Prefect home.
+            wait_for(lambda: provider.calls > 0, SERVER_WAIT_S, "the loop asking the provider",
                      proc=proc, log=log)
             servers = children(proc.pid)
         finally:
