@@ -9,7 +9,9 @@ is the resident set of the process and every process it started (the ephemeral
 Prefect server is a child), read from ``/proc``.
 
 Senders are the client library (:func:`tunix_rt.client.notify` with
-``raise_on_error=True``) in several threads: what a fleet of training jobs does.
+``raise_on_error=True``) in several threads: what a fleet of training jobs does. The
+load generator (:func:`start_load`) runs in a process of its own, an asyncio client
+signing with :func:`tunix_rt.client.sign_delivery`, so its CPU is not the test's.
 """
 
 from __future__ import annotations

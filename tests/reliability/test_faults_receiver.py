@@ -40,6 +40,9 @@ pytestmark = [pytest.mark.reliability, pytest.mark.postgres, pytest.mark.cli]
 # How long the test waits for the owed loops: a safety net for a hung loop, never a
 # claim about speed (a loop costs 0.4-1 s on a loaded 2-core machine).
 LOOPS_WAIT_S = 600
+# The tests that wait for loops may outlast the suite's 300 s per test on a machine
+# loaded many times over (each loop then takes seconds): their own waits are the limit.
+loop_bound = pytest.mark.timeout(LOOPS_WAIT_S + 300)
 OUTAGE_S = 4.0  # how long PostgreSQL stays down: several client retries' worth
 
 
@@ -128,6 +131,7 @@ def _direct_post(receiver: Receiver, external_id: str, uri: str) -> httpx.Respon
     return httpx.post(receiver.webhook_url, content=body, headers=sign(body), timeout=30)
 
 
+@loop_bound
 def test_postgres_restarted_during_500_webhooks(cluster: PostgresCluster,
                                                 tmp_path: Path) -> None:
     """500 runs, each one run.completed from the client library in 4 sender threads;
@@ -293,6 +297,7 @@ def _ten_at_once(url: str, completions: list[Completion]) -> list[NotifyResult]:
         return list(pool.map(send, enumerate(completions)))
 
 
+@loop_bound
 def test_100_runs_each_delivered_10_times_at_once(pg_admin_url: str, pg_template: str,
                                                   tmp_path: Path) -> None:
     """100 runs, each completed by 10 concurrent deliveries to ``tunix-rt serve``: for 50
