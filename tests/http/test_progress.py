@@ -42,6 +42,14 @@ def test_progress_points_become_the_runs_series(service: Service, db_url: str) -
     assert list(only) == ["eval_loss"]
     assert service.get("/api/runs/nope/metrics").status_code == 404
 
+    # The run page draws each series: a line broken where a value is null.
+    page = service.get("/runs/job-p")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "train_loss <small>(4 points)</small>" in page.text
+    assert page.text.count("<svg") == 2 and "<polyline" in page.text
+    assert "no gate result yet" in page.text
+    assert service.get("/runs/nope").status_code == 404
+
 
 @pytest.mark.parametrize(("points", "field"), [
     ([{"step": -1, "metrics": {"loss": 1.0}}], "data.progress.0.step"),

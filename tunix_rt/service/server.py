@@ -189,6 +189,19 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         with scope() as session:
             return datasets.get_dataset(session, name, version).to_dict()
 
+    @app.get("/runs/{run_id}", response_class=HTMLResponse, responses=params.NOT_FOUND)
+    def run_page(run_id: str) -> HTMLResponse:
+        """A run with its gate and its metrics over steps (the loss curve)."""
+        from tunix_rt.service.run_page import render_run_page
+        from tunix_rt.store.metrics import series
+
+        with scope() as session:
+            run = runs.get_run(session, run_id)
+            gate = gating.latest_gate(session, run.id, None)
+            page = render_run_page(runs.run_to_dict(run), series(session, run.id),
+                                   gate.to_dict() if gate else None)
+        return HTMLResponse(page)
+
     @app.get("/", response_class=HTMLResponse, responses=params.PAGE_NOT_FOUND)
     def page(dataset: str | None = None, judge: str | None = None) -> HTMLResponse:
         with scope() as session:
@@ -270,7 +283,8 @@ small {{ color: #777 }} a.on {{ font-weight: bold }}
 <body><h1>Leaderboard: {title}</h1><p>{links}</p>{f"<p>{esc(missing)}</p>" if missing else ""}
 <table><thead><tr><th>rank</th><th>run</th><th>model</th><th>score</th><th>95% CI</th>
 <th>items</th><th>coverage</th></tr></thead><tbody>{rows}</tbody></table>
-<p><small>JSON: /api/leaderboard?dataset=…&amp;judge=… · runs: /api/runs</small></p>
+<p><small>JSON: /api/leaderboard?dataset=…&amp;judge=… · runs: /api/runs · a run's page:
+/runs/{{id}}</small></p>
 </body></html>"""
 
 
