@@ -1,4 +1,5 @@
-"""The training-side client: tell ``tunix-rt serve`` that a run started, completed or failed.
+"""The training-side client: tell ``tunix-rt serve`` that a run started, progressed
+(``run.progress``: metrics by step), completed or failed.
 
 It runs inside training jobs, so it is light: the standard library, plus ``httpx`` imported
 only when a notification is sent. It never imports tunix, jax, numpy, Prefect or SQLAlchemy.
@@ -32,9 +33,11 @@ Plain use, from any training script::
            predictions_uri="file:///data/runs/job-42/predictions.jsonl",
            metrics={"train_loss": 0.31})
 
-With a Tunix trainer: :class:`TunixRtHook` has the shape of Tunix's training hooks (an
-object with ``on_train_start(train_ctx)`` and ``on_train_end(train_ctx)``; every other
-``on_*`` hook method is accepted and does nothing). Pass it where your trainer (e.g. a
+With a Tunix trainer, prefer :class:`tunix_rt.integrations.tunix.TunixRtHooks` (the
+``tunix`` extra): a real ``tunix.sft.hooks.TrainingHooks`` that also sends the loss curve
+(``run.progress``). :class:`TunixRtHook` here needs no Tunix: it has the shape of Tunix's
+training hooks (an object with ``on_train_start(train_ctx)`` and ``on_train_end(train_ctx)``;
+every other ``on_*`` hook method is accepted and does nothing). Pass it where your trainer (e.g. a
 ``PeftTrainer``) accepts training hooks; ``train_ctx`` is whatever the trainer hands its
 hooks, and is only given to your own ``predictions_uri``/``metrics_fn`` callables::
 
