@@ -1,13 +1,16 @@
 """Faults under the llm judge, with real processes: a killed loop, a failing provider.
 
-``tunix-rt evaluate`` runs as a subprocess on the session's Prefect server, against a
-real PostgreSQL and the fake OpenAI server (a real HTTP server: the only stand-in,
-for the LLM provider). The test watches the provider's request log and the database,
-never the loop's insides.
+``tunix-rt evaluate`` runs as a subprocess (on the session's Prefect server, or on
+none), against a real PostgreSQL and the fake OpenAI server (a real HTTP server: the
+only stand-in, for the LLM provider). The tests watch the provider's request log, the
+database and the process table, never the loop's insides.
 
-- SIGKILL in the middle of LLM scoring, then the same command again: the evaluation
-  completes once, with one verdict per item, and the second process pays only for
-  the items whose verdicts were not in the cache when the first one died.
+- SIGKILL to the process group in the middle of LLM scoring, then the same command
+  again: the evaluation completes once, with one verdict per item, and the second
+  process pays only for the items whose verdicts were not in the cache when the first
+  one died (the judge writes its cache while it scores; in process too, below).
+- SIGKILL to the command alone, as the OOM killer sends it, with no Prefect server
+  configured: the local Prefect server the command needed goes down with it.
 - A provider failing 30% of calls (500, 502, 503, and hangs past the client's
   timeout), decided by a seeded hash of (item, attempt): every evaluation completes;
   each item is scored, or unscored and counted when all its attempts failed.
@@ -44,11 +47,12 @@ pytestmark = pytest.mark.reliability
 
 
 def on_postgres(test: Any) -> Any:
-    """A test of real processes on PostgreSQL (the CLI, on the session's Prefect server)."""
+    """A test of real processes (the CLI running the loop) on PostgreSQL."""
     for mark in (pytest.mark.parametrize("db_url", ["postgres"], indirect=True),
                  pytest.mark.postgres, pytest.mark.cli, pytest.mark.flows):
         test = mark(test)
     return test
+
 
 # Safety nets for a hung process on a loaded machine, never a claim about speed.
 PROCESS_TIMEOUT_S = 300
@@ -72,20 +76,19 @@ def grade(request: dict[str, Any], i: int) -> Reply:
 
 
 def start_evaluate(run_id: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """``tunix-rt evaluate RUN --judge llm`` in its own process group, output to a file."""
-    with log.open("w") as out:
+    """``tunix-rt evaluate RUN --judge llm`` in its own process group: stderr to ``log``,
+    the JSON result to ``log`` with the suffix .json (files: no pipe to fill up)."""
+    with log.open("w") as err, log.with_suffix(".json").open("w") as out:
         return subprocess.Popen([*COMMAND, "evaluate", run_id, "--judge", "llm",
-                                 "--format", "json"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                 "--format", "json"], env=env, stdout=out, stderr=err,
+                                text=True, start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, log: Path) -> dict[str, Any]:
-    """Wait for the command; its JSON result (the log's last JSON line)."""
+    """Wait for the command; its JSON result."""
     code = proc.wait(timeout=PROCESS_TIMEOUT_S)
-    text = log.read_text(errors="replace")
-    assert code == 0, f"tunix-rt evaluate exited {code}\n{text[-6000:]}"
-    start = text.rfind("\n{")
-    return json.loads(text[start + 1 if start >= 0 else text.index("{"):])
+    assert code == 0, f"tunix-rt evaluate exited {code}\n{log.read_text(errors='replace')[-6000:]}"
+    return json.loads(log.with_suffix(".json").read_text())
 
 
 def env_for(prefect_api_url: str | None, provider: FakeOpenAI, **extra: str) -> dict[str, str]:
@@ -258,8 +261,8 @@ def test_a_loop_killed_mid_scoring_completes_on_rerun_and_pays_only_for_the_rest
     assert ev["score"] == pytest.approx(sum(i % 3 != 0 for i in range(N)) / N)
     with session_scope(engine) as session:
         assert session.scalar(select(func.count()).select_from(Evaluation)) == 1
-        items = session.scalars(select(Verdict.item_id)).all()
-        assert len(items) == N and len(set(items)) == N
+        verdict_items = session.scalars(select(Verdict.item_id)).all()
+        assert len(verdict_items) == N and len(set(verdict_items)) == N
         assert session.scalar(select(func.count()).select_from(JudgeCacheEntry)) == N
     assert sorted(Counter(cached_items(engine)).values()) == [1] * N
 
