@@ -22,7 +22,7 @@ from sqlalchemy import select
 from tests.db.support import evaluate
 from tests.factories import correctness, make_run, write_predictions
 from tests.flows.support import task_states
-from tests.http.conftest import Service, event, serve_app, sign, webhook_env  # noqa: F401
+from tests.http.conftest import Service, event, serve_app, service, sign, webhook_env  # noqa: F401
 from tunix_rt.errors import PredictionsError, is_transient
 from tunix_rt.store.db import session_scope
 from tunix_rt.store.models import Evaluation, Run
@@ -344,3 +344,81 @@ def test_prefect_times_a_hung_loop_out_and_the_run_shows_why(
     error = _loop_error(engine, run_id) or ""
     assert "TUNIX_RT_LOOP_TIMEOUT_S" in error and "exceeded timeout of 3" in error, error
     assert _claimable(engine, run_id)
+
+
+# --- 3. the webhook's answers, in the served schema and in fact ------------------------------
+
+WEBHOOK_STATUSES = {"200", "202", "400", "401", "409", "413", "422", "503"}
+
+
+def _webhook_operation(service: Service) -> tuple[dict, object]:
+    """The webhook's entry in the served /openapi.json, and schemathesis's operation for it."""
+    import schemathesis
+
+    document = service.get("/openapi.json").json()
+    schema = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
+    return document, schema["/webhooks/training"]["POST"]
+
+
+def test_the_served_schema_documents_the_webhook(service: Service) -> None:
+    document, _ = _webhook_operation(service)
+    operation = document["paths"]["/webhooks/training"]["post"]
+
+    assert set(operation["responses"]) == WEBHOOK_STATUSES
+    for status, answer in operation["responses"].items():
+        content = answer["content"]["application/json"]
+        assert content["schema"]["$ref"].startswith("#/components/schemas/"), status
+        assert content["example"], status
+    assert "Retry-After" in operation["responses"]["503"]["headers"]
+    assert {p["name"] for p in operation["parameters"] if p["in"] == "header"
+            and p["required"]} == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    event_schema = document["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert set(event_schema["required"]) == {"type", "data"}
+    assert {"run.started", "run.completed", "run.failed"} <= set(
+        event_schema["properties"]["type"]["enum"])
+    data = document["components"]["schemas"][
+        event_schema["properties"]["data"]["$ref"].rsplit("/", 1)[1]]
+    assert "external_id" in data["required"] and "predictions_uri" in data["properties"]
+
+
+def test_every_documented_answer_is_given_and_matches_its_schema(
+        service: Service, db_url: str, tmp_path: Path) -> None:
+    """Each status the schema lists, produced by a real request and checked against the
+    schema's shape for it (schemathesis's validation of the served document)."""
+    from tests.http.conftest import SECRET
+    from tunix_rt.service.server import create_app
+    from tunix_rt.settings import Settings
+    from tunix_rt.store import runs
+    from tunix_rt.store.db import dispose_engines, get_engine
+
+    _, operation = _webhook_operation(service)
+    with session_scope(get_engine(db_url)) as session:
+        runs.register_run(session, name="by-hand", dataset="arith", model="m",
+                          predictions_uri="file:///p.jsonl", external_id="hand-1")
+    body = event(predictions_uri="file:///p.jsonl")
+    headers = sign(body)
+    conflict = event("run.failed", "hand-1", error="rewritten")
+    bad = b'{"type": "run.exploded", "data": {"external_id": "x"}}'
+    big = b'{"type":"run.completed","data":{"name":"' + b"x" * (256 * 1024) + b'"}}'
+    unsigned = {k: v for k, v in headers.items() if k != "webhook-signature"}
+    requests = {"202": (body, headers), "200": (body, headers),
+                "400": (body, unsigned), "401": (body, {**headers, "webhook-signature": "v1,AAAA"}),
+                "409": (conflict, sign(conflict)), "413": (big, sign(big)),
+                "422": (bad, sign(bad))}
+    answers = {status: service.post(b, h) for status, (b, h) in requests.items()}
+
+    # 503: a receiver whose database went away (a directory where its SQLite file was).
+    url = f"sqlite:///{tmp_path / 'gone.sqlite'}"
+    broken = create_app(Settings(database_url=url, webhook_secret=SECRET))
+    (tmp_path / "gone.sqlite").unlink()
+    (tmp_path / "gone.sqlite").mkdir()
+    dispose_engines()
+    for down in serve_app(broken):
+        answers["503"] = down.post(body, sign(body))
+
+    assert set(answers) == WEBHOOK_STATUSES
+    for status, response in answers.items():
+        assert str(response.status_code) == status, (status, response.text)
+        operation.validate_response(response)
+    assert answers["503"].headers["retry-after"]

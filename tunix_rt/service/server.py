@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from tunix_rt import __version__
-from tunix_rt.service import deliveries, params
+from tunix_rt.service import deliveries, params, webhook_openapi
 from tunix_rt.quality import datasets, gating, leaderboard
 from tunix_rt.quality.predictions import allowed_prefixes
 from tunix_rt.store import runs
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
     params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
+    webhook_openapi.install(app)  # the webhook's body and headers, in the served schema
     _protect_reads(app, settings)
 
     @app.exception_handler(TunixRtError)
@@ -80,7 +81,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         status = 404 if isinstance(exc, NotFoundError) else 422
         return _error(status, str(exc))
 
-    @app.post("/webhooks/training", status_code=202)
+    @app.post("/webhooks/training", status_code=202, responses=webhook_openapi.RESPONSES,
+              openapi_extra=webhook_openapi.REQUEST)
     async def training_webhook(request: Request, background: BackgroundTasks) -> JSONResponse:
         try:
             body = await _read_body(request, max_body_bytes)
