@@ -34,21 +34,48 @@ def run_migrations_offline() -> None:
 
 
 def _migrate(connection: Connection) -> None:
-    sqlite = connection.dialect.name == "sqlite"
-    if sqlite:
-        # Batch mode rebuilds a SQLite table by copy-and-drop, which enforced foreign
-        # keys forbid while other tables point at it. The pragma only takes effect
-        # outside a transaction.
-        connection.commit()
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-    # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
+    if connection.dialect.name == "sqlite":
+        _migrate_sqlite(connection)
+        return
+    # PostgreSQL has transactional DDL: every revision of one upgrade in one transaction.
     context.configure(connection=connection, target_metadata=target_metadata,
                       render_as_batch=True, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
-    if sqlite:
+
+
+def _migrate_sqlite(connection: Connection) -> None:
+    """Every revision of one upgrade in one SQLite transaction, as on PostgreSQL.
+
+    Python's sqlite3 lets each DDL statement commit on its own, so a process that died
+    half-way left the schema of a revision the version table did not record, and every
+    later upgrade failed on a table it had already made. With the driver's own
+    transaction handling off, one BEGIN IMMEDIATE covers the whole upgrade: a death rolls
+    it back, and readers (WAL) see the old schema until the commit.
+    """
+    connection.commit()
+    # Batch mode rebuilds a SQLite table by copy-and-drop, which enforced foreign keys
+    # forbid while other tables point at it. The pragma only takes effect outside a
+    # transaction.
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    raw = connection.connection.driver_connection
+    legacy = raw.isolation_level
+    raw.isolation_level = None  # the driver no longer begins or commits by itself
+    try:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table.
+        context.configure(connection=connection, target_metadata=target_metadata,
+                          render_as_batch=True, compare_type=True, transactional_ddl=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.commit()
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+        raw.isolation_level = legacy
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
 
 
 def run_migrations_online() -> None:

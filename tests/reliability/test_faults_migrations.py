@@ -366,3 +366,55 @@ def test_first_use_of_a_new_file_another_process_is_converting(tmp_path: Path) -
         assert_at_head_once(engine)
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+# --- An upgrade that dies half-way ---------------------------------------------------------
+
+# An upgrade in a process that dies (os._exit: no cleanup, as a kill -9 or a lost host)
+# just before it records its Nth revision: by then it has changed the schema that far.
+DIES = r"""
+import os, sys
+from sqlalchemy import event
+from tunix_rt.store import db
+engine = db.make_engine(sys.argv[1])
+stamps = []
+@event.listens_for(engine, "before_cursor_execute")
+def die(conn, cursor, statement, *args):
+    if statement.lstrip().upper().startswith("UPDATE ALEMBIC_VERSION"):
+        stamps.append(statement)
+        if len(stamps) == int(sys.argv[2]):
+            os._exit(9)
+db.upgrade(engine)
+"""
+
+
+def test_an_upgrade_that_dies_half_way_leaves_the_database_as_it_was(
+        engine: Engine, db_url: str, tmp_path: Path) -> None:
+    """A process killed in the middle of an upgrade from the first revision leaves the
+    database at that revision with its rows, not between two, and `tunix-rt db upgrade`
+    then takes it to head.
+
+    Before, on SQLite: each statement of a migration committed on its own, so the death
+    left the schema of the revision after the one recorded, and every later upgrade
+    failed on the table or column it had already made ("table ... already exists")."""
+    _populate(engine, tmp_path)
+    revisions = _revisions(engine)
+    first = revisions[0]
+    db.downgrade(engine, first)
+    before = _snapshot(engine)
+    engine.dispose()
+
+    stamp = min(2, len(revisions) - 1)  # dies before recording its second revision
+    proc = subprocess.run([sys.executable, "-c", DIES, db_url, str(stamp)], text=True,
+                          capture_output=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 9, f"the upgrade did not die where planned\n{proc.stderr}"
+    assert db.current_revision(engine) == first
+    assert _snapshot(engine) == before  # every table, column and row as it was
+    engine.dispose()
+
+    args = ["db", "upgrade"]
+    upgraded = _finish(*_spawn(db_url, args, tmp_path), args)
+    assert_quiet_success(upgraded)
+    assert upgraded.stdout.strip() == f"database at {db.SCHEMA_HEAD} (was {first})"
+    assert_at_head_once(engine)
+    _assert_survived(before, _snapshot(engine), f"upgrade {first} -> head after a death")
