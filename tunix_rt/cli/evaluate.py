@@ -12,12 +12,9 @@ import argparse
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,6 +69,8 @@ def local_prefect_server() -> Iterator[str | None]:
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         yield None
         return
+    import tempfile
+
     log = tempfile.TemporaryFile()
     server, url = _start_prefect_server(
         log, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
@@ -89,6 +88,8 @@ def _stop_prefect_server(server: subprocess.Popen, log: Any) -> None:
 
 def _start_prefect_server(log: Any, timeout_s: float) -> tuple[subprocess.Popen, str]:
     """A Prefect server on a free loopback port, healthy; (process, API URL)."""
+    import urllib.request
+
     import prefect
     from prefect.settings import get_current_settings
 
@@ -127,6 +128,8 @@ def _start_prefect_server(log: Any, timeout_s: float) -> tuple[subprocess.Popen,
 
 
 def _free_port() -> int:
+    import socket
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
