@@ -1,11 +1,14 @@
-"""Faults in schema migration: upgrades that race, and upgrades from every earlier revision.
+"""Faults in schema migration: upgrades that race, die half-way, or start from any earlier
+revision.
 
 Upgrades race when a deploy runs ``tunix-rt db upgrade`` on two hosts, or a Prefect pull
 step runs it before each of two flow runs that start together. They run here as real
 processes on a real PostgreSQL (and on the embedded SQLite file), released together by
 a start line after their imports so that the race is not left to chance, and the
 database is checked afterwards: at head exactly once, the schema the models declare,
-no error on any stream.
+nothing on stderr but the note that one waited. Commands that start while an upgrade
+runs wait for it; a process killed half-way through an upgrade leaves the database at
+the revision it started from.
 
 An installed tunix-rt may be any earlier release, so a database at each earlier
 revision, with rows in every table it has, is taken to head in one ``upgrade``.
@@ -37,7 +40,9 @@ from tunix_rt.store.models import Base
 
 pytestmark = [pytest.mark.reliability, pytest.mark.cli]
 
-ROUNDS = 5
+# A race need not show every time: before the fix PostgreSQL's lost 3 rounds of 5.
+# SQLite's file lock is cheaper to show, and its WAL race has a test of its own.
+PG_ROUNDS, SQLITE_ROUNDS = 5, 3
 TIMEOUT_S = 180
 
 # A contender does its imports, says it is ready, and waits for the start line: the
@@ -153,45 +158,6 @@ def engine_for(url: str) -> Iterator[Engine]:
         engine.dispose()
 
 
-# --- Two upgrades at once -------------------------------------------------------------
-
-@pytest.mark.postgres
-def test_two_upgrades_at_once_on_a_new_postgres_database_migrate_it_once(
-        pg_admin_url: str) -> None:
-    """Before: one of the two failed on "duplicate key value violates unique constraint
-    pg_type_typname_nsp_index" (both created alembic_version), an internal error, exit 4."""
-    for r in range(ROUNDS):
-        url = create_database(pg_admin_url, prefix="race")
-        outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
-        assert_upgraded(outcomes, None)
-        with engine_for(url) as engine:
-            assert_at_head_once(engine)
-
-
-def test_two_upgrades_at_once_on_a_new_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
-    """Before: one of the two failed on "table alembic_version already exists" or "table
-    runs already exists" (`db upgrade` did not take the lock the first-use path takes)."""
-    for r in range(ROUNDS):
-        url = f"sqlite:///{tmp_path / f'race{r}.db'}"
-        outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
-        assert_upgraded(outcomes, None)
-        with engine_for(url) as engine:
-            assert_at_head_once(engine)
-
-
-def test_an_upgrade_and_a_first_use_at_once_on_a_new_sqlite_file(tmp_path: Path) -> None:
-    """`tunix-rt db upgrade` and a command that migrates the embedded file on first use,
-    started together: both succeed, the file is migrated once."""
-    for r in range(ROUNDS):
-        url = f"sqlite:///{tmp_path / f'mixed{r}.db'}"
-        upgraded, listed = at_once(url, ["db", "upgrade"], ["runs", "list", "--format", "json"])
-        assert_quiet_success(upgraded)
-        assert_quiet_success(listed)
-        assert json.loads(listed.stdout)["runs"] == [], str(listed)
-        with engine_for(url) as engine:
-            assert_at_head_once(engine)
-
-
 def _spawn(url: str, args: Sequence[str], folder: Path) -> tuple[subprocess.Popen, Path, Path]:
     """``tunix-rt ARGS`` started on ``url`` with its output in files; the process and files."""
     env = dict(os.environ, TUNIX_RT_DATABASE_URL=url, PREFECT_API_URL=UNREACHABLE_PREFECT)
@@ -211,6 +177,45 @@ def _finish(proc: subprocess.Popen, out: Path, err: Path, args: Sequence[str]) -
             proc.kill()
             proc.wait()
     return Outcome(tuple(args), code, out.read_text(), err.read_text())
+
+
+# --- Two upgrades at once -------------------------------------------------------------
+
+@pytest.mark.postgres
+def test_two_upgrades_at_once_on_a_new_postgres_database_migrate_it_once(
+        pg_admin_url: str) -> None:
+    """Before: one of the two failed on "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index" (both created alembic_version), an internal error, exit 4."""
+    for _ in range(PG_ROUNDS):
+        url = create_database(pg_admin_url, prefix="race")
+        outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
+        assert_upgraded(outcomes, None)
+        with engine_for(url) as engine:
+            assert_at_head_once(engine)
+
+
+def test_two_upgrades_at_once_on_a_new_sqlite_file_migrate_it_once(tmp_path: Path) -> None:
+    """Before: one of the two failed on "table alembic_version already exists" or "table
+    runs already exists" (`db upgrade` did not take the lock the first-use path takes)."""
+    for r in range(SQLITE_ROUNDS):
+        url = f"sqlite:///{tmp_path / f'race{r}.db'}"
+        outcomes = at_once(url, ["db", "upgrade"], ["db", "upgrade"])
+        assert_upgraded(outcomes, None)
+        with engine_for(url) as engine:
+            assert_at_head_once(engine)
+
+
+def test_an_upgrade_and_a_first_use_at_once_on_a_new_sqlite_file(tmp_path: Path) -> None:
+    """`tunix-rt db upgrade` and a command that migrates the embedded file on first use,
+    started together: both succeed, the file is migrated once."""
+    for r in range(SQLITE_ROUNDS):
+        url = f"sqlite:///{tmp_path / f'mixed{r}.db'}"
+        upgraded, listed = at_once(url, ["db", "upgrade"], ["runs", "list", "--format", "json"])
+        assert_quiet_success(upgraded)
+        assert_quiet_success(listed)
+        assert json.loads(listed.stdout)["runs"] == [], str(listed)
+        with engine_for(url) as engine:
+            assert_at_head_once(engine)
 
 
 def _clone(engine: Engine, db_url: str, pg_admin_url: str | None, folder: Path,
@@ -283,7 +288,8 @@ def test_commands_started_during_an_upgrade_wait_for_it(
     `tunix-rt db upgrade`", while the upgrade it was told to run was running."""
     url = create_database(pg_admin_url, template=pg_template)
     with engine_for(url) as engine:
-        db.downgrade(engine, _revisions(engine)[0])
+        first = _revisions(engine)[0]
+        db.downgrade(engine, first)
     holder = db.make_engine(url)
     try:
         with holder.connect() as hold:
@@ -298,9 +304,10 @@ def test_commands_started_during_an_upgrade_wait_for_it(
                         "current_database() AND wait_event_type = 'Lock' AND query LIKE :q"),
                         {"q": query}).scalar()
 
-            first = _spawn(url, ["db", "upgrade"], tmp_path)
+            upgrading = _spawn(url, ["db", "upgrade"], tmp_path)
             wait_for(lambda: waiting("UPDATE alembic_version%"), TIMEOUT_S,
-                     "the upgrade to block on alembic_version", proc=first[0], log=first[2])
+                     "the upgrade to block on alembic_version", proc=upgrading[0],
+                     log=upgrading[2])
             (tmp_path / "second").mkdir()
             (tmp_path / "reader").mkdir()
             second = _spawn(url, ["db", "upgrade"], tmp_path / "second")
@@ -312,12 +319,12 @@ def test_commands_started_during_an_upgrade_wait_for_it(
                      proc=reader[0], log=reader[2])
             assert second[0].poll() is None and reader[0].poll() is None
             hold.rollback()  # the lock goes: the first upgrade finishes
-        upgraded = _finish(*first, ["db", "upgrade"])
+        upgraded = _finish(*upgrading, ["db", "upgrade"])
         waited = _finish(*second, ["db", "upgrade"])
         listed = _finish(*reader, ["runs", "list"])
     finally:
         holder.dispose()
-    assert_upgraded([upgraded, waited], _revisions(db.make_engine("sqlite://"))[0])
+    assert_upgraded([upgraded, waited], first)
     assert waited.stdout.strip() == f"database at {db.SCHEMA_HEAD} (was {db.SCHEMA_HEAD})"
     assert_quiet_success(listed)
     assert json.loads(listed.stdout)["runs"] == []
