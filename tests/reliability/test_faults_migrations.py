@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -34,6 +35,7 @@ from sqlalchemy import Engine, text
 from tests.cli.conftest import COMMAND, UNREACHABLE_PREFECT
 from tests.db.test_migrations import _assert_survived, _populate, _revisions, _snapshot
 from tests.pgserver import create_database
+from tests.reliability.processes import Receiver, free_port, tunix_rt_env
 from tests.waiting import wait_for
 from tunix_rt.store import db
 from tunix_rt.store.models import Base
@@ -179,6 +181,18 @@ def _finish(proc: subprocess.Popen, out: Path, err: Path, args: Sequence[str]) -
     return Outcome(tuple(args), code, out.read_text(), err.read_text())
 
 
+def _spawn_serve(url: str, folder: Path) -> Receiver:
+    """``tunix-rt serve`` on a free loopback port, not waited for (it may be waiting)."""
+    folder.mkdir(parents=True)
+    port, log = free_port(), folder / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*COMMAND, "serve", "--port", str(port)],
+                                env=tunix_rt_env(url, folder / "prefect"), cwd=folder,
+                                stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    return Receiver(proc, f"http://127.0.0.1:{port}", log, folder / "prefect")
+
+
 # --- Two upgrades at once -------------------------------------------------------------
 
 @pytest.mark.postgres
@@ -281,16 +295,17 @@ def test_commands_started_during_an_upgrade_wait_for_it(
         tmp_path: Path, pg_admin_url: str, pg_template: str) -> None:
     """An upgrade held mid-way (its first step done, its transaction open, blocked on a
     lock the test holds on alembic_version): a second `db upgrade` says it waits and
-    waits; a command that reads (`runs list`) waits rather than refusing or reading a
-    half-migrated schema; once the upgrade commits, all three succeed.
+    waits; a command that reads (`runs list`) and `tunix-rt serve` wait rather than
+    refuse or read a half-migrated schema; once the upgrade commits, all succeed.
 
-    Before: `runs list` exited 3 at once, "the database is at schema revision ...; run
-    `tunix-rt db upgrade`", while the upgrade it was told to run was running."""
+    Before: `runs list` and `serve` exited 3 at once, "the database is at schema revision
+    ...; run `tunix-rt db upgrade`", while the upgrade they named was running."""
     url = create_database(pg_admin_url, template=pg_template)
     with engine_for(url) as engine:
         first = _revisions(engine)[0]
         db.downgrade(engine, first)
     holder = db.make_engine(url)
+    server = None
     try:
         with holder.connect() as hold:
             # Readers of alembic_version pass; the upgrade's UPDATE of it waits.
@@ -312,17 +327,25 @@ def test_commands_started_during_an_upgrade_wait_for_it(
             (tmp_path / "reader").mkdir()
             second = _spawn(url, ["db", "upgrade"], tmp_path / "second")
             reader = _spawn(url, ["runs", "list", "--format", "json"], tmp_path / "reader")
+            server = _spawn_serve(url, tmp_path / "serve")
             wait_for(lambda: second[2].read_text() == WAITING + "\n", TIMEOUT_S,
                      "the second upgrade to say it waits", proc=second[0], log=second[2])
-            wait_for(lambda: waiting("SELECT pg_advisory_lock%") == 2, TIMEOUT_S,
-                     "the second upgrade and the reader to wait for the migration lock",
-                     proc=reader[0], log=reader[2])
-            assert second[0].poll() is None and reader[0].poll() is None
+            wait_for(lambda: waiting("SELECT pg_advisory_lock%") == 3, TIMEOUT_S,
+                     "the second upgrade, the reader and serve to wait for the migration "
+                     "lock", alive=lambda: reader[0].poll() is None and server.alive(),
+                     log=server.log)
+            assert second[0].poll() is None and reader[0].poll() is None and server.alive()
             hold.rollback()  # the lock goes: the first upgrade finishes
         upgraded = _finish(*upgrading, ["db", "upgrade"])
         waited = _finish(*second, ["db", "upgrade"])
         listed = _finish(*reader, ["runs", "list"])
+        wait_for(lambda: server.healthz() == 200, TIMEOUT_S, "serve's /healthz",
+                 proc=server.proc, log=server.log)
+        answer = httpx.get(f"{server.url}/api/runs", timeout=30)
+        assert answer.status_code == 200 and answer.json()["runs"] == []
     finally:
+        if server is not None:
+            server.stop()
         holder.dispose()
     assert_upgraded([upgraded, waited], first)
     assert waited.stdout.strip() == f"database at {db.SCHEMA_HEAD} (was {db.SCHEMA_HEAD})"
