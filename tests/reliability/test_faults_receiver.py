@@ -216,8 +216,7 @@ def test_postgres_restarted_during_500_webhooks(cluster: PostgresCluster,
         _wait_for_loops(receiver, touched,
                         f"the loops of the {len(touched)} runs the outage touched")
     finally:
-        receiver.proc.kill()  # a crash: what it had not run yet is owed to the sweeper
-        receiver.stop()
+        receiver.kill()  # a crash: what it had not run yet is owed to the sweeper
     # What the kill left: each run's loop got as far as its gate exactly once, or it is
     # owed, exactly once. The loop running at the kill may have gated without finishing
     # (its artifacts and event are lost with it); at most that one.
