@@ -448,3 +448,35 @@ def test_an_upgrade_that_dies_half_way_leaves_the_database_as_it_was(
     assert upgraded.stdout.strip() == f"database at {db.SCHEMA_HEAD} (was {first})"
     assert_at_head_once(engine)
     _assert_survived(before, _snapshot(engine), f"upgrade {first} -> head after a death")
+
+
+# --- A database a newer tunix-rt migrated ---------------------------------------------------
+
+NEWER = "29991231_9999"  # a revision of a tunix-rt newer than this one
+
+
+def test_a_database_a_newer_tunix_rt_migrated_is_refused_clearly(
+        engine: Engine, db_url: str, tmp_path: Path) -> None:
+    """Rolling tunix-rt back after a newer one migrated the database: `db upgrade` and
+    every other command say what happened and what to do (exit 3), and leave the
+    database as it is.
+
+    Before: `db upgrade` (and on SQLite every command) was an internal error with a
+    traceback, "Can't locate revision identified by ..." (exit 4); on PostgreSQL the
+    other commands said to run `tunix-rt db upgrade`, which then failed that way."""
+    _populate(engine, tmp_path)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": NEWER})
+    before = _snapshot(engine)
+    engine.dispose()
+
+    for args in (["db", "upgrade"], ["runs", "list"]):
+        outcome = _finish(*_spawn(db_url, args, tmp_path), args)
+        assert outcome.code == 3, str(outcome)
+        assert outcome.stdout == "", str(outcome)
+        [line] = outcome.stderr.splitlines()
+        assert line.startswith("tunix-rt: error: "), str(outcome)
+        assert f"at schema revision {NEWER}, which this tunix-rt" in line
+        assert f"newest is {db.SCHEMA_HEAD}" in line and "newer tunix-rt" in line
+        assert "db upgrade`" not in line  # it would not help
+    assert _snapshot(engine) == before

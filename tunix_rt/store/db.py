@@ -147,6 +147,7 @@ def _ensure_schema(engine: Engine) -> None:
     revision = current_revision(engine)
     if revision == SCHEMA_HEAD:
         return
+    _refuse_unknown(engine, revision)
     raise DatabaseNotMigratedError(
         f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
         f"{revision or 'none'}, this tunix-rt needs {SCHEMA_HEAD}; run `tunix-rt db upgrade`")
@@ -249,10 +250,34 @@ def upgrade(engine: Engine | None = None, revision: str = "head", *,
     with engine.connect() as connection, migration_lock(connection, on_wait):
         before = MigrationContext.configure(connection).get_current_revision()
         connection.commit()
+        if revision == "head":
+            _refuse_unknown(engine, before)
         cfg = alembic_config(engine)
         cfg.attributes["connection"] = connection  # migrations/env.py runs on it
         command.upgrade(cfg, revision)
     return before
+
+
+def _refuse_unknown(engine: Engine, revision: str | None) -> None:
+    """Raise if the database is at a revision this tunix-rt has no migration for.
+
+    A newer tunix-rt migrated it (a deploy rolled back): upgrading cannot help, and
+    Alembic's own error is an internal one with a traceback.
+    """
+    if revision is None or revision == SCHEMA_HEAD:
+        return
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    if revision in {rev.revision for rev in script.walk_revisions()}:
+        return
+    from tunix_rt import __version__
+
+    raise DatabaseNotMigratedError(
+        f"the database {engine.url.render_as_string(hide_password=True)} is at schema revision "
+        f"{revision}, which this tunix-rt {__version__} does not know (its newest is "
+        f"{SCHEMA_HEAD}): a newer tunix-rt migrated it; run that version, or restore a copy "
+        "of the database from before")
 
 
 def downgrade(engine: Engine, revision: str) -> None:
