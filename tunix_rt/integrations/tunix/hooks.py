@@ -95,7 +95,7 @@ class TunixRtHooks(tunix_hooks.TrainingHooks):
         self.flush_every_s = flush_every_s
         self.complete_on_train_end = complete_on_train_end
         self.calls: dict[str, int] = {}
-        self.latest: dict[str, float | None] = {}
+        self.latest: dict[str, float | int | None] = {}  # the last value of each metric
         self.completed = False
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
@@ -163,7 +163,7 @@ class TunixRtHooks(tunix_hooks.TrainingHooks):
         except (TypeError, ValueError):
             return
         self.latest.update(metrics)
-        self.latest["step"] = float(max(step, int(self.latest.get("step") or 0)))
+        self.latest["step"] = max(step, int(self.latest.get("step") or 0))
         self._pending.append({"step": step, "metrics": dict(metrics)})
 
     def flush(self) -> None:
@@ -174,8 +174,6 @@ class TunixRtHooks(tunix_hooks.TrainingHooks):
         points, self._pending = self._pending, []
         if self.report is not None:
             latest = {k: v for k, v in self.latest.items() if v is not None}
-            if "step" in latest:
-                latest["step"] = int(latest["step"])
             self.report({**latest, POINTS_KEY: points})
             return
         assert self._lifecycle is not None

@@ -147,10 +147,12 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[Any, Any, str]:
 def with_lora(model: Any, cfg: Mapping[str, Any]) -> Any:
     """The model with qwix LoRA adapters (rank and alpha from the config), as Tunix does."""
     import qwix
+    from flax import nnx
 
     provider = qwix.LoraProvider(module_path=cfg["lora_module_path"], rank=cfg["lora_rank"],
                                  alpha=cfg["lora_alpha"])
-    return qwix.apply_lora_to_model(model, provider, **model.get_model_input())
+    return qwix.apply_lora_to_model(model, provider, rngs=nnx.Rngs(cfg.get("seed", 0)),
+                                    **model.get_model_input())
 
 
 # --- data --------------------------------------------------------------------------------
