@@ -54,10 +54,13 @@ class PostgresCluster:
     For fault tests (a PostgreSQL restarted under load); the session's server
     (:func:`postgres_server`) is one of these, never restarted. ``stop`` takes a
     ``pg_ctl`` shutdown mode: ``fast`` ends every session with an error, ``immediate``
-    is a crash.
+    is a crash. With ``durable`` a commit is acknowledged only once its WAL is written,
+    so it survives a crash of the server as on a production one (the session's server
+    runs with ``synchronous_commit=off``, which loses the last commits to a crash);
+    fsync stays off either way: the machine itself does not crash in a test.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         initdb, pg_ctl = _find_bin("initdb"), _find_bin("pg_ctl")
         if not initdb or not pg_ctl:
             raise PostgresUnavailable(
@@ -74,8 +77,8 @@ class PostgresCluster:
         self.port = _free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         self._options = (f"-p {self.port} -k {sock} -c listen_addresses=127.0.0.1 "
-                         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                         "-c max_connections=200")
+                         "-c fsync=off -c full_page_writes=off -c max_connections=200 "
+                         f"-c synchronous_commit={'on' if durable else 'off'}")
         try:
             self._run([initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
                        "-E", "UTF8", "--no-locale"])

@@ -48,9 +48,10 @@ OUTAGE_S = 4.0  # how long PostgreSQL stays down: several client retries' worth
 
 @pytest.fixture
 def cluster() -> Iterator[PostgresCluster]:
-    """A PostgreSQL of this test's own: the session's server is never restarted."""
+    """A PostgreSQL of this test's own, durable (an acknowledged commit survives its
+    crash): the session's server is never restarted."""
     try:
-        own = PostgresCluster()
+        own = PostgresCluster(durable=True)
     except PostgresUnavailable as exc:
         if IN_CI:
             pytest.fail(f"PostgreSQL is required in CI: {exc}")
@@ -135,8 +136,9 @@ def _direct_post(receiver: Receiver, external_id: str, uri: str) -> httpx.Respon
 def test_postgres_restarted_during_500_webhooks(cluster: PostgresCluster,
                                                 tmp_path: Path) -> None:
     """500 runs, each one run.completed from the client library in 4 sender threads;
-    after 30 have been accepted PostgreSQL is stopped (``pg_ctl stop -m fast``: every
-    session ends with an error), kept down for a few seconds and started again.
+    after 30 have been accepted PostgreSQL crashes (``pg_ctl stop -m immediate``: every
+    session is cut), stays down for a few seconds and is started again (it recovers
+    from its WAL, with every acknowledged commit).
 
     While it is down the receiver answers 503 with Retry-After (seen here on a direct
     signed POST and on /healthz, and by the senders, who retry). Afterwards: exactly 500
@@ -183,7 +185,7 @@ def test_postgres_restarted_during_500_webhooks(cluster: PostgresCluster,
         wait_for(lambda: accepted["ok"] >= 30, 300, "30 accepted deliveries",
                  alive=sender.is_alive)
 
-        cluster.stop("fast")
+        cluster.stop("immediate")  # a crash: sessions cut without a word
         down = time.monotonic()
         # The receiver says so: the webhook and /healthz answer 503, the webhook with
         # Retry-After, and nothing is stored for the probe.
