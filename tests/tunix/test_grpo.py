@@ -89,3 +89,33 @@ def test_unscored_verdicts_map_to_the_unscored_reward() -> None:
         judge_reward("exact_match", reference_key="answer")(prompts=["p"], completions=["c"])
     with pytest.raises(Exception, match="exact_match"):
         judge_reward("no-such-judge")
+
+
+def test_the_llm_judge_as_a_reward_pays_for_a_completion_once(
+        engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """judge_reward('llm') against a real local OpenAI-API server: the verdict cache in the
+    database serves a completion graded before, and the ledger counts what was paid."""
+    from tests.fakes.openai_server import Reply, fake_openai
+    from tunix_rt.integrations.tunix.rewards import judge_reward
+
+    def grader(request: dict, attempt: int) -> Reply:
+        prompt = request["messages"][-1]["content"]
+        if "GARBLED" in prompt:
+            return Reply.text("no grade here")  # the judge cannot read it: unscored
+        return Reply.json(1.0 if "FORTY-TWO" in prompt else 0.0, "graded")
+
+    prompts = ["What is 40 + 2?", "What is 1 + 1?", "What is 2 + 2?"]
+    completions = ["FORTY-TWO", "three", "GARBLED"]
+    references = ["42", "2", "4"]
+    with fake_openai(grader) as provider:
+        monkeypatch.setenv("TUNIX_RT_LLM_BASE_URL", provider.base_url)
+        monkeypatch.setenv("TUNIX_RT_LLM_MODEL", "gemma-3-27b-it")
+        reward = judge_reward("llm", engine=engine, unscored=0.5)
+        first = reward(prompts=prompts, completions=completions, reference=references)
+        paid = len(provider.requests)
+        again = reward(prompts=prompts, completions=completions, reference=references)
+
+    assert first == again == [1.0, 0.0, 0.5]
+    assert paid == 3 and len(provider.requests) == 4  # only the unscored one asked again
+    assert reward.ledger.calls == 4 and reward.ledger.cache_hits == 2
+    assert reward.mean == pytest.approx((1.0 + 0.0 + 0.5) * 2 / 6)
