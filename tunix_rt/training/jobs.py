@@ -80,6 +80,9 @@ class JobResult:
     predictions_uri: str | None = None
     duration_s: float = 0.0
     pid: int | None = None
+    # Every metrics line, in order, each as reported (its points included): what a
+    # supervisor that ran elsewhere (a Ray task) hands back for the run's series.
+    reports: list[dict[str, Any]] = field(default_factory=list)
 
 
 def job_command(spec: RunSpec, *, out_dir: str | Path | None = None,
@@ -176,6 +179,7 @@ class _Reader(threading.Thread):
         self.on_line = on_line
         self.on_metrics = on_metrics
         self.metrics: dict[str, Any] = {}
+        self.reports: list[dict[str, Any]] = []
         self.predictions_uri: str | None = None
 
     def note(self, line: str) -> None:
@@ -219,6 +223,7 @@ class _Reader(threading.Thread):
             if not isinstance(metrics, dict):
                 return
             metrics = _finite_metrics(metrics, self.metrics.get(METRICS_NOTE))
+            self.reports.append(dict(metrics))
             points = metrics.pop(POINTS_KEY, None)  # a series, not a last value
             self.metrics.update(metrics)
             if self.on_metrics is not None:
@@ -342,4 +347,5 @@ def run_job(cmd: Sequence[str], *, env: Mapping[str, str] | None = None,
             tail = "\n".join(reader.tail)
         return JobResult(exit_code=exit_code, status=status, log_tail=tail,
                          metrics=dict(reader.metrics), predictions_uri=reader.predictions_uri,
-                         duration_s=time.monotonic() - started, pid=proc.pid)
+                         duration_s=time.monotonic() - started, pid=proc.pid,
+                         reports=list(reader.reports))
