@@ -95,8 +95,10 @@ class LocalDispatcher:
     """Runs the quality loop in a worker thread of this process, one run at a time.
 
     A run waiting in the queue is alive as long as this process is: its lease is held
-    (:class:`LeaseKeeper`) from the dispatch until its loop has run, so the sweeper does
-    not start again a loop that only waits behind a slow one. A loop that outlives its
+    from the dispatch until its loop has run, so the sweeper does not start again a loop
+    that only waits behind a slow one. The waiting runs' leases are renewed by one thread
+    for the whole queue; only the loop that runs has a :class:`LeaseKeeper` thread of its
+    own. (A thread per waiting run made threads and memory grow with the backlog.) A loop that outlives its
     deadline (``TUNIX_RT_LOOP_TIMEOUT_S``) cannot be stopped from outside its thread:
     its lease lapses, and another worker thread takes over the queue behind it.
     """
@@ -107,18 +109,43 @@ class LocalDispatcher:
         self._queue: queue.Queue[tuple[str, LeaseKeeper] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._waiting: dict[int, LeaseKeeper] = {}  # by id(): queued, not yet running
+        self._closed = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_waiting, daemon=True,
+                                         name="tunix-rt-queue-lease")
+        self._renewer.start()
         self._add_worker()
 
     def dispatch(self, run_id: str, key: str) -> str | None:
-        keeper = LeaseKeeper(run_id, f"local:{key}").__enter__()
+        keeper = LeaseKeeper(run_id, f"local:{key}")
+        keeper.renew()  # held from now on; renewed by _renew_waiting while it waits
+        with self._lock:
+            self._waiting[id(keeper)] = keeper
         self._queue.put((run_id, keeper))
         return None
+
+    def waiting(self) -> int:
+        """How many dispatched loops wait in the queue."""
+        with self._lock:
+            return len(self._waiting)
+
+    def _renew_waiting(self) -> None:
+        every = deliveries.RENEW_EVERY.total_seconds()
+        while not self._closed.wait(every):
+            with self._lock:
+                keepers = list(self._waiting.values())
+            for keeper in keepers:
+                with self._lock:
+                    if id(keeper) not in self._waiting:
+                        continue  # its loop has started: its own keeper renews it
+                keeper.renew()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until everything queued so far has run (tests, graceful shutdown)."""
         self._queue.join()
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             threads = [t for t in self._threads if t.is_alive()]
         for _ in threads:
@@ -145,6 +172,8 @@ class LocalDispatcher:
                 if item is None:
                     return
                 run_id, keeper = item
+                with self._lock:
+                    self._waiting.pop(id(keeper), None)
                 timeout = loop_timeout_s()
                 # From here the queued lease is held for the loop, at most until its deadline.
                 keeper.arm(timeout, on_expire=self._add_worker)
@@ -243,7 +272,8 @@ class LeaseKeeper:
         self._deadline: float | None = None
         self._timeout_s: float | None = None
         self._on_expire: Callable[[], None] | None = None
-        self._thread = threading.Thread(target=self._keep, name="tunix-rt-lease", daemon=True)
+        # Made on entry: a keeper waiting in a queue costs no thread (LocalDispatcher).
+        self._thread: threading.Thread | None = None
         if deadline_s is not None:
             self.arm(deadline_s)
 
@@ -259,6 +289,8 @@ class LeaseKeeper:
         if not self._entered:
             self._entered = True
             if self.renew():
+                self._thread = threading.Thread(target=self._keep, name="tunix-rt-lease",
+                                                daemon=True)
                 self._thread.start()
         return self
 
@@ -266,7 +298,7 @@ class LeaseKeeper:
         """Stop renewing, then release the lease (when this keeper still holds it)."""
         self._stop.set()
         self._poke.set()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout=30)
         if self._run_id is None:
             return

@@ -52,6 +52,45 @@ def test_the_receivers_local_worker_runs_the_loop(webhook_env: str, tmp_path: Pa
     assert dispatch.target == "local" and dispatch.attempts == 1
 
 
+def test_loops_waiting_in_the_local_queue_hold_their_leases_without_a_thread_each(
+        webhook_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog costs no thread per waiting loop (a thread each made a receiver under
+    load grow without bound); one thread renews every waiting loop's lease."""
+    import threading
+    from datetime import timedelta
+
+    from tunix_rt.flows.dispatch import LocalDispatcher
+    from tunix_rt.service import deliveries
+    from tunix_rt.service.server import create_app
+
+    monkeypatch.setattr(deliveries, "RENEW_EVERY", timedelta(seconds=0.2))
+    dispatcher = LocalDispatcher()
+    predictions = write_predictions(tmp_path / "p.jsonl", correctness(40, 0.7, 3))
+    n = 12
+    try:
+        for service in serve_app(create_app(dispatcher=dispatcher)):
+            for i in range(n):
+                body = event(external_id=f"job-q{i}", predictions_uri=predictions)
+                assert service.post(body, sign(body)).status_code == 202
+            # The worker runs one loop at a time (a quarter of a second at least), so most
+            # of the twelve wait: the queue renews their leases (each keeper counts).
+            wait_for(lambda: sum(k.renewals >= 2 for k in dispatcher._waiting.values()) >= 4,
+                     60, "the queue's thread to renew the waiting loops' leases")
+            # The loop that runs has two (the dispatcher's keeper and the flow's own).
+            lease_threads = [t for t in threading.enumerate() if t.name == "tunix-rt-lease"]
+            assert len(lease_threads) <= 2 < 4 <= dispatcher.waiting()
+            with session_scope(get_engine(webhook_env)) as session:
+                held = session.scalars(select(Dispatch.claimed_by)).all()
+            assert sum(1 for h in held if h and h.startswith("local:")) >= 4
+            dispatcher.join()
+    finally:
+        dispatcher.close()
+    with session_scope(get_engine(webhook_env)) as session:
+        assert len(session.scalars(select(GateResult)).all()) == n
+        assert session.scalars(select(Dispatch.claimed_by)).all() == [None] * n
+    assert dispatcher.waiting() == 0
+
+
 def test_the_sweeper_runs_owed_loops_inline(webhook_env: str, tmp_path: Path) -> None:
     from tunix_rt.flows.dispatch import InlineDispatcher
     from tunix_rt.tasks.sweeper import find_owed, redispatch
