@@ -209,7 +209,10 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
 
 
 def cmd_demo(args: Any) -> int:
-    return run_demo(workdir=args.workdir, items=args.items, output_format=args.format,
+    from tunix_rt.cli.prefect_server import local_prefect_server
+
+    with local_prefect_server():
+        return run_demo(workdir=args.workdir, items=args.items, output_format=args.format,
                     tune=not args.no_tune)
 
 

@@ -17,9 +17,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_run_spec(args.config)
     if args.dry_run:
         spec.check()  # fail here, before Prefect starts, on what a dry run would refuse
+    from tunix_rt.cli.prefect_server import local_prefect_server
     from tunix_rt.flows.training import train_flow
 
-    state = train_flow(spec=spec, dry_run=args.dry_run, return_state=True)
+    with local_prefect_server():
+        state = train_flow(spec=spec, dry_run=args.dry_run, return_state=True)
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         from tunix_rt.errors import TunixRtError

@@ -27,9 +27,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     sweep, resume = _sweep(args)
     print(f"tune: {sweep.name}: {sweep.total_trials} trial(s), {sweep.max_concurrent_trials} at "
           f"a time, {sweep.resources} each", file=sys.stderr)
+    from tunix_rt.cli.prefect_server import local_prefect_server
     from tunix_rt.flows.tuning import tune_flow
 
-    result = tune_flow(sweep=sweep, resume_study=resume)
+    with local_prefect_server():
+        result = tune_flow(sweep=sweep, resume_study=resume)
     if args.format == "json":
         to_json(result)
         return EXIT_INTERRUPTED if result["unfinished"] else 0
