@@ -64,29 +64,6 @@ def test_cancelling_a_finished_run_is_refused(db_url: str, tmp_path: Path) -> No
     assert "only a pending or running run can be cancelled" in result.stderr
 
 
-def _children(pid: int) -> list[int]:
-    """The live processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _alive(int(entry.name)):
-            if _stat(int(entry.name))[1] == str(pid):
-                found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
-def _stat(pid: int) -> list[str]:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return text[text.rfind(")") + 2:].split()
-
-
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_train_killed_alone_leaves_neither_its_job_nor_a_prefect_server(
         db_url: str, tmp_path: Path) -> None:
@@ -95,6 +72,7 @@ def test_train_killed_alone_leaves_neither_its_job_nor_a_prefect_server(
     (Prefect's own ephemeral server outlived such a kill)."""
     import signal
 
+    from tests.proctable import children, running
     from tests.waiting import wait_for
     from tunix_rt.store import runs
     from tunix_rt.store.db import get_engine, session_scope
@@ -116,7 +94,7 @@ def test_train_killed_alone_leaves_neither_its_job_nor_a_prefect_server(
                 return bool(runs.list_runs(session, status="running")[0])
 
         wait_for(job_running, 240, "the job to run", alive=lambda: proc.poll() is None)
-        started = _children(proc.pid)
+        started = children(proc.pid)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
@@ -124,9 +102,9 @@ def test_train_killed_alone_leaves_neither_its_job_nor_a_prefect_server(
     try:
         # Two at least: the Prefect server and the job (each in a process group of its own).
         assert len(started) >= 2, (started, (tmp_path / "train.log").read_text()[-3000:])
-        wait_for(lambda: not any(_alive(pid) for pid in started), 60,
+        wait_for(lambda: not any(running(pid) for pid in started), 60,
                  "the job and the local Prefect server to stop with the command")
     finally:
         for pid in started:
-            if _alive(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)

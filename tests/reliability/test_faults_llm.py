@@ -36,6 +36,7 @@ from sqlalchemy import Engine, func, select
 from tests.cli.conftest import COMMAND
 from tests.factories import make_run
 from tests.fakes.openai_server import FakeOpenAI, Reply, fake_openai
+from tests.proctable import children, running
 from tests.waiting import wait_for
 from tunix_rt.judges import Item, ScoringContext
 from tunix_rt.judges.llm import LLMConfig, LLMJudge, MemoryCache
@@ -268,27 +269,6 @@ def test_a_loop_killed_mid_scoring_completes_on_rerun_and_pays_only_for_the_rest
 
 
 # --- killed alone, as the OOM killer does: no Prefect server left behind -----------------
-
-def children(pid: int) -> list[int]:
-    """The running processes whose parent is ``pid``."""
-    return [int(entry.name) for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and running(int(entry.name))
-            and _stat(int(entry.name))[1] == str(pid)]
-
-
-def running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, or a process that is gone, does not)."""
-    fields = _stat(pid)
-    return bool(fields) and fields[0] not in ("Z", "X")
-
-
-def _stat(pid: int) -> list[str]:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return text[text.rfind(")") + 2:].split()
-
 
 @on_postgres
 def test_a_loop_killed_alone_leaves_no_prefect_server_behind(engine: Engine,

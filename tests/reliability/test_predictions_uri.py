@@ -39,13 +39,6 @@ def _counts(db_url: str) -> tuple[int, int, int]:
 # --- the webhook: only URIs under TUNIX_RT_PREDICTIONS_ALLOW ---------------------------------
 
 @pytest.fixture
-def runs_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data" / "runs"
-    path.mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
 def guarded(webhook_env: str, runs_dir: Path,  # noqa: F811
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     """The receiver, reading predictions from ``runs_dir`` (as a file URI prefix) only."""

@@ -32,14 +32,22 @@ pytestmark = pytest.mark.reliability
 N = 12
 
 
+def _failed_once(run_id: str, engine) -> Evaluation:  # noqa: ANN001
+    """Run the loop: it fails, its score-run task ran once (no retry), and the run's one
+    evaluation is failed; answers that evaluation."""
+    from tunix_rt.flows.quality_loop import quality_loop
+
+    state = quality_loop(run_id, judges=["exact_match"], return_state=True)
+    assert state.is_failed()
+    states = task_states(state.state_details.flow_run_id, "score-run")
+    assert states.count("Running") == 1 and "Retrying" not in states, states
+    with session_scope(engine) as session:
+        [ev] = session.scalars(select(Evaluation)).all()
+    assert ev.status == "failed", ev.error
+    return ev
+
+
 # --- 1. a symbolic link planted after the delivery was accepted ------------------------------
-
-@pytest.fixture
-def runs_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "data" / "runs"
-    path.mkdir(parents=True)
-    return path
-
 
 @pytest.fixture
 def receiver(webhook_env: str, runs_dir: Path,  # noqa: F811
@@ -134,21 +142,13 @@ def test_an_unchanged_webhook_file_and_an_operators_link_are_read(
 def test_the_loop_fails_a_swapped_file_once_naming_why(
         prefect_api_url: str, receiver: Service, engine, runs_dir: Path,  # noqa: ANN001
         tmp_path: Path) -> None:
-    from tunix_rt.flows.quality_loop import quality_loop
 
     run_id, path = _accepted(receiver, engine, runs_dir)
     _swap(path, "link-to-a-file-outside", tmp_path)
 
-    state = quality_loop(run_id, judges=["exact_match"], return_state=True)
-
-    assert state.is_failed()
-    states = task_states(state.state_details.flow_run_id, "score-run")
-    assert states.count("Running") == 1 and "Retrying" not in states, states
-    with session_scope(engine) as session:
-        [ev] = session.scalars(select(Evaluation)).all()
-        assert ev.status == "failed", ev.error
-        assert "TUNIX_RT_PREDICTIONS_ALLOW" in (ev.error or ""), ev.error
-        assert str(tmp_path / "elsewhere") in (ev.error or ""), ev.error
+    ev = _failed_once(run_id, engine)
+    assert "TUNIX_RT_PREDICTIONS_ALLOW" in (ev.error or ""), ev.error
+    assert str(tmp_path / "elsewhere") in (ev.error or ""), ev.error
 
 
 # --- 2. a filesystem that cannot be had, and a store that cannot be reached -------------------
@@ -175,19 +175,11 @@ UNREACHABLE_BACKENDS = {
 @pytest.mark.parametrize("case", list(UNREACHABLE_BACKENDS))
 def test_a_filesystem_that_cannot_be_set_up_fails_once(
         prefect_api_url: str, engine, tmp_path: Path, case: str) -> None:  # noqa: ANN001
-    from tunix_rt.flows.quality_loop import quality_loop
-
     uri = UNREACHABLE_BACKENDS[case]
     run_id = make_run(engine, tmp_path, "hdfs", [], predictions=uri)  # the operator's CLI path
 
-    state = quality_loop(run_id, judges=["exact_match"], return_state=True)
-
-    assert state.is_failed()
-    states = task_states(state.state_details.flow_run_id, "score-run")
-    assert states.count("Running") == 1 and "Retrying" not in states, states
-    with session_scope(engine) as session:
-        [ev] = session.scalars(select(Evaluation)).all()
-        assert ev.status == "failed" and f"cannot open predictions URI {uri!r}" in ev.error
+    ev = _failed_once(run_id, engine)
+    assert f"cannot open predictions URI {uri!r}" in (ev.error or ""), ev.error
 
 
 def test_a_refused_connection_to_a_store_is_transient(engine, tmp_path: Path) -> None:  # noqa: ANN001
