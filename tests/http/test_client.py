@@ -146,7 +146,7 @@ def test_importing_the_client_stays_light() -> None:
 
 
 def test_programming_errors_raise(fields: dict[str, Any]) -> None:
-    with pytest.raises(ValueError, match="run.started, run.completed, run.failed"):
+    with pytest.raises(ValueError, match="run.started, run.progress, run.completed, run.failed"):
         notify("run.finished", **fields, url="http://127.0.0.1:9", secret=SECRET)
     with pytest.raises(ValueError, match="external_id"):
         notify("run.started", external_id="", url="http://127.0.0.1:9", secret=SECRET)
