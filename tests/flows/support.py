@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 
@@ -16,3 +17,22 @@ def task_states(flow_run_id: UUID, task_name: str) -> list[str]:
         [run] = [r for r in runs if r.name.startswith(task_name)]
         states = client.read_task_run_states(run.id)
     return [s.name for s in sorted(states, key=lambda s: s.timestamp)]
+
+
+def loop_fails_once(run_id: str, engine: Any) -> Any:
+    """Run the quality loop on ``run_id``: it fails, its score-run task ran once (no
+    retry), and the run's one evaluation is failed; answers that evaluation."""
+    from sqlalchemy import select
+
+    from tunix_rt.flows.quality_loop import quality_loop
+    from tunix_rt.store.db import session_scope
+    from tunix_rt.store.models import Evaluation
+
+    state = quality_loop(run_id, judges=["exact_match"], return_state=True)
+    assert state.is_failed()
+    states = task_states(state.state_details.flow_run_id, "score-run")
+    assert states.count("Running") == 1 and "Retrying" not in states, states
+    with session_scope(engine) as session:
+        [ev] = session.scalars(select(Evaluation)).all()
+    assert ev.status == "failed", ev.error
+    return ev

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.flows.support import task_states
+from tests.flows.support import loop_fails_once
 from tests.db.support import evaluate
 from tests.factories import correctness, make_run, write_predictions
 from tests.http.conftest import Service, event, serve_app, sign, webhook_env  # noqa: F401
 from tunix_rt.errors import PredictionsError, is_transient
 from tunix_rt.store.db import get_engine, session_scope
-from tunix_rt.store.models import Dispatch, Evaluation, Run, Verdict, WebhookDelivery
+from tunix_rt.store.models import Dispatch, Run, Verdict, WebhookDelivery
 
 pytestmark = pytest.mark.reliability
 
@@ -203,18 +203,11 @@ def test_a_bad_predictions_file_is_refused_with_its_cause(
 def test_the_loop_records_a_bad_file_once_as_a_failed_evaluation(
         prefect_api_url: str, engine, tmp_path: Path,  # noqa: ANN001
         monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    from tunix_rt.flows.quality_loop import quality_loop
-
     make_uri, cause = BAD[case]
     uri = make_uri(tmp_path, monkeypatch)
     run_id = make_run(engine, tmp_path, "bad", [], predictions=uri)
 
-    state = quality_loop(run_id, judges=["exact_match"], return_state=True)
-
-    assert state.is_failed()
-    states = task_states(state.state_details.flow_run_id, "score-run")
-    assert states.count("Running") == 1 and "Retrying" not in states, states
+    ev = loop_fails_once(run_id, engine)
+    assert cause in (ev.error or ""), ev.error
     with session_scope(engine) as session:
-        [ev] = session.scalars(select(Evaluation)).all()
-        assert ev.status == "failed" and cause in (ev.error or ""), ev.error
         assert session.scalar(select(func.count()).select_from(Verdict)) == 0

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from tests.db.support import evaluate
 from tests.factories import correctness, make_run, write_predictions
-from tests.flows.support import task_states
+from tests.flows.support import loop_fails_once, task_states
 from tests.http.conftest import Service, event, serve_app, service, sign, webhook_env  # noqa: F401
 from tunix_rt.errors import PredictionsError, is_transient
 from tunix_rt.store.db import session_scope
@@ -30,21 +30,6 @@ from tunix_rt.store.models import Evaluation, Run
 pytestmark = pytest.mark.reliability
 
 N = 12
-
-
-def _failed_once(run_id: str, engine) -> Evaluation:  # noqa: ANN001
-    """Run the loop: it fails, its score-run task ran once (no retry), and the run's one
-    evaluation is failed; answers that evaluation."""
-    from tunix_rt.flows.quality_loop import quality_loop
-
-    state = quality_loop(run_id, judges=["exact_match"], return_state=True)
-    assert state.is_failed()
-    states = task_states(state.state_details.flow_run_id, "score-run")
-    assert states.count("Running") == 1 and "Retrying" not in states, states
-    with session_scope(engine) as session:
-        [ev] = session.scalars(select(Evaluation)).all()
-    assert ev.status == "failed", ev.error
-    return ev
 
 
 # --- 1. a symbolic link planted after the delivery was accepted ------------------------------
@@ -146,7 +131,7 @@ def test_the_loop_fails_a_swapped_file_once_naming_why(
     run_id, path = _accepted(receiver, engine, runs_dir)
     _swap(path, "link-to-a-file-outside", tmp_path)
 
-    ev = _failed_once(run_id, engine)
+    ev = loop_fails_once(run_id, engine)
     assert "TUNIX_RT_PREDICTIONS_ALLOW" in (ev.error or ""), ev.error
     assert str(tmp_path / "elsewhere") in (ev.error or ""), ev.error
 
@@ -178,7 +163,7 @@ def test_a_filesystem_that_cannot_be_set_up_fails_once(
     uri = UNREACHABLE_BACKENDS[case]
     run_id = make_run(engine, tmp_path, "hdfs", [], predictions=uri)  # the operator's CLI path
 
-    ev = _failed_once(run_id, engine)
+    ev = loop_fails_once(run_id, engine)
     assert f"cannot open predictions URI {uri!r}" in (ev.error or ""), ev.error
 
 
