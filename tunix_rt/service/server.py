@@ -75,6 +75,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
     webhook_openapi.install(app)  # the webhook's body and headers, in the served schema
     _protect_reads(app, settings)
+    from tunix_rt.service import gate_page, study_page, ui
+
+    ui.install(app, scope, settings)  # the HTML pages: /, /runs/{id}, /datasets
+    gate_page.install(app, scope, settings)  # /runs/{id}/gate, /api/runs/{id}/compare
+    study_page.install(app, scope, settings)  # /studies, /studies/{id}, /api/studies
 
     @app.exception_handler(TunixRtError)
     async def _tunix_error(_request: Request, exc: TunixRtError) -> JSONResponse:
