@@ -253,6 +253,9 @@ class Verdict(Base):
     passed: Mapped[bool | None] = mapped_column(Boolean)
     rationale: Mapped[str] = mapped_column(Text, default="")
     raw: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The candidate's response as the judge saw it, cut to RESPONSE_CHARS (NULL: stored
+    # before 0.8, or the item was missing from the predictions file).
+    response: Mapped[str | None] = mapped_column(Text)
 
 
 class LeaderboardEntry(Base):
