@@ -267,3 +267,24 @@ def test_large_evaluation_writes_every_verdict_in_batches(engine: Engine,
     # And once more: still exactly n.
     evaluate(engine, run_id)
     assert count(engine, Verdict) == n and count(engine, Evaluation) == 1
+
+
+def test_each_verdict_keeps_the_candidates_response_cut_to_a_bound(engine: Engine,
+                                                                    tmp_path: Path) -> None:
+    """The gate's evidence shows both responses: they are on the record, not in a file."""
+    long_answer = "7 " * evaluation.RESPONSE_CHARS
+    items = [{"id": "short", "prompt": "1+1", "response": "2", "reference": "2"},
+             {"id": "long", "prompt": "3+4", "response": long_answer, "reference": "7"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    run_id = make_run(engine, tmp_path, "resp", [True])
+    scored = score_items(_info(engine, run_id), JUDGE, read_predictions(str(path)),
+                         missing=["gone"])
+    with session_scope(engine) as session:
+        summary = store_evaluation(session, scored)
+    stored = _verdicts(engine, summary.evaluation_id)
+    assert stored["short"].response == "2"
+    assert len(stored["long"].response) == evaluation.RESPONSE_CHARS
+    assert stored["long"].response.endswith(evaluation.CUT_MARK)
+    assert stored["long"].response.startswith("7 7 ")
+    assert stored["gone"].response is None and stored["gone"].score == 0.0

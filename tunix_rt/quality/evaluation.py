@@ -28,6 +28,16 @@ from tunix_rt.store.upsert import upsert
 # Rows per INSERT when storing verdicts: large enough to amortize round trips,
 # small enough to stay well under any driver's parameter limit.
 VERDICT_BATCH = 2_000
+# The longest response kept on a verdict (characters); a longer one is cut and marked.
+RESPONSE_CHARS = 4_000
+CUT_MARK = " […cut]"
+
+
+def stored_response(response: str | None) -> str | None:
+    """A response as a verdict keeps it: at most RESPONSE_CHARS, the cut marked."""
+    if response is None or len(response) <= RESPONSE_CHARS:
+        return response
+    return response[:RESPONSE_CHARS - len(CUT_MARK)] + CUT_MARK
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class ScoredRun:
     n_extra: int = 0
     dataset_created: bool = False
     dataset_label: str | None = None
+    # The candidate's response for each verdict, in the same order (None: missing item).
+    responses: Sequence[str | None] = ()
     n_items: int = field(init=False)
     n_scored: int = field(init=False)
 
@@ -187,7 +199,8 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
                      dataset_id=getattr(dataset, "id", None), n_missing=len(missing),
                      n_extra=n_extra,
                      dataset_created=dataset_created,
-                     dataset_label=getattr(dataset, "label", None))
+                     dataset_label=getattr(dataset, "label", None),
+                     responses=[item.response for item in items] + [None] * len(missing))
 
 
 def find_evaluation(session: Session, run_id: str, judge_name: str,
@@ -227,9 +240,11 @@ def store_evaluation(session: Session, scored: ScoredRun) -> EvaluationSummary:
         dataset_id=scored.dataset_id, n_missing=scored.n_missing if scored.dataset_id else None,
         n_extra=scored.n_extra if scored.dataset_id else None)
     session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
+    responses = list(scored.responses) or [None] * len(scored.verdicts)
     rows = [{"evaluation_id": ev_id, "item_id": v.item_id, "score": v.score, "passed": v.passed,
-             "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None}
-            for v in scored.verdicts]
+             "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None,
+             "response": stored_response(response)}
+            for v, response in zip(scored.verdicts, responses, strict=True)]
     for start in range(0, len(rows), VERDICT_BATCH):
         session.execute(insert(Verdict), rows[start:start + VERDICT_BATCH])
     return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True),
