@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tunix_rt.errors import InvalidInputError
@@ -71,6 +71,25 @@ class Settings(BaseSettings):
         6 * 3600.0, gt=0,
         description="The most seconds one quality loop may run: then Prefect times it out, its "
                     "lease is no longer renewed and the sweeper may start it again")
+    public_url: str | None = Field(
+        None, description="Public base URL of `tunix-rt serve` (https://tunix.example.org), for "
+                          "links to its pages from Prefect artifacts; unset: no links")
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """An http(s) URL without its trailing slash: links are made by appending paths."""
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+                or parts.fragment or any(c.isspace() for c in value):
+            raise ValueError("must be an http:// or https:// URL with a host, no query or "
+                             "fragment (https://tunix.example.org)")
+        return value
 
 
 def get_settings() -> Settings:
