@@ -23,6 +23,7 @@ from tunix_rt.quality.evaluation import EvaluationSummary, RunInfo, ScoredRun
 from tunix_rt.quality.gating import GateReport
 from tunix_rt.quality.stats import GatePolicy
 from tunix_rt.judges import judge_spec
+from tunix_rt.settings import get_settings
 
 RETRIES = 3
 ARTIFACT_ROWS = 50
@@ -145,7 +146,7 @@ def publish_artifacts(board: leaderboard.Page, report: GateReport, promoted: str
         description=f"Leaderboard of {board.dataset} under {board.judge} (top {ARTIFACT_ROWS})")
     create_markdown_artifact(
         key=artifact_key("gate", report.dataset, report.judge),
-        markdown=gate_markdown(report, promoted),
+        markdown=gate_markdown(report, promoted, get_settings().public_url),
         description=f"Gate decision for run {report.run_id}")
 
 
@@ -166,7 +167,17 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
-def gate_markdown(report: GateReport, promoted: str | None) -> str:
+def gate_page_url(public_url: str, run_id: str, judge: str) -> str:
+    """The run's gate page on ``tunix-rt serve`` (``/runs/{id}/gate``), under its judge."""
+    from urllib.parse import quote, urlencode
+
+    return f"{public_url}/runs/{quote(run_id, safe='')}/gate?{urlencode({'judge': judge})}"
+
+
+def gate_markdown(report: GateReport, promoted: str | None,
+                  public_url: str | None = None) -> str:
+    """The decision as markdown, linking to the evidence (the gate page) when it has an
+    address: the items behind a fail are read there, not in the artifact."""
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:+.4f}"
 
@@ -186,4 +197,10 @@ def gate_markdown(report: GateReport, promoted: str | None) -> str:
     ]
     if promoted:
         lines += ["", f"Promoted to baseline: {promoted}."]
+    if public_url:
+        url = gate_page_url(public_url, report.run_id, report.judge)
+        lines += ["", f"Evidence, item by item: [the run's gate page]({url})"]
+    else:
+        lines += ["", f"Evidence, item by item: `/runs/{report.run_id}/gate` on `tunix-rt "
+                  "serve`; set `TUNIX_RT_PUBLIC_URL` to its public address to link it here."]
     return "\n".join(lines)
