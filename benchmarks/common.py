@@ -26,6 +26,7 @@ class Result:
     notes: str = ""
     target: str = ""       # a target shown by this result, with met / NOT MET
     extra: dict[str, Any] = field(default_factory=dict)
+    met: bool | None = None  # whether the target is met (None: no target)
 
     @property
     def ratio(self) -> float:
@@ -34,6 +35,8 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["ratio"] = round(self.ratio, 2)
+        if out["met"] is None and self.target:
+            out["met"] = "NOT MET" not in self.target and "not met" not in self.target
         return out
 
 

@@ -98,6 +98,23 @@ def table(results: list[Result]) -> str:
     return "\n".join(out + [""] + notes)
 
 
+def _merged(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """This run's results over those already in ``path``: a benchmark run again (``--only``)
+    replaces its own rows and keeps the others, each row saying when it was measured."""
+    for row in doc["results"]:
+        row.setdefault("measured", doc["date"])
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return doc
+    if previous.get("quick") != doc["quick"]:
+        return doc  # a quick run never mixes with a full one
+    rerun = {row["benchmark"] for row in doc["results"]}
+    kept = [{**row, "measured": row.get("measured", previous.get("date"))}
+            for row in previous.get("results", []) if row.get("benchmark") not in rerun]
+    return {**doc, "results": kept + doc["results"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true",
@@ -183,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                             "after": round(load_after[0], 2)},
            "versions": {**_versions(), **info},
            "scale": scale.__dict__, "results": [r.to_dict() for r in results]}
-    args.output.write_text(json.dumps(doc, indent=2) + "\n")
+    args.output.write_text(json.dumps(_merged(args.output, doc), indent=2) + "\n")
     print(f"\nwritten to {args.output}")
     return 0
 
