@@ -34,8 +34,8 @@ class CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     # The groups import this module (CliError, exit codes): imported here, not above.
-    from tunix_rt.cli import (board, datasets, db, demo, evaluate, judges, runs, service, train,
-                              tune)
+    from tunix_rt.cli import (board, datasets, db, demo, evaluate, export, judges, runs, service,
+                              train, tune)
     from tunix_rt.cli._args import Parser
 
     parser = Parser(prog="tunix-rt", description=(
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the leaderboard, gate the run against the baseline."))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser,
                                 metavar="COMMAND")
-    for group in (db, datasets, runs, judges, evaluate, board, service, tune, train, demo):
+    for group in (db, datasets, runs, judges, evaluate, board, service, tune, train, demo,
+                  export):
         group.register(sub)
     return parser
 
