@@ -9,6 +9,9 @@ $(BIN)/tunix-rt: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,tunix]'
+	# An editable install leaves the project uncompiled; with PYTHONDONTWRITEBYTECODE set
+	# (as on these machines) every command would compile it again at each start.
+	$(BIN)/python -m compileall -q tunix_rt flows tasks judges migrations >/dev/null
 	touch $@
 
 install: $(BIN)/tunix-rt

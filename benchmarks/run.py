@@ -31,7 +31,7 @@ from typing import Any  # noqa: E402
 
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
-ALL = ["cli_startup", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
+ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
        "llm_throughput"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import cli_startup
 
             step("cli_startup", lambda: cli_startup.run(scale))
+        if "cli_cold_start" in chosen:
+            from benchmarks import cli_startup
+
+            step("cli_cold_start", lambda: cli_startup.run_cold_start(scale))
         if "gate_bootstrap" in chosen:
             from benchmarks import gate
 
