@@ -18,8 +18,8 @@ from tunix_rt.store import db
 from tunix_rt.store.db import session_scope
 from tunix_rt.errors import DatabaseNotMigratedError
 from tunix_rt.quality.gating import gate_run, set_baseline
-from tunix_rt.store.models import (Base, Dispatch, DispatchStatus, Evaluation, JudgeCacheEntry,
-                                   LeaderboardEntry,
+from tunix_rt.store.models import (Base, Dispatch, DispatchStatus, Evaluation, EvaluationChunk,
+                                   JudgeCacheEntry, LeaderboardEntry,
                                    Run, RunMetric, Study, StudyStatus, Trial, TrialResult, TrialStatus,
                                    Verdict, WebhookDelivery, utcnow)
 from tunix_rt.quality.leaderboard import rebuild_leaderboard
@@ -98,6 +98,9 @@ def _populate(engine: Engine, tmp_path: Path) -> None:
         evaluation = session.scalars(select(Evaluation).where(Evaluation.run_id == cand)).one()
         evaluation.cost = {"calls": 40, "cache_hits": 0}
         evaluation.agreement_rate, evaluation.agreement_repeats = 0.9, 3
+        session.add(EvaluationChunk(evaluation_id=evaluation.id, chunk_index=0, byte_start=0,
+                                    byte_end=100, first_line=1, digest="0" * 64, n_verdicts=40,
+                                    n_extra=0, cost=None, finished_at=utcnow()))  # 0012
     empty = sorted(t.name for t in Base.metadata.sorted_tables if count(engine, t) == 0)
     assert empty == [], f"_populate leaves these tables empty; give each a row: {empty}"
 

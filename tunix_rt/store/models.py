@@ -90,6 +90,7 @@ class RunOrigin(str, enum.Enum):
 class EvaluationStatus(str, enum.Enum):
     completed = "completed"
     failed = "failed"
+    running = "running"  # chunked scoring: not every chunk is in yet
 
 
 class GateDecision(str, enum.Enum):
@@ -237,6 +238,29 @@ class Evaluation(Base):
     agreement_repeats: Mapped[int | None] = mapped_column(Integer)
 
     run: Mapped[Run] = relationship(back_populates="evaluations", lazy="raise")
+
+
+class EvaluationChunk(Base):
+    """A chunk of a chunked evaluation whose verdicts are stored (tunix_rt.quality.chunks).
+
+    Written in the transaction that stores the chunk's verdicts: a chunk with a row
+    whose byte range and digest match the file is not scored again when a killed
+    evaluation resumes.
+    """
+
+    __tablename__ = "evaluation_chunks"
+
+    evaluation_id: Mapped[int] = mapped_column(
+        BigIntPK, ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    byte_start: Mapped[int] = mapped_column(BigInteger)
+    byte_end: Mapped[int] = mapped_column(BigInteger)
+    first_line: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    n_verdicts: Mapped[int] = mapped_column(Integer)
+    n_extra: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Verdict(Base):
