@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     llm_max_reply_bytes: int | None = Field(
         None, gt=0, description="The most bytes of one provider reply the llm judge reads")
     ray_address: str | None = None
+    score_chunk_items: int = Field(
+        10_000, ge=1, description="Predictions lines per chunk of a chunked evaluation; a file "
+                                  "of at most this many items is scored in one piece")
+    task_runner: str = Field(
+        "default", pattern="^(default|ray)$",
+        description="What runs the chunks of an evaluation: default (Prefect's thread pool) or "
+                    "ray (prefect-ray's RayTaskRunner on TUNIX_RT_RAY_ADDRESS, else a local Ray)")
     judges_config: str | None = Field(
         None, description="YAML file of judges defined in configuration (composites)")
     jobs_dir: str = Field("./tunix_rt_jobs",
