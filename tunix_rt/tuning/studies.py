@@ -135,3 +135,176 @@ def iterations_by_trial(session: Session, study_id: str) -> dict[str, list[int]]
             .where(Trial.study_id == study_id).order_by(Trial.trial_id, TrialResult.iteration)):
         out.setdefault(trial_id, []).append(iteration)
     return out
+
+
+# --- reading studies for the pages, the API and the Prefect artifact -----------------------
+
+MAX_PAGE = 200
+TRIAL_SORTS = ("metric", "trial_id", "status", "iterations")
+#: Statuses in the order a reader wants them: what finished, what was cut, what broke.
+STATUS_ORDER = {s.value: i for i, s in enumerate((TrialStatus.completed, TrialStatus.stopped,
+                                                  TrialStatus.failed, TrialStatus.running,
+                                                  TrialStatus.pending))}
+
+
+def metric_value(metrics: dict[str, Any] | None, metric: str) -> float | None:
+    """The study's metric in a result, when it is a finite number."""
+    import math
+
+    value = (metrics or {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _better(mode: str) -> Any:
+    """A sort key putting the best metric first under ``mode``, missing values last."""
+    sign = -1.0 if mode == "max" else 1.0
+    return lambda value: (value is None, 0.0 if value is None else sign * value)
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study as the studies list shows it: counts by trial status and the best value."""
+
+    id: str
+    name: str
+    dataset: str
+    metric: str
+    mode: str
+    status: str
+    created_at: Any
+    finished_at: Any
+    trials: int
+    by_status: dict[str, int]
+    best_trial_id: str | None
+    best_value: float | None
+    error: str | None
+
+
+def list_studies(session: Session, *, dataset: str | None = None, status: str | None = None,
+                 limit: int = 50, cursor: str | None = None
+                 ) -> tuple[list[StudySummary], str | None]:
+    """Studies newest first, a page at a time (keyset on created_at, id)."""
+    from sqlalchemy import or_
+
+    from tunix_rt.errors import InvalidInputError
+    from tunix_rt.store.cursor import ID, TIMESTAMP, decode_cursor, encode_cursor
+
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}",
+                                field="limit")
+    if status is not None and status not in StudyStatus.__members__:
+        raise InvalidInputError(f"unknown status {status!r}; one of: "
+                                f"{', '.join(StudyStatus.__members__)}", field="status")
+    query = select(Study).order_by(Study.created_at.desc(), Study.id.desc()).limit(limit + 1)
+    if dataset is not None:
+        query = query.where(Study.dataset == dataset)
+    if status is not None:
+        query = query.where(Study.status == status)
+    if cursor:
+        created, last_id = decode_cursor(cursor, TIMESTAMP, ID)
+        query = query.where(or_(Study.created_at < created,
+                                (Study.created_at == created) & (Study.id < last_id)))
+    page = list(session.scalars(query))
+    next_cursor = None
+    if len(page) > limit:
+        page = page[:limit]
+        next_cursor = encode_cursor(page[-1].created_at.isoformat(), page[-1].id)
+    return summarize(session, page), next_cursor
+
+
+def summarize(session: Session, page: Sequence[Study]) -> list[StudySummary]:
+    """The summaries of these studies: trial counts by status, the best value."""
+    from sqlalchemy import func
+
+    ids = [s.id for s in page]
+    counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+    for study_id, trial_status, n in session.execute(
+            select(Trial.study_id, Trial.status, func.count()).where(Trial.study_id.in_(ids))
+            .group_by(Trial.study_id, Trial.status)):
+        counts[study_id][trial_status] = n
+    best = _best_values(session, page)
+    return [StudySummary(s.id, s.name, s.dataset, s.metric, s.mode, s.status, s.created_at,
+                         s.finished_at, sum(counts[s.id].values()), counts[s.id],
+                         *best.get(s.id, (None, None)), s.error) for s in page]
+
+
+def _best_values(session: Session, page: Sequence[Study]) -> dict[str, tuple[str, float | None]]:
+    """Each study's best trial and its value: the one Ray named when the study ended,
+    else (still running, or interrupted) the best finished trial so far."""
+    out: dict[str, tuple[str, float | None]] = {}
+    by_id = {s.id: s for s in page}
+    finished = (TrialStatus.completed.value, TrialStatus.stopped.value)
+    rows = session.execute(select(Trial.study_id, Trial.trial_id, Trial.status,
+                                  Trial.last_metrics).where(Trial.study_id.in_(list(by_id))))
+    candidates: dict[str, list[tuple[str, float]]] = {}
+    for study_id, trial_id, status, metrics in rows:
+        study = by_id[study_id]
+        value = metric_value(metrics, study.metric)
+        if trial_id == study.best_trial_id:
+            out[study_id] = (trial_id, value)
+        if status in finished and value is not None:
+            candidates.setdefault(study_id, []).append((trial_id, value))
+    for study_id, trials in candidates.items():
+        if study_id not in out:
+            key = _better(by_id[study_id].mode)
+            out[study_id] = min(trials, key=lambda t: (key(t[1]), t[0]))
+    return out
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """A trial as the study page and the API show it."""
+
+    trial_id: str
+    status: str
+    iterations: int
+    value: float | None  # the study's metric, last reported
+    config: dict[str, Any]
+    last_metrics: dict[str, Any]
+    error: str | None
+    run_id: str | None
+    started_at: Any
+    finished_at: Any
+
+
+def study_trials(session: Session, study: Study, *, sort: str = "metric",
+                 status: str | None = None) -> list[TrialView]:
+    """The study's trials, filtered by status, sorted by an allowed field (best metric
+    first; status in the order completed, stopped, failed, running, pending)."""
+    from tunix_rt.errors import InvalidInputError
+
+    if sort not in TRIAL_SORTS:
+        raise InvalidInputError(f"unknown sort {sort!r}; one of: {', '.join(TRIAL_SORTS)}",
+                                field="sort")
+    if status is not None and status not in TrialStatus.__members__:
+        raise InvalidInputError(f"unknown status {status!r}; one of: "
+                                f"{', '.join(TrialStatus.__members__)}", field="status")
+    query = select(Trial).where(Trial.study_id == study.id)
+    if status is not None:
+        query = query.where(Trial.status == status)
+    trials = [TrialView(t.trial_id, t.status, t.iterations,
+                        metric_value(t.last_metrics, study.metric), t.config or {},
+                        t.last_metrics or {}, t.error, t.run_id, t.started_at, t.finished_at)
+              for t in session.scalars(query)]
+    better = _better(study.mode)
+    keys = {"metric": lambda t: (better(t.value), t.iterations, t.trial_id),
+            "trial_id": lambda t: t.trial_id,
+            "status": lambda t: (STATUS_ORDER.get(t.status, 99), better(t.value), t.trial_id),
+            "iterations": lambda t: (-t.iterations, better(t.value), t.trial_id)}
+    return sorted(trials, key=keys[sort])
+
+
+def study_results(session: Session, study_id: str, trial_ids: Sequence[str] | None = None
+                  ) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Every reported result of the study's trials, by trial, in iteration order."""
+    query = (select(Trial.trial_id, TrialResult.iteration, TrialResult.metrics)
+             .join(TrialResult, TrialResult.trial_pk == Trial.id)
+             .where(Trial.study_id == study_id).order_by(Trial.trial_id, TrialResult.iteration))
+    if trial_ids is not None:
+        query = query.where(Trial.trial_id.in_(list(trial_ids)))
+    out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for trial_id, iteration, metrics in session.execute(query):
+        out.setdefault(trial_id, []).append((iteration, metrics or {}))
+    return out
