@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 from tunix_rt.judges import Item, ScoringContext, judge_spec
 from tunix_rt.judges.base import Verdict as JudgeVerdict
 from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError
-from tunix_rt.store.models import Evaluation, EvaluationStatus, Run, Verdict, coverage, utcnow
+from tunix_rt.store.models import (Evaluation, EvaluationChunk, EvaluationStatus, Run, Verdict,
+                                   coverage, utcnow)
 from tunix_rt.quality.judging import build_judge, self_consistency
 from tunix_rt.quality.stats import bootstrap_mean_ci
 from tunix_rt.store.upsert import upsert
@@ -153,6 +154,58 @@ def choose_judge(asked: str | None, judges: Callable[[], Sequence[str]], *, none
 MISSING = "missing from the predictions file"
 
 
+def aggregate(scores: Any, *, seed: int = 0) -> tuple[float | None, float | None, float | None]:
+    """(mean, CI low, CI high) of the scored verdicts' scores; Nones when there are none.
+
+    The scores are sorted first, so the interval depends on the scores alone, not on
+    the order the file listed its items in: a chunked evaluation, whose verdicts are
+    read back from the database in no particular order, gets the interval an
+    evaluation read in one piece gets.
+    """
+    import numpy as np
+
+    values = np.sort(np.asarray(scores, dtype=np.float64))
+    if values.size == 0:
+        return None, None, None
+    ci = bootstrap_mean_ci(values, seed=seed)
+    return ci.mean, ci.ci_low, ci.ci_high
+
+
+VERDICT_COLUMNS = ("evaluation_id", "item_id", "score", "passed", "rationale", "raw", "response")
+
+
+def write_verdicts(session: Session, evaluation_id: int, verdicts: Sequence[JudgeVerdict],
+                   responses: Sequence[str | None]) -> None:
+    """Insert the verdicts in the caller's transaction: COPY on PostgreSQL (a stream, no
+    per-row statement), batched ``executemany`` elsewhere."""
+    if session.get_bind().dialect.name == "postgresql":
+        import json
+
+        import psycopg
+        from sqlalchemy.exc import DBAPIError
+
+        statement = f"COPY verdicts ({', '.join(VERDICT_COLUMNS)}) FROM STDIN"
+        cursor = session.connection().connection.driver_connection.cursor()
+        dumps = json.dumps
+        try:
+            with cursor.copy(statement) as copy:
+                write = copy.write_row
+                for v, response in zip(verdicts, responses, strict=True):
+                    write((evaluation_id, v.item_id, v.score, v.passed, v.rationale,
+                           None if v.raw is None else dumps(dict(v.raw)),
+                           stored_response(response)))
+        except psycopg.Error as exc:  # as SQLAlchemy's own statements raise it
+            raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        return
+    rows = [{"evaluation_id": evaluation_id, "item_id": v.item_id, "score": v.score,
+             "passed": v.passed, "rationale": v.rationale,
+             "raw": dict(v.raw) if v.raw is not None else None,
+             "response": stored_response(response)}
+            for v, response in zip(verdicts, responses, strict=True)]
+    for start in range(0, len(rows), VERDICT_BATCH):
+        session.execute(insert(Verdict), rows[start:start + VERDICT_BATCH])
+
+
 def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
                 missing: Sequence[str] = (), seed: int = 0, engine: Any = None,
                 repeat: int = 1, dataset: Any = None, dataset_created: bool = False,
@@ -179,11 +232,8 @@ def score_items(run: RunInfo, judge_name: str, items: list[Item], *,
     verdicts = answered + [JudgeVerdict.wrong(item_id, MISSING, judge=judge.name,
                                               judge_version=judge.version, raw={"missing": True})
                            for item_id in missing]
-    scores = [v.score for v in verdicts if v.score is not None]
-    mean = ci_low = ci_high = None
-    if scores:
-        ci = bootstrap_mean_ci(scores, seed=seed)
-        mean, ci_low, ci_high = ci.mean, ci.ci_low, ci.ci_high
+    mean, ci_low, ci_high = aggregate([v.score for v in verdicts if v.score is not None],
+                                      seed=seed)
     ledger = getattr(judge, "ledger", None)  # paid judges say what the scoring cost
     cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
     agreement = None
@@ -240,13 +290,9 @@ def store_evaluation(session: Session, scored: ScoredRun) -> EvaluationSummary:
         dataset_id=scored.dataset_id, n_missing=scored.n_missing if scored.dataset_id else None,
         n_extra=scored.n_extra if scored.dataset_id else None)
     session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
-    responses = list(scored.responses) or [None] * len(scored.verdicts)
-    rows = [{"evaluation_id": ev_id, "item_id": v.item_id, "score": v.score, "passed": v.passed,
-             "rationale": v.rationale, "raw": dict(v.raw) if v.raw is not None else None,
-             "response": stored_response(response)}
-            for v, response in zip(scored.verdicts, responses, strict=True)]
-    for start in range(0, len(rows), VERDICT_BATCH):
-        session.execute(insert(Verdict), rows[start:start + VERDICT_BATCH])
+    session.execute(delete(EvaluationChunk).where(EvaluationChunk.evaluation_id == ev_id))
+    write_verdicts(session, ev_id, scored.verdicts,
+                   list(scored.responses) or [None] * len(scored.verdicts))
     return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True),
                                 dataset=scored.dataset_label,
                                 dataset_created=scored.dataset_created)
@@ -269,6 +315,7 @@ def store_failed_evaluation(session: Session, run_id: str, judge_name: str,
     if ev_id is None:
         return EvaluationSummary.of(find_evaluation(session, run_id, spec.name, spec.version))
     session.execute(delete(Verdict).where(Verdict.evaluation_id == ev_id))
+    session.execute(delete(EvaluationChunk).where(EvaluationChunk.evaluation_id == ev_id))
     return EvaluationSummary.of(session.get(Evaluation, ev_id, populate_existing=True))
 
 

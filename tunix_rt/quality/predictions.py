@@ -143,6 +143,13 @@ def _stat(path: str, uri: str, what: str) -> os.stat_result:
         raise PredictionsError(f"{uri!r}: not a usable path ({exc})") from None
 
 
+def open_binary(uri: str, allow: Sequence[str] | None = None,
+                what: str = "predictions") -> Any:
+    """The file ``uri`` names, opened for reading bytes, with every check of
+    :func:`read_jsonl` (a context manager; chunked scoring seeks in it)."""
+    return _open_binary(uri, what, allow)
+
+
 @contextmanager
 def _open_binary(uri: str, what: str,
                  allow: Sequence[str] | None = None) -> Iterator[IO[bytes]]:
@@ -241,9 +248,20 @@ def _first_line(exc: BaseException) -> str:
 def _text_lines(handle: IO[bytes], uri: str, max_bytes: int,
                 max_line_bytes: int) -> Iterator[str]:
     """The lines of ``handle`` as text, counting bytes as they are read."""
+    for _lineno, _start, _end, line in lines_at(handle, uri, max_bytes, max_line_bytes):
+        yield line
+
+
+def lines_at(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *,
+             offset: int = 0, lineno: int = 0) -> Iterator[tuple[int, int, int, str]]:
+    """(line number, first byte, byte after its newline, text) of each line of ``handle``.
+
+    ``offset`` and ``lineno`` say where in the file ``handle`` starts (a chunk read
+    from the middle). Chunked scoring records the byte ranges to read a chunk again.
+    """
     total = 0
-    lineno = 0
     pending = bytearray()
+    base = offset  # the file offset of pending[0]
     while True:
         chunk = handle.read(READ_CHUNK)
         if not chunk:
@@ -256,13 +274,16 @@ def _text_lines(handle: IO[bytes], uri: str, max_bytes: int,
         start = 0
         while (end := pending.find(b"\n", start)) >= 0:
             lineno += 1
-            yield _decode(pending, start, end, uri, lineno, max_line_bytes)
+            yield (lineno, base + start, base + end + 1,
+                   _decode(pending, start, end, uri, lineno, max_line_bytes))
             start = end + 1
         del pending[:start]
+        base += start
         if len(pending) > max_line_bytes:
             _line_too_long(uri, lineno + 1, max_line_bytes)
     if pending:
-        yield _decode(pending, 0, len(pending), uri, lineno + 1, max_line_bytes)
+        yield (lineno + 1, base, base + len(pending),
+               _decode(pending, 0, len(pending), uri, lineno + 1, max_line_bytes))
 
 
 def _decode(buffer: bytearray, start: int, end: int, uri: str, lineno: int,
@@ -411,55 +432,69 @@ def parse_predictions(lines: Iterable[str], *, uri: str = "<predictions>",
     items: list[Item] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
+        item = parse_line(line, f"{uri}, line {lineno}", require_reference=require_reference,
+                          require_response=require_response)
+        if item is None:
             continue
-        where = f"{uri}, line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PredictionsError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") \
-                from None
-        except RecursionError:
-            raise PredictionsError(f"{where}: not valid JSON (nested too deeply)") from None
-        except ValueError as exc:  # e.g. an integer of more digits than Python converts
-            raise PredictionsError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise PredictionsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        item_id = _required_str(obj, "id", where)
-        if not item_id.strip():
-            raise PredictionsError(f"{where}: field 'id' is empty")
-        if len(item_id) > MAX_ID_LENGTH:
-            raise PredictionsError(f"{where}: field 'id' is longer than {MAX_ID_LENGTH} characters")
-        if item_id in seen:
-            raise PredictionsError(
-                f"{where}: duplicate id {item_id!r} (first seen on line {seen[item_id]})")
-        seen[item_id] = lineno
-        response = (_required_str(obj, "response", where) if require_response
-                    else _optional_str(obj, "response", where) or "")
-        reference = _optional_str(obj, "reference", where)
-        if require_reference and reference is None:
-            raise PredictionsError(
-                f"{where}: field 'reference' is required by the judge but missing")
-        metadata = obj.get("metadata")
-        if metadata is None:
-            metadata = {}
-        elif not isinstance(metadata, dict):
-            raise PredictionsError(f"{where}: field 'metadata' must be an object")
-        prompt = _optional_str(obj, "prompt", where)
-        for key, value in (("id", item_id), ("response", response), ("prompt", prompt),
-                           ("reference", reference), ("metadata", metadata)):
-            if _has_nul(value):
-                # PostgreSQL stores no NUL in text or JSON; refuse it here, with the line.
-                raise PredictionsError(f"{where}: field {key!r} contains a NUL character "
-                                       "(\\u0000)")
-        items.append(Item(id=item_id, response=response, prompt=prompt,
-                          reference=reference, metadata=metadata))
+        if item.id in seen:
+            raise PredictionsError(f"{uri}, line {lineno}: duplicate id {item.id!r} (first seen "
+                                   f"on line {seen[item.id]})")
+        seen[item.id] = lineno
+        items.append(item)
     if not items:
-        what = "predictions file" if require_response else "items file"
-        raise PredictionsError(f"{uri}: the {what} has no items")
+        raise PredictionsError(no_items_message(uri, require_response))
     if line_of is not None:
         line_of.update(seen)
     return items
+
+
+def no_items_message(uri: str, require_response: bool = True) -> str:
+    what = "predictions file" if require_response else "items file"
+    return f"{uri}: the {what} has no items"
+
+
+def parse_line(line: str, where: str, *, require_reference: bool = False,
+               require_response: bool = True) -> Item | None:
+    """One line as an item (None for a blank line); a :class:`PredictionsError` naming
+    ``where`` when it is not one. Duplicates are the caller's to find."""
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise PredictionsError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") \
+            from None
+    except RecursionError:
+        raise PredictionsError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise PredictionsError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise PredictionsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    item_id = _required_str(obj, "id", where)
+    if not item_id.strip():
+        raise PredictionsError(f"{where}: field 'id' is empty")
+    if len(item_id) > MAX_ID_LENGTH:
+        raise PredictionsError(f"{where}: field 'id' is longer than {MAX_ID_LENGTH} characters")
+    response = (_required_str(obj, "response", where) if require_response
+                else _optional_str(obj, "response", where) or "")
+    reference = _optional_str(obj, "reference", where)
+    if require_reference and reference is None:
+        raise PredictionsError(
+            f"{where}: field 'reference' is required by the judge but missing")
+    metadata = obj.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise PredictionsError(f"{where}: field 'metadata' must be an object")
+    prompt = _optional_str(obj, "prompt", where)
+    for key, value in (("id", item_id), ("response", response), ("prompt", prompt),
+                       ("reference", reference), ("metadata", metadata)):
+        if _has_nul(value):
+            # PostgreSQL stores no NUL in text or JSON; refuse it here, with the line.
+            raise PredictionsError(f"{where}: field {key!r} contains a NUL character "
+                                   "(\\u0000)")
+    return Item(id=item_id, response=response, prompt=prompt, reference=reference,
+                metadata=metadata)
 
 
 def _has_nul(value: Any) -> bool:
