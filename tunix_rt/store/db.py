@@ -25,7 +25,7 @@ from tunix_rt.settings import get_settings
 
 # The Alembic head this code expects. tests/db/test_migrations.py checks it against
 # the revisions in migrations/versions, so the two cannot drift apart.
-SCHEMA_HEAD = "20261130_0012"
+SCHEMA_HEAD = "20261130_0013"
 
 _engines: dict[str, Engine] = {}
 _checked: set[str] = set()

@@ -283,12 +283,19 @@ class Verdict(Base):
 
 
 class LeaderboardEntry(Base):
-    """A materialized leaderboard row: one run's standing on a dataset under a judge."""
+    """One run's standing on a dataset under a judge: its latest evaluation's figures.
+
+    No stored rank: a rank is the entry's position in the order of the ``order`` index,
+    so adding one evaluation writes one row (tunix_rt.quality.leaderboard).
+    """
 
     __tablename__ = "leaderboard_entries"
     __table_args__ = (
-        UniqueConstraint("dataset", "judge", "rank"),
         Index("ix_leaderboard_entries_run_id", "run_id"),
+        # The board's order, every column ascending so a cursor's key is one row-value
+        # comparison that the index can seek to.
+        Index("ix_leaderboard_entries_order", "dataset", "judge", "order_flagged",
+              "order_score", "order_n_scored", "run_created_at", "run_id"),
     )
 
     dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -298,7 +305,6 @@ class LeaderboardEntry(Base):
     evaluation_id: Mapped[int] = mapped_column(
         ForeignKey("evaluations.id", ondelete="CASCADE"))
     judge_version: Mapped[str] = mapped_column(String(32))
-    rank: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
     ci_low: Mapped[float] = mapped_column(Float)
     ci_high: Mapped[float] = mapped_column(Float)
@@ -309,6 +315,28 @@ class LeaderboardEntry(Base):
     # Why the entry is not ranked with the complete runs: "unscored" (the judge could
     # not score more than the allowed share) or "coverage_unknown"; NULL when complete.
     flag: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    # The sort key: 1 when flagged (ranked below the complete entries), minus the score,
+    # minus the items scored, then the run's creation time and id.
+    order_flagged: Mapped[int] = mapped_column(Integer)
+    order_score: Mapped[float] = mapped_column(Float)
+    order_n_scored: Mapped[int] = mapped_column(Integer)
+    run_created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LeaderboardBoard(Base):
+    """A board's bookkeeping: the threshold its flags were computed with, its size, and a
+    generation that every change bumps (a cursor of an older generation recounts its rank).
+    """
+
+    __tablename__ = "leaderboard_boards"
+
+    dataset: Mapped[str] = mapped_column(String(255), primary_key=True)
+    judge: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # NULL: not known (a board carried over by a migration); the next update rebuilds.
+    max_unscored: Mapped[float | None] = mapped_column(Float)
+    n_entries: Mapped[int] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
