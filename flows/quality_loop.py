@@ -99,7 +99,7 @@ def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  #
             # task run (2.7-3.2 s of overhead at 20,000 items, benchmarks/README.md).
             summary = (scored if isinstance(scored, EvaluationSummary)
                        else store_evaluation(quote(scored)))
-            board = rebuild_leaderboard(run.dataset, judge)
+            board = rebuild_leaderboard(run.dataset, judge, run.id)
             report = gate_run(run.id, judge, policy)
             promoted = value_of(promote_baseline(report, policy))
             publish_artifacts(board, report, promoted)

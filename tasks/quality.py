@@ -110,11 +110,15 @@ def store_evaluation(scored: ScoredRun) -> EvaluationSummary:
     return summary
 
 
-@task(name="rebuild-leaderboard", **RETRY_POLICY)
-def rebuild_leaderboard(dataset: str, judge: str) -> leaderboard.Page:
-    """Re-rank the board of ``dataset`` under ``judge``; returns its first page."""
+@task(name="update-leaderboard", **RETRY_POLICY)
+def rebuild_leaderboard(dataset: str, judge: str, run_id: str | None = None) -> leaderboard.Page:
+    """Bring the run's entry on the board of ``dataset`` under ``judge`` up to date (one
+    row, not the whole board; all of it without ``run_id``); returns its first page."""
     with session_scope() as session:
-        leaderboard.rebuild_leaderboard(session, dataset, judge)
+        if run_id is None:
+            leaderboard.rebuild_leaderboard(session, dataset, judge)
+        else:
+            leaderboard.update_board_for_run(session, dataset, judge, run_id)
         return leaderboard.leaderboard_page(session, dataset, judge, limit=ARTIFACT_ROWS)
 
 

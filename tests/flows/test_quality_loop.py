@@ -17,6 +17,7 @@ from tests.flows.support import task_states
 from tests.factories import correctness, make_run, write_predictions
 from tests.waiting import wait_for
 from tunix_rt.store.db import session_scope
+from tunix_rt.quality.leaderboard import leaderboard_page
 from tunix_rt.store.models import (BaselinePromotion, Evaluation, GateResult, LeaderboardEntry,
                              RunStatus, Verdict)
 from tunix_rt.quality.stats import GatePolicy
@@ -93,8 +94,8 @@ def test_loop_scores_ranks_gates_and_promotes(engine, tmp_path: Path) -> None:
     assert em2["gate"]["n_paired"] == N
     assert em2["promoted"].startswith("passed the gate")
     with session_scope(engine) as session:
-        board = session.execute(select(LeaderboardEntry.rank, LeaderboardEntry.run_id).where(
-            LeaderboardEntry.judge == "exact_match").order_by(LeaderboardEntry.rank)).all()
+        board = [(e.rank, e.run_id) for e in leaderboard_page(session, "arith",
+                                                             "exact_match").entries]
     assert board == [(1, second), (2, first)]
 
 
@@ -129,8 +130,8 @@ def test_answering_less_raises_no_score_rank_or_gate(engine, tmp_path: Path) -> 
     assert out["cherry"]["evaluation"]["coverage"] == 0.375
     assert out["blank"]["evaluation"]["n_missing"] == 0
     with session_scope(engine) as session:
-        board = session.execute(select(LeaderboardEntry.run_id, LeaderboardEntry.score).where(
-            LeaderboardEntry.judge == "exact_match").order_by(LeaderboardEntry.rank)).all()
+        board = [(e.run_id, e.score) for e in leaderboard_page(session, "arith",
+                                                              "exact_match").entries]
     assert board == [(full, 0.85), (baseline, 0.7), (cherry, 0.375), (blank, 0.375)]
 
 
