@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from tunix_rt.cli import EXIT_ERROR
+from tunix_rt.cli import EXIT_ERROR, CliError
 from tunix_rt.cli._args import add_command, json_object
 from tunix_rt.cli.output import to_json
 
@@ -18,7 +18,10 @@ from tunix_rt.cli.output import to_json
 def cmd_serve(args: argparse.Namespace) -> int:
     from tunix_rt.cli.stack import serve
 
-    serve(args.host, args.port)
+    if args.workers < 1:
+        raise CliError(f"--workers: {args.workers} is not a number of processes (1 or more)")
+    serve(args.host, args.port, workers=args.workers, dispatch=args.dispatch,
+          access_log=args.access_log)
     return 0
 
 
@@ -63,6 +66,13 @@ def register(subparsers: Any) -> None:
                     "leaderboard page", formats=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes serving the port (default 1); each stores its deliveries")
+    p.add_argument("--no-dispatch", dest="dispatch", action="store_false",
+                   help="only store: the loops completed runs owe stay in the outbox for the "
+                   "sweeper or a worker elsewhere (an ingest-only receiver)")
+    p.add_argument("--no-access-log", dest="access_log", action="store_false",
+                   help="no log line per request")
 
     p = add_command(subparsers, "up", cmd_up, "a local stack: Prefect server, deployments, a "
                     "worker and the service; Ctrl-C stops it all", formats=None)

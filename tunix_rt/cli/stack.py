@@ -11,6 +11,7 @@ not a virtual environment is activated: ``/path/to/venv/bin/tunix-rt up`` is eno
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,13 +33,30 @@ STOP_GRACE_S = 10.0
 SERVICE_GRACE_S = 3
 
 
-def serve(host: str, port: int, dispatcher: object | None = None) -> None:
-    """Run the HTTP service until interrupted."""
-    if dispatcher is None:
+# How each worker process of `tunix-rt serve --workers N` dispatches: "event", "local" or
+# "none" (set by the parent, read by worker_app in every worker).
+WORKER_DISPATCH_ENV = "TUNIX_RT_SERVE_DISPATCH"
+NO_DISPATCH = "none: completed runs stay owed in the outbox for the sweeper (`tunix-rt sweep`)"
+
+
+def serve(host: str, port: int, dispatcher: object | None = None, *, workers: int = 1,
+          dispatch: bool = True, access_log: bool = True) -> None:
+    """Run the HTTP service until interrupted.
+
+    ``workers`` > 1 runs that many processes on one port (uvicorn's multi-process mode).
+    Without ``dispatch`` the receiver only stores: each loop a completed run owes stays
+    in the outbox, for the sweeper or a worker elsewhere (an ingest-only receiver).
+    """
+    if workers > 1:
+        _serve_workers(host, port, workers, dispatch, access_log)
+        return
+    if not dispatch:
+        dispatcher = None
+    elif dispatcher is None:
         from tunix_rt.flows.dispatch import receiver_dispatcher
 
         dispatcher = receiver_dispatcher()
-    _serve_app(_service_app(dispatcher), host, port, dispatcher)
+    _serve_app(_service_app(dispatcher), host, port, dispatcher, access_log=access_log)
 
 
 def _service_app(dispatcher: Any) -> Any:
@@ -47,18 +65,71 @@ def _service_app(dispatcher: Any) -> Any:
     return create_app(dispatcher=dispatcher)
 
 
-def _serve_app(app: Any, host: str, port: int, dispatcher: Any) -> None:
+def worker_app() -> Any:
+    """The app of one worker process of ``serve --workers N`` (uvicorn calls this factory
+    in each). Each worker has its own dispatcher: an in-process one runs the loops of the
+    deliveries this worker stored, reporting to the one Prefect API the parent started."""
+    mode = os.environ.get(WORKER_DISPATCH_ENV, "none")
+    dispatcher: Any = None
+    if mode == "local":
+        from tunix_rt.flows.dispatch import LocalDispatcher
+
+        dispatcher = LocalDispatcher()
+    elif mode == "event":
+        from tunix_rt.flows.dispatch import EventDispatcher
+
+        dispatcher = EventDispatcher()
+    return _service_app(dispatcher)
+
+
+def _serve_workers(host: str, port: int, workers: int, dispatch: bool,
+                   access_log: bool) -> None:
+    """``workers`` processes of the service on one port, their dispatch chosen here once.
+
+    In-process loops in several workers would each start Prefect's ephemeral API on the
+    same database; they share one local Prefect server instead, which dies with this
+    process. Crashed Prefect-run loops are watched for here, once, not in every worker.
+    """
+    import uvicorn
+
+    _service_app(None)  # a missing secret or an unmigrated database: refused here, once
+    mode = "none"
+    if dispatch:
+        from tunix_rt.flows.dispatch import has_prefect_server
+
+        mode = "event" if has_prefect_server() else "local"
+    print(f"tunix-rt service on http://{host}:{port}, {workers} workers (dispatch: "
+          f"{NO_DISPATCH if mode == 'none' else mode})", flush=True)
+    os.environ[WORKER_DISPATCH_ENV] = mode
+    with contextlib.ExitStack() as stack:
+        if mode == "local":
+            from tunix_rt.cli.prefect_server import local_prefect_server
+
+            url = stack.enter_context(local_prefect_server())
+            if url:
+                os.environ["PREFECT_API_URL"] = url  # for the workers, which it outlives
+        if mode == "event":
+            from tunix_rt.flows.dispatch import CrashWatcher
+
+            stack.callback(CrashWatcher().start().stop)
+        uvicorn.run("tunix_rt.cli.stack:worker_app", factory=True, workers=workers, host=host,
+                    port=port, log_level="info", access_log=access_log,
+                    timeout_graceful_shutdown=SERVICE_GRACE_S)
+
+
+def _serve_app(app: Any, host: str, port: int, dispatcher: Any, *,
+               access_log: bool = True) -> None:
     import uvicorn
 
     from tunix_rt.flows.dispatch import CrashWatcher, EventDispatcher
 
-    print(f"tunix-rt service on http://{host}:{port} (dispatch: {dispatcher.target})",
-          flush=True)
+    target = dispatcher.target if dispatcher is not None else NO_DISPATCH
+    print(f"tunix-rt service on http://{host}:{port} (dispatch: {target})", flush=True)
     # Loops started through Prefect that crash before their code runs are noted on
     # their runs by this receiver (the flow-run process had no chance to).
     watcher = CrashWatcher().start() if isinstance(dispatcher, EventDispatcher) else None
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info",
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log,
                     timeout_graceful_shutdown=SERVICE_GRACE_S)
     finally:
         if watcher is not None:
