@@ -258,3 +258,66 @@ def test_compare_api_pages_and_refuses_bad_input(service: Service, demo: dict[st
     # The baseline itself has no gate of its own yet: the page says so.
     page = _page(service, demo["baseline"])
     assert "has no gate result" in page.one("p", cls="message").text()
+
+
+@pytest.mark.flows
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_gate_artifact_links_to_the_page(service: Service, engine: Engine, tmp_path: Path,
+                                             prefect_api_url: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's gate artifact, read back from the Prefect server, links to the page."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tunix_rt.flows.quality_loop import quality_loop
+
+    monkeypatch.setenv("TUNIX_RT_PUBLIC_URL", "https://tunix.example.org/")
+    rows = _demo_predictions(tmp_path)
+    flow_runs = {}
+    for side in ("baseline", "candidate"):
+        with session_scope(engine) as session:
+            run_id = register_run(session, name=side, dataset="Gate Links", model="gemma",
+                                  predictions_uri=_write(tmp_path / f"{side}.jsonl",
+                                                         rows[side])).id
+        state = quality_loop(run_id, judges=[JUDGE], policy=GatePolicy(auto_promote=True),
+                             return_state=True)
+        assert state.is_completed()
+        flow_runs[side] = (run_id, state.state_details.flow_run_id)
+
+    run_id, flow_run_id = flow_runs["candidate"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["gate-gate-links-exact-match"])))
+    (mine,) = [a for a in artifacts if a.flow_run_id == flow_run_id]
+    links = re.findall(r"\]\((https://tunix\.example\.org/[^)]+)\)", str(mine.data))
+    assert links == [f"https://tunix.example.org/runs/{run_id}/gate?judge=exact_match"]
+    assert "**fail**" in str(mine.data)
+    # The link leads to the page of that run's failed gate.
+    target = urlsplit(links[0])
+    response = service.get(target.path, **{k: v[0] for k, v in parse_qs(target.query).items()})
+    assert response.status_code == 200
+    assert parse(response.text).one("span", cls="decision").text() == "FAIL"
+
+
+def test_without_a_public_url_the_artifact_says_how_to_link() -> None:
+    from tunix_rt.quality.gating import GateReport
+    from tunix_rt.tasks.quality import gate_markdown
+
+    report = GateReport("r1", "d", JUDGE, "fail", -0.2, -0.3, -0.1, 50, "r0", "why", {},
+                        "2026-11-30T00:00:00+00:00")
+    text = gate_markdown(report, None, None)
+    assert "TUNIX_RT_PUBLIC_URL" in text and "/runs/r1/gate" in text and "](" not in text
+
+
+@pytest.mark.parametrize("value", ["ftp://tunix.example.org", "tunix.example.org",
+                                   "https://", "https://x.org/?a=1", "http://x.org/a b"])
+def test_a_public_url_that_is_not_http_is_refused(value: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunix_rt.errors import InvalidInputError
+    from tunix_rt.settings import get_settings
+
+    monkeypatch.setenv("TUNIX_RT_PUBLIC_URL", value)
+    with pytest.raises(InvalidInputError, match="TUNIX_RT_PUBLIC_URL"):
+        get_settings()
+    monkeypatch.setenv("TUNIX_RT_PUBLIC_URL", "https://tunix.example.org/base/")
+    assert get_settings().public_url == "https://tunix.example.org/base"
