@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -280,59 +279,6 @@ def test_gate_is_404_until_the_run_is_gated(service: Service, engine: Engine,
     assert "mock" in _error(service.get(f"/api/runs/{candidate}/gate", judge="mock"), 404)
 
 
-# --- the page -------------------------------------------------------------------------
-
-
-def test_the_page_shows_the_board_escaped(service: Service, engine: Engine,
-                                          tmp_path: Path) -> None:
-    _three_evaluated(engine, tmp_path)
-    uri = write_predictions(tmp_path / "xss.jsonl", _hits(10, 5))
-    xss = make_run(engine, tmp_path, XSS, [], predictions=uri)
-    evaluate(engine, xss)
-    _rebuild(engine)
-
-    response = service.get("/")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/html")
-    page = response.text
-    for name in ("best", "mid", "worst"):
-        assert f"<td>{name}<br>" in page
-    for score in ("0.9000", "0.6000", "0.5000", "0.3000"):
-        assert f"<td>{score}</td>" in page
-    assert XSS not in page
-    assert html.escape(XSS) in page
-    assert "arith / exact_match" in page
-    assert page.index("best") < page.index("mid") < page.index("worst")
-
-
-def test_the_page_picks_the_board_asked_for(service: Service, engine: Engine,
-                                            tmp_path: Path) -> None:
-    _three_evaluated(engine, tmp_path)
-    evaluated_run(engine, tmp_path, "zeta-run", _hits(10, 7), dataset="zeta")
-    _rebuild(engine, dataset="zeta")
-
-    default = service.get("/").text
-    assert "best" in default and "zeta-run" not in default
-    asked = service.get("/", dataset="zeta", judge=JUDGE).text
-    assert "zeta-run" in asked and "best" not in asked
-    # The dataset alone is enough when it has one board.
-    only_dataset = service.get("/", dataset="zeta").text
-    assert "zeta-run" in only_dataset and "best" not in only_dataset
-    # A board that does not exist is a 404 page saying so, the asked-for name escaped.
-    missing = service.get("/", dataset=XSS, judge=JUDGE)
-    assert missing.status_code == 404
-    assert "no leaderboard for" in missing.text and XSS not in missing.text
-    assert html.escape(XSS) in missing.text
-    assert "zeta-run" not in missing.text and "best" not in missing.text
-
-
-def test_the_page_with_no_boards_says_so(service: Service) -> None:
-    response = service.get("/")
-    assert response.status_code == 200
-    assert "no leaderboards yet" in response.text
-    assert "<td>" not in response.text
-
-
 # --- datasets -------------------------------------------------------------------------
 
 
@@ -362,5 +308,3 @@ def test_board_entries_carry_coverage(service: Service, engine: Engine, tmp_path
     assert [(e["run_name"], e["score"], e["n_items"], e["n_missing"], e["coverage"], e["flag"])
             for e in entries] == [("full", 0.6, 10, 0, 1.0, None),
                                   ("short", 0.4, 10, 6, 0.4, None)]
-    page = service.get("/", dataset="arith").text
-    assert "<th>coverage</th>" in page and "40.0%" in page

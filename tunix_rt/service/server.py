@@ -8,14 +8,13 @@ sweeper finds the pending dispatch.
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 
 from fastapi import BackgroundTasks, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse
-from sqlalchemy import select, text
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tunix_rt import __version__
@@ -26,7 +25,6 @@ from tunix_rt.store import runs
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.service.deliveries import Dispatcher
 from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_transient
-from tunix_rt.store.models import LeaderboardEntry
 from tunix_rt.settings import Settings, get_settings
 from tunix_rt.service.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
                                Verifier, parse_event, parse_sourced_secrets)
@@ -196,37 +194,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         with scope() as session:
             return datasets.get_dataset(session, name, version).to_dict()
 
-    @app.get("/runs/{run_id}", response_class=HTMLResponse, responses=params.NOT_FOUND)
-    def run_page(run_id: str) -> HTMLResponse:
-        """A run with its gate and its metrics over steps (the loss curve)."""
-        from tunix_rt.service.run_page import render_run_page
-        from tunix_rt.store.metrics import series
-
-        with scope() as session:
-            run = runs.get_run(session, run_id)
-            gate = gating.latest_gate(session, run.id, None)
-            page = render_run_page(runs.run_to_dict(run), series(session, run.id),
-                                   gate.to_dict() if gate else None)
-        return HTMLResponse(page)
-
-    @app.get("/", response_class=HTMLResponse, responses=params.PAGE_NOT_FOUND)
-    def page(dataset: str | None = None, judge: str | None = None) -> HTMLResponse:
-        with scope() as session:
-            boards = session.execute(select(LeaderboardEntry.dataset, LeaderboardEntry.judge)
-                                     .distinct().order_by(LeaderboardEntry.dataset,
-                                                          LeaderboardEntry.judge)).all()
-            boards = [tuple(b) for b in boards]
-            wanted = [b for b in boards
-                      if (not dataset or b[0] == dataset) and (not judge or b[1] == judge)]
-            chosen = wanted[0] if wanted else None
-            entries = (leaderboard.leaderboard_page(session, chosen[0], chosen[1], limit=100)
-                       .entries if chosen else [])
-        missing = None
-        if chosen is None and (dataset or judge):
-            missing = f"no leaderboard for {dataset or 'any dataset'} / {judge or 'any judge'}"
-        return HTMLResponse(_render_page(boards, chosen, entries, missing),
-                            status_code=404 if missing else 200)
-
     return app
 
 
@@ -264,42 +231,3 @@ def _store(scope: Any, delivery_id: str, event: Any,
     with scope() as session:
         return deliveries.receive(session, delivery_id, event, source=source)
 
-
-def _render_page(boards: list[Any], chosen: Any, entries: list[leaderboard.Entry],
-                 missing: str | None = None) -> str:
-    esc = html.escape
-    links = " · ".join(
-        f'<a href="/?dataset={esc(d, quote=True)}&amp;judge={esc(j, quote=True)}"'
-        f'{" class=on" if chosen and (d, j) == tuple(chosen) else ""}>{esc(d)} / {esc(j)}</a>'
-        for d, j in boards) or "no leaderboards yet: evaluate a run"
-    rows = "".join(
-        f"<tr><td>{e.rank}</td><td>{esc(e.run_name)}<br><small>{esc(e.run_id)}</small></td>"
-        f"<td>{esc(e.model)}</td><td>{e.score:.4f}</td>"
-        f"<td>[{e.ci_low:.4f}, {e.ci_high:.4f}]</td><td>{e.n_items}</td>"
-        f"<td>{_coverage_cell(e)}</td></tr>" for e in entries)
-    title = f"{esc(chosen[0])} / {esc(chosen[1])}" if chosen else "tunix-rt"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Leaderboard · {title}</title>
-<style>
-body {{ font: 15px/1.4 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222 }}
-table {{ border-collapse: collapse; width: 100% }}
-th, td {{ padding: .4rem .6rem; border-bottom: 1px solid #ddd; text-align: left }}
-td:nth-child(4), td:nth-child(6) {{ font-variant-numeric: tabular-nums }}
-small {{ color: #777 }} a.on {{ font-weight: bold }}
-</style></head>
-<body><h1>Leaderboard: {title}</h1><p>{links}</p>{f"<p>{esc(missing)}</p>" if missing else ""}
-<table><thead><tr><th>rank</th><th>run</th><th>model</th><th>score</th><th>95% CI</th>
-<th>items</th><th>coverage</th></tr></thead><tbody>{rows}</tbody></table>
-<p><small>JSON: /api/leaderboard?dataset=…&amp;judge=… · runs: /api/runs · a run's page:
-/runs/{{id}}</small></p>
-</body></html>"""
-
-
-def _coverage_cell(entry: leaderboard.Entry) -> str:
-    """Answered share, and why an entry is ranked below the complete ones."""
-    cell = "unknown" if entry.coverage is None else f"{entry.coverage:.1%}"
-    if entry.flag == "unscored":
-        cell += f" <small>({entry.n_unscored} unscored by the judge: ranked below)</small>"
-    elif entry.flag == "coverage_unknown":
-        cell += " <small>(evaluated before datasets: ranked below)</small>"
-    return cell
