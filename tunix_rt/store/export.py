@@ -168,13 +168,15 @@ def export(session: Session, what: str, out: str | Path, *, fmt: str = "parquet"
     try:
         with os.fdopen(handle, "wb") as stream:
             writer = _Parquet(stream, schema(what)) if fmt == "parquet" else _Csv(stream)
-            for frame in chunks(session, what, dataset, chunk_rows):
-                writer.write(frame)
-                rows += len(frame)
-                parts += 1
-                if on_chunk is not None:
-                    on_chunk(rows)
-            writer.close()
+            try:
+                for frame in chunks(session, what, dataset, chunk_rows):
+                    writer.write(frame)
+                    rows += len(frame)
+                    parts += 1
+                    if on_chunk is not None:
+                        on_chunk(rows)
+            finally:
+                writer.close()  # before the stream: a writer closed later writes to nothing
             stream.flush()
             os.fsync(stream.fileno())
         _publish(tmp, target, force)
