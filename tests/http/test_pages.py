@@ -326,6 +326,7 @@ def _launched_trial_run(engine: Engine, tmp_path: Path, jobs_dir: Path) -> dict[
         set_baseline(session, baseline, JUDGE)
         gate_run(session, run, JUDGE, GatePolicy(min_items=10))
         gate_run(session, run, JUDGE, GatePolicy(min_items=10, margin=0.05))
+    _rebuild(engine)
     return {"run": run, "baseline": baseline, "study": study_id}
 
 
@@ -381,8 +382,11 @@ def test_the_run_page_shows_lineage_curves_log_evaluations_and_gates(
         badge = g.find("a.badge.gate")
         assert badge.attrs["href"] == f"/runs/{ids['run']}/gate?judge={JUDGE}"
         assert g.find_all("a")[1].attrs["href"] == f"/runs/{ids['baseline']}"
-    assert {a.attrs["href"] for a in doc.find_all("a.gate-page")} == {
-        f"/runs/{ids['run']}/gate?judge={JUDGE}", f"/runs/{ids['run']}/gate?judge=mock"}
+    assert [a.attrs["href"] for a in doc.find_all("a.gate-page")] == [
+        f"/runs/{ids['run']}/gate?judge={JUDGE}"]  # gated under one judge of the two
+    # The boards it is on.
+    assert [a.attrs["href"] for a in doc.find("dd.boards").find_all("a")] == [
+        f"/?dataset=arith&judge={JUDGE}"]
     margins = [float(m.get("data-value")) for b in svgs(response, "interval")
                for m in svg_class(b, "mark")]
     assert -0.05 in margins and 0.0 in margins

@@ -262,3 +262,25 @@ def test_shared_scale() -> None:
     assert lo <= 0.2 and hi >= 3.7 and hi <= 5
     lo, hi = plots.shared_scale([-0.3, 0.4], include=[0.0])
     assert lo <= -0.3 and hi >= 0.4
+
+
+def test_the_last_x_label_fits_in_the_chart() -> None:
+    root = parse(plots.line_chart({"loss": [(0, 1.0), (1_500, 0.5)]}, title="t", x_label="step",
+                                  y_label="loss", width=400))
+    (axis,) = by_class(root, "x-axis")
+    last = by_class(axis, "tick")[-1].find(f"{NS}text")
+    assert last.text == "1,500"
+    assert float(last.get("x")) + len(last.text) * plots.CHAR_W / 2 <= 400
+
+
+def test_scale_axis_matches_the_interval_bars() -> None:
+    ruler = parse(plots.scale_axis(0.0, 1.0, title="scale"))
+    bar = parse(plots.interval(0.5, 0.4, 0.6, lo=0.0, hi=1.0, title="b"))
+    ticks = {t.find(f"{NS}text").text: float(t.find(f"{NS}line").get("x1"))
+             for t in by_class(ruler, "tick")}
+    assert list(ticks) == ["0", "0.25", "0.50", "0.75", "1.00"]
+    assert ticks["0"] == 4 and ticks["1.00"] == 216  # the bars' padding, both ends
+    (value,) = by_class(bar, "value")
+    (half,) = [x for label, x in ticks.items() if float(label) == 0.5]
+    assert math.isclose(half, float(value.get("cx")), abs_tol=0.2)
+    assert accessible_name(ruler) == "scale"

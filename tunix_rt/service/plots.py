@@ -215,6 +215,40 @@ def _left_margin(y: _Axis) -> float:
     return 26 + widest * CHAR_W
 
 
+def _x_axis(values: Sequence[float], left: float, width: int, *, log: bool, spacing: int
+            ) -> _Axis:
+    """The x axis, its right end pulled in so that the last tick's label fits."""
+    right = width - 12.0
+    x = _Axis(values, left, right, log=log, target=max(2, int((right - left) // spacing)))
+    half = len(x.label(x.ticks[-1])) * CHAR_W / 2 + 2
+    if half > 12:
+        right = width - half
+        x = _Axis(values, left, right, log=log, target=max(2, int((right - left) // spacing)))
+    return x
+
+
+def scale_axis(lo: float, hi: float, *, title: str, width: int = 220, height: int = 20
+               ) -> Markup:
+    """The ruler of a column of :func:`interval` bars: the same scale, with round ticks."""
+    pad = 4.0
+    if not (_finite(lo) and _finite(hi)) or hi <= lo:
+        lo, hi = 0.0, 1.0
+    ticks = [t for t in nice_ticks(lo, hi, max(2, width // 50))[2] if lo <= t <= hi]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else None
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot scale-axis" role="img" '
+           f'aria-label="{escape(title)}" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" data-lo="{lo:g}" data-hi="{hi:g}" {FONT} '
+           f'font-weight="normal"><title>{escape(title)}</title>']
+    for i, t in enumerate(ticks):
+        px = pad + (t - lo) / (hi - lo) * (width - 2 * pad)
+        anchor = "start" if i == 0 and px < 12 else "end" if px > width - 12 else "middle"
+        out.append(f'<g class="tick"><line x1="{_f(px)}" x2="{_f(px)}" y1="{height - 4}" '
+                   f'y2="{height}" stroke="{AXIS}"/>'
+                   f'{_text(px, height - 7, tick_label(t, step), anchor=anchor)}</g>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
 def _empty(kind: str, title: str, width: int, height: int, message: str = "no data") -> Markup:
     _, head = _open(kind, title, f"{title}: {message}.", width, height)
     body = (f'<rect x="0.5" y="0.5" width="{width - 1}" height="{height - 1}" fill="none" '
@@ -296,8 +330,8 @@ def line_chart(series: Mapping[str, Sequence[tuple[float, float | None]]], *, ti
     bottom = height - 40.0
     y = _Axis(ys + [v for v, _ in refs], bottom, top)
     left = _left_margin(y)
-    right = width - 12.0
-    x = _Axis(xs, left, right, target=max(2, int((right - left) // 80)))
+    x = _x_axis(xs, left, width, log=False, spacing=80)
+    right = x.end
     summary = _line_summary(clean, refs, x_label)
     _, head = _open("line-chart", title, summary, width, height)
     out = [head, *_frame(x, y, x_label, y_label, top, bottom, left, right)]
@@ -402,9 +436,8 @@ def scatter(points: Sequence[tuple[float, float]], *, title: str, x_label: str, 
     top, bottom = 12.0, height - 40.0
     y = _Axis([p[2] for p in kept], bottom, top)
     left = _left_margin(y)
-    right = width - 12.0
-    x = _Axis([p[1] for p in kept], left, right, log=log_x,
-              target=max(2, int((right - left) // 70)))
+    x = _x_axis([p[1] for p in kept], left, width, log=log_x, spacing=70)
+    right = x.end
     shown_x = f"{x_label} (log scale)" if log_x else x_label
     best = [f"{labels[i]}" if labels and i < len(labels) else f"point {i}"
             for i, _, _ in kept if i in marked]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup
 
 from tunix_rt.errors import InvalidInputError, NotFoundError
 from tunix_rt.quality import datasets, leaderboard
@@ -60,8 +62,24 @@ def gate_url(run_id: str, judge: str | None = None) -> str:
     return f"/runs/{run_id}/gate" + _query(judge=judge)
 
 
+def when(value: datetime | str | None) -> Markup | str:
+    """A timestamp as people read it (UTC, to the second), machine-readable in <time>."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    value = value.astimezone(timezone.utc)
+    return Markup('<time datetime="{}">{}</time>').format(
+        value.isoformat(), value.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
 def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(render(template, **context), status_code=status)
+    return HTMLResponse(render(template, when=when, **context), status_code=status)
 
 
 def error_page(status: int, title: str, message: str, *,
@@ -104,7 +122,9 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
             gates = views_data.latest_gates(session, [e.run_id for e in board.entries],
                                             judge_name)
         rows, scale = _board_rows(board.entries, baseline, gates)
+        ruler = plots.scale_axis(*scale, title=f"the bars' scale, {scale[0]:g} to {scale[1]:g}")
         return page("leaderboard.html", boards=every, board=board, rows=rows, scale=scale,
+                    ruler=ruler,
                     baseline=baseline, cursor=cursor, limit=limit, board_url=board_url,
                     datasets=sorted({d for d, _ in every}),
                     judges=sorted({j for _, j in every}),
@@ -113,7 +133,7 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
                     first_url=board_url(name, judge_name, None, limit) if cursor else None)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse, responses=PAGE_ERRORS)
-    def run_view(run_id: str) -> HTMLResponse:
+    def run_view(run_id: str = Path(min_length=1)) -> HTMLResponse:
         """A run: what it is, where it came from, its curves, log, evaluations and gates."""
         from tunix_rt.store.metrics import series
 
@@ -128,17 +148,27 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
                 gates=views_data.gate_history(session, run.id),
                 lineage=views_data.lineage(session, run),
                 baseline_of=views_data.baseline_of(session, run.id),
+                on_boards=views_data.boards_of(session, run.id),
                 curves=_curves(series(session, run.id)))
         launched = info["origin"] == "train" or info["log_uri"] is not None
         log = views_data.log_tail(info["log_uri"], settings.jobs_dir) if launched else None
         judges = sorted({e.judge for e in context["evaluations"]}
                         | {g.result.judge for g in context["gates"]})
-        return page("run.html", **context, launched=launched, log=log, judges=judges,
+        several = len(judges) > 1  # then a gate link names its judge
+        evaluation_rows, evaluation_scale = _evaluation_rows(context["evaluations"])
+        gate_rows, gate_scale = _gate_rows(context["gates"], several=several)
+        gate_links = [(j, gate_url(run_id=info["id"], judge=j if several else None))
+                      for j in sorted({g.result.judge for g in context["gates"]})]
+        return page("run.html", **context, launched=launched, log=log, gate_links=gate_links,
+                    several_judges=several, board_url=board_url,
                     config_rows=_fields(info["config"]), metric_rows=_fields(info["metrics"]),
-                    evaluation_rows=_evaluation_rows(context["evaluations"]),
-                    gate_rows=_gate_rows(context["gates"], several=len(judges) > 1),
-                    gate_url=gate_url, board_url=board_url,
-                    several_judges=len(judges) > 1)
+                    evaluation_rows=evaluation_rows, gate_rows=gate_rows,
+                    evaluation_ruler=plots.scale_axis(
+                        *evaluation_scale, title=f"the bars' scale, {evaluation_scale[0]:g} "
+                                                 f"to {evaluation_scale[1]:g}"),
+                    gate_ruler=plots.scale_axis(
+                        *gate_scale, title=f"the bars' scale, {gate_scale[0]:g} to "
+                                           f"{gate_scale[1]:g}"))
 
     @app.get("/datasets", response_class=HTMLResponse, responses=PAGE_ERRORS)
     def datasets_view() -> HTMLResponse:
@@ -239,7 +269,8 @@ def _series_summary(name: str, points: list[dict[str, Any]]) -> str:
             f"{low[0]}" + (f", {gaps} not finite (line broken)" if gaps else ""))
 
 
-def _evaluation_rows(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
+def _evaluation_rows(evaluations: Sequence[Evaluation]
+                     ) -> tuple[list[dict[str, Any]], tuple[float, float]]:
     lo, hi = plots.shared_scale([v for e in evaluations for v in (e.score, e.ci_low, e.ci_high)])
     rows = []
     for e in evaluations:
@@ -250,10 +281,11 @@ def _evaluation_rows(evaluations: Sequence[Evaluation]) -> list[dict[str, Any]]:
                                        f"{e.ci_low:.4f} to {e.ci_high:.4f}")
         rows.append({"ev": e, "bar": bar, "coverage": coverage(e.n_items, e.n_missing),
                      "cost": _fields(e.cost) if e.cost else []})
-    return rows
+    return rows, (lo, hi)
 
 
-def _gate_rows(gates: Sequence[views_data.GateRow], *, several: bool) -> list[dict[str, Any]]:
+def _gate_rows(gates: Sequence[views_data.GateRow], *, several: bool
+               ) -> tuple[list[dict[str, Any]], tuple[float, float]]:
     """Gate results with their delta's interval on one scale that shows 0 and the margins."""
     margins = [-float(g.result.policy.get("margin") or 0) for g in gates
                if isinstance(g.result.policy, dict)
@@ -278,5 +310,5 @@ def _gate_rows(gates: Sequence[views_data.GateRow], *, several: bool) -> list[di
         rows.append({"gate": g, "baseline_name": row.baseline_name, "bar": bar,
                      "label": DECISION_LABELS.get(g.decision, g.decision),
                      "url": gate_url(g.run_id, g.judge if several else None)})
-    return rows
+    return rows, (lo, hi)
 

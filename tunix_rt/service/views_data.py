@@ -94,6 +94,14 @@ def evaluations(session: Session, run_id: str) -> list[Evaluation]:
                                 .order_by(Evaluation.finished_at.desc(), Evaluation.id.desc())))
 
 
+def boards_of(session: Session, run_id: str) -> list[tuple[str, str]]:
+    """The boards (dataset, judge) the run is on."""
+    return [(d, j) for d, j in session.execute(
+        select(LeaderboardEntry.dataset, LeaderboardEntry.judge)
+        .where(LeaderboardEntry.run_id == run_id)
+        .order_by(LeaderboardEntry.dataset, LeaderboardEntry.judge))]
+
+
 def baseline_of(session: Session, run_id: str) -> list[tuple[str, str]]:
     """The boards (dataset, judge) whose baseline this run is."""
     return [(d, j) for d, j in session.execute(
