@@ -200,10 +200,11 @@ def update_board_for_run(session: Session, dataset: str, judge: str, run_id: str
     board = _board_row(session, dataset, judge)
     if board is None or board.max_unscored != max_unscored:
         return rebuild_leaderboard(session, dataset, judge, max_unscored=max_unscored)
-    removed = session.execute(delete(E).where(E.dataset == dataset, E.judge == judge,
-                                              E.run_id == run_id)).rowcount
-    added = session.execute(insert(E).from_select(
-        _COLUMNS, _entry_rows(dataset, judge, max_unscored, run_id))).rowcount
+    # RETURNING, not rowcount: the driver may not count an INSERT ... SELECT (psycopg).
+    removed = len(session.execute(delete(E).where(E.dataset == dataset, E.judge == judge,
+                                                  E.run_id == run_id).returning(E.run_id)).all())
+    added = len(session.execute(insert(E).from_select(
+        _COLUMNS, _entry_rows(dataset, judge, max_unscored, run_id)).returning(E.run_id)).all())
     board.n_entries += added - removed
     board.generation += 1
     board.updated_at = utcnow()
