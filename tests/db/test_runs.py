@@ -243,3 +243,55 @@ def test_run_to_dict_has_the_contract_keys_with_aware_timestamps(engine: Engine)
     assert out["started_at"] is None
     assert abs(datetime.now(timezone.utc) - datetime.fromisoformat(out["created_at"])) < \
         timedelta(minutes=5)
+
+
+# --- list_runs: sorts of the allow-list ---------------------------------------------------
+
+
+def test_every_sort_pages_each_run_once_in_one_order(engine: Engine, tmp_path: Path) -> None:
+    """Keyset pages of any size join into the one-page order, ties and odd names included
+    (a newline, a non-Latin name: the cursor carries any name a run can hold)."""
+    names = ["b", "a", "b", "line\nbreak", "b", "ä", "a", "Ω", "b", "a"]
+    statuses = [RunStatus.completed, RunStatus.failed, RunStatus.pending]
+    ids = []
+    for i, name in enumerate(names):
+        with session_scope(engine) as session:
+            ids.append(register_run(session, name=name, dataset="d", model="m",
+                                    predictions_uri="file:///p.jsonl",
+                                    status=statuses[i % 3]).id)
+    same = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for i, run_id in enumerate(ids):
+        set_created_at(engine, run_id, same if i % 3 else same + timedelta(minutes=i))
+    for sort in ("-created_at", "created_at", "name", "-name", "status", "-status"):
+        with session_scope(engine) as session:
+            whole = [r.id for r in list_runs(session, sort=sort, limit=500)[0]]
+        assert sorted(whole) == sorted(ids)
+        field = sort.lstrip("-")
+        with session_scope(engine) as session:
+            keys = [(getattr(r, field), r.id) for r in list_runs(session, sort=sort,
+                                                                limit=500)[0]]
+        if field != "name":  # names: the database's collation decides; the rest is plain
+            assert keys == sorted(keys, reverse=sort.startswith("-")), sort
+        for limit in (1, 2, 3, 4):
+            paged = [r.id for r in _walk(engine, sort=sort, limit=limit)[0]]
+            assert paged == whole, (sort, limit)
+
+
+def test_list_runs_refuses_a_sort_off_the_allow_list_and_a_foreign_cursor(
+        engine: Engine, tmp_path: Path) -> None:
+    for i in range(3):
+        make_run(engine, tmp_path, f"r{i}", [True])
+    with session_scope(engine) as session:
+        with pytest.raises(InvalidInputError, match="cannot sort by 'config'") as info:
+            list_runs(session, sort="config")
+        assert info.value.field == "sort"
+        with pytest.raises(InvalidInputError, match="unknown origin 'ray'"):
+            list_runs(session, origin="ray")
+        _, cursor = list_runs(session, sort="name", limit=1)
+        with pytest.raises(InvalidInputError, match="made for sort=name, this request has "
+                                                    "sort=-name") as info:
+            list_runs(session, sort="-name", cursor=cursor)
+        assert info.value.field == "cursor"
+        # A cursor of before sorts existed (created_at, id) is refused, not misread.
+        with pytest.raises(InvalidInputError, match="invalid cursor"):
+            list_runs(session, cursor=encode_cursor("2026-01-01T00:00:00+00:00", "id"))

@@ -1,4 +1,4 @@
-"""The read API and the leaderboard page over real HTTP, on SQLite and PostgreSQL."""
+"""The read API over real HTTP, on SQLite and PostgreSQL (the pages: tests/http/test_pages.py)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from tunix_rt.store.cursor import encode_cursor
 from tunix_rt.store.db import session_scope
 from tunix_rt.quality.gating import gate_run, set_baseline
 from tunix_rt.quality.leaderboard import rebuild_leaderboard
-from tunix_rt.store.models import RunStatus
+from tunix_rt.store import runs as runs_store
+from tunix_rt.store.models import RunOrigin, RunStatus
 from tunix_rt.store.runs import register_run
 from tunix_rt.quality.stats import GatePolicy
 
 RUN_FIELDS = {"id", "external_id", "name", "dataset", "model", "status", "dry_run", "origin",
               "created_at"}
 ENTRY_FIELDS = {"rank", "run_id", "run_name", "score", "ci_low", "ci_high", "n_items"}
-XSS = "<script>alert(1)</script>"
 
 
 def _hits(n: int, right: int) -> list[bool]:
@@ -138,6 +138,113 @@ def test_runs_refuse_bad_status_cursor_and_limit(service: Service, engine: Engin
     for limit in (0, -1, 501, "many"):
         assert service.get("/api/runs", limit=limit).status_code == 422
     assert service.get("/api/runs", limit=500).status_code == 200
+
+
+def _runs_for_sorting(engine: Engine, tmp_path: Path) -> list[dict[str, object]]:
+    """Nine runs with ties on every sort field: three names, three statuses, two origins,
+    two models, and four sharing one created_at."""
+    made = []
+    for i, (name, status, origin, model) in enumerate([
+            ("bravo", RunStatus.completed, RunOrigin.cli, "m1"),
+            ("alpha", RunStatus.failed, RunOrigin.webhook, "m2"),
+            ("bravo", RunStatus.pending, RunOrigin.cli, "m1"),
+            ("charlie", RunStatus.completed, RunOrigin.webhook, "m1"),
+            ("bravo", RunStatus.failed, RunOrigin.cli, "m2"),
+            ("alpha", RunStatus.completed, RunOrigin.cli, "m1"),
+            ("charlie", RunStatus.pending, RunOrigin.cli, "m2"),
+            ("bravo", RunStatus.completed, RunOrigin.webhook, "m1"),
+            ("alpha", RunStatus.pending, RunOrigin.cli, "m1")]):
+        with session_scope(engine) as session:
+            run = register_run(session, name=name, dataset="arith", model=model,
+                               predictions_uri=f"file:///nowhere/{i}.jsonl", status=status,
+                               origin=origin)
+            made.append({"id": run.id, "name": name, "status": status.value,
+                         "origin": origin.value, "model": model})
+    same = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)
+    for i, run in enumerate(made):
+        when = same if i % 2 else datetime(2025, 3, 2, 8, i, tzinfo=timezone.utc)
+        set_created_at(engine, str(run["id"]), when)
+        run["created_at"] = when
+    return made
+
+
+def _walk(service: Service, limit: int, **params: str) -> list[dict]:
+    seen, cursor = [], None
+    for _ in range(50):
+        response = service.get("/api/runs", limit=limit, **params,
+                               **({"cursor": cursor} if cursor else {}))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        seen += body["runs"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen
+    raise AssertionError("pagination does not end")
+
+
+def test_runs_sort_by_every_allowed_field_pages_each_run_once(service: Service, engine: Engine,
+                                                              tmp_path: Path) -> None:
+    made = _runs_for_sorting(engine, tmp_path)
+    for sort in runs_store.SORTS:
+        field, descending = sort.lstrip("-"), sort.startswith("-")
+        expected = sorted(made, key=lambda r: (r[field], r["id"]), reverse=descending)
+        # Pages of 2 put a boundary inside every tie (tests/db/test_runs.py tries more).
+        seen = _walk(service, 2, sort=sort)
+        assert [r["id"] for r in seen] == [r["id"] for r in expected], sort
+    # The default is newest first.
+    assert service.get("/api/runs").json()["runs"] == \
+        service.get("/api/runs", sort="-created_at").json()["runs"]
+
+
+def test_runs_filter_by_origin_and_model_with_any_sort(service: Service, engine: Engine,
+                                                       tmp_path: Path) -> None:
+    made = _runs_for_sorting(engine, tmp_path)
+    wanted = sorted((r for r in made if r["origin"] == "cli" and r["model"] == "m1"),
+                    key=lambda r: (r["name"], r["id"]))
+    seen = _walk(service, 2, origin="cli", model="m1", sort="name")
+    assert [r["id"] for r in seen] == [r["id"] for r in wanted] and len(wanted) == 4
+    assert {(r["origin"], r["model"]) for r in seen} == {("cli", "m1")}
+    assert _walk(service, 5, origin="tuning") == []
+    webhook_failed = [r["id"] for r in made if r["origin"] == "webhook" and
+                      r["status"] == "failed"]
+    assert [r["id"] for r in _walk(service, 5, origin="webhook", status="failed")] == \
+        webhook_failed
+
+
+def test_runs_refuse_a_cursor_of_another_sort(service: Service, engine: Engine,
+                                              tmp_path: Path) -> None:
+    _runs_for_sorting(engine, tmp_path)
+    by_name = service.get("/api/runs", limit=2, sort="name").json()["next_cursor"]
+    newest = service.get("/api/runs", limit=2).json()["next_cursor"]
+    for cursor, sort in ((by_name, "-name"), (by_name, "-created_at"), (newest, "name"),
+                         (newest, "created_at"), (by_name, "status")):
+        response = service.get("/api/runs", sort=sort, cursor=cursor)
+        message = _error(response, 400)
+        assert response.json()["parameter"] == "cursor"
+        assert f"this request has sort={sort}" in message, message
+    # The same cursor with its own sort still pages, and with other filters too.
+    assert service.get("/api/runs", sort="name", cursor=by_name).status_code == 200
+    assert service.get("/api/runs", sort="name", cursor=by_name, model="m2").status_code == 200
+
+
+def test_runs_refuse_sorts_and_parameters_off_the_allow_list(service: Service) -> None:
+    for sort in ("dataset", "-id", "created_at,name", "", "NAME", "config"):
+        response = service.get("/api/runs", sort=sort)
+        message = _error(response, 422)
+        assert response.json()["parameter"] == "sort"
+        for allowed in runs_store.SORTS:
+            assert f"'{allowed}'" in message, message
+    for name, value in (("owner", "x"), ("sort_by", "name"), ("order", "desc"),
+                        ("external_id", "job-1")):
+        response = service.get("/api/runs", **{name: value})
+        message = _error(response, 400)
+        assert response.json()["parameter"] == name
+        assert "dataset, limit, model, origin, sort, status" in message, message
+    # An empty enum value is refused by name, as the schema says (no "" in its enum).
+    for name in ("status", "origin"):
+        response = service.get("/api/runs", **{name: ""})
+        assert name in _error(response, 422) and response.json()["parameter"] == name
+    assert "'tuning'" in _error(service.get("/api/runs", origin="ray"), 422)
 
 
 def test_run_by_id_and_by_external_id(service: Service, engine: Engine, tmp_path: Path) -> None:

@@ -16,12 +16,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunix_rt.store.cursor import InvalidCursorError
-from tunix_rt.store.models import RunStatus
 
 NUL = "\x00"
 
@@ -51,13 +52,50 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {
 # (a dataset's version): a larger one is FastAPI's 422, not the database's 500.
 MAX_INT = 2**31 - 1
 
-# ``status`` on /api/runs: documented as the enum it is (an unknown one stays a 422 whose
-# message lists them).
-RUN_STATUSES = {"enum": [s.value for s in RunStatus]}
-
 
 def parameter_error(parameter: str, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "parameter": parameter}, status_code=400)
+
+
+class UnknownParameterError(Exception):
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def declared_query_only(request: Request) -> None:
+    """A dependency: a query parameter the route does not declare is a 400 naming it and
+    the ones it takes (``?sort_by=`` or ``?owner=`` would otherwise be ignored silently,
+    and a client would read an unfiltered list as a filtered one)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    declared = {p.alias for p in dependant.query_params}
+    for key in request.query_params:
+        if key not in declared:
+            raise UnknownParameterError(key, f"unknown query parameter {key!r}: "
+                                             f"{request.url.path} takes "
+                                             f"{', '.join(sorted(declared))}")
+
+
+def validation_error(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 with the error body every refusal has: ``error`` says, in words,
+    which parameter is wrong and what it may be; ``detail`` keeps FastAPI's list."""
+    problems, first = [], None
+    for problem in exc.errors():
+        loc = [str(part) for part in problem.get("loc", ()) if part not in ("query", "path",
+                                                                          "header", "body")]
+        name = ".".join(loc) or "request"
+        first = first or name
+        given = problem.get("input")
+        shown = f" (got {given!r})" if isinstance(given, (str, int, float)) else ""
+        problems.append(f"{name}: {problem.get('msg', 'invalid')}{shown}")
+    body: dict[str, Any] = {"error": "; ".join(problems) or "invalid request",
+                            "detail": jsonable_encoder(exc.errors())}
+    if first:
+        body["parameter"] = first
+    return JSONResponse(body, status_code=422)
 
 
 def nul_parameter(scope: Scope, router: Router) -> str | None:
@@ -99,6 +137,10 @@ class RefuseNul:
 def install(app: FastAPI) -> None:
     """The NUL check on every request, and a 400 for a cursor that was not made here."""
     app.add_middleware(RefuseNul, router=app.router)
+
+    @app.exception_handler(UnknownParameterError)
+    async def _unknown(_request: Request, exc: UnknownParameterError) -> JSONResponse:
+        return parameter_error(exc.parameter, str(exc))
 
     @app.exception_handler(InvalidCursorError)
     async def _bad_cursor(_request: Request, exc: InvalidCursorError) -> JSONResponse:

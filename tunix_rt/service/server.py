@@ -11,20 +11,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import BackgroundTasks, FastAPI, Query, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tunix_rt import __version__
-from tunix_rt.service import deliveries, params, webhook_openapi
+from tunix_rt.service import api_models as M, deliveries, params, webhook_openapi
+from tunix_rt.service.api_models import (BoardPage, DatasetList, DatasetOut, GateOut, Health,
+                                         RunMetrics, RunOut, RunPage)
 from tunix_rt.quality import datasets, gating, leaderboard
 from tunix_rt.quality.predictions import allowed_prefixes
 from tunix_rt.store import runs
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.service.deliveries import Dispatcher
 from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_transient
+from tunix_rt.store.models import RunOrigin, RunStatus
 from tunix_rt.settings import Settings, get_settings
 from tunix_rt.service.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
                                Verifier, parse_event, parse_sourced_secrets)
@@ -53,6 +57,11 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+RUN_ID = Path(min_length=1, description="The run's id, or its external id")
+# Filtering only by the fields a list route declares: another query parameter is refused.
+QUERY_ALLOW_LIST = [Depends(params.declared_query_only)]
+
+
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app. Refuses to start without a webhook secret.
@@ -72,6 +81,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.dispatcher = dispatcher
     params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
     webhook_openapi.install(app)  # the webhook's body and headers, in the served schema
+    M.install(app, protected=bool(settings.api_token
+                                  and settings.api_token.get_secret_value().strip()))
     _protect_reads(app, settings)
     from tunix_rt.service import gate_page, study_page, ui
 
@@ -82,7 +93,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     @app.exception_handler(TunixRtError)
     async def _tunix_error(_request: Request, exc: TunixRtError) -> JSONResponse:
         status = 404 if isinstance(exc, NotFoundError) else 422
-        return _error(status, str(exc))
+        field = getattr(exc, "field", None)
+        return _error(status, str(exc), **({"parameter": field} if field else {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return params.validation_error(exc)
 
     @app.post("/webhooks/training", status_code=202, responses=webhook_openapi.RESPONSES,
               openapi_extra=webhook_openapi.REQUEST)
@@ -128,8 +144,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                              "dispatch": received.dispatch_id is not None}, status_code=202,
                             background=background)
 
-    @app.get("/healthz", responses=params.UNAVAILABLE)
-    def healthz() -> JSONResponse:
+    @app.get("/healthz", response_model=Health,
+             responses=M.responses(M.BAD_PARAMETER, M.UNAVAILABLE))
+    def healthz() -> Any:
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -138,26 +155,37 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             log.warning("healthz: the database is unavailable: %s", exc.orig)
             return JSONResponse({"status": "unavailable", "database": "unavailable"},
                                 status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+        return {"status": "ok", "database": "ok"}
 
-    @app.get("/api/runs", responses=params.BAD_PARAMETER)
-    def list_runs(dataset: str | None = None,
-                  status: str | None = Query(None, json_schema_extra=params.RUN_STATUSES),
+    @app.get("/api/runs", response_model=RunPage, dependencies=QUERY_ALLOW_LIST,
+             responses=M.responses(M.BAD_PARAMETER, M.INVALID))
+    def list_runs(dataset: str | None = Query(None, description="Runs of this dataset"),
+                  status: RunStatus | None = Query(None, description="Runs in this status"),
+                  origin: RunOrigin | None = Query(None, description="Runs created this way"),
+                  model: str | None = Query(None, description="Runs of this model"),
+                  sort: runs.RunSort = Query(runs.DEFAULT_SORT, description=(
+                      "The order: a field, descending with a leading '-'; ties by id")),
                   limit: int = Query(50, ge=1, le=runs.MAX_PAGE),
-                  cursor: str | None = None) -> dict[str, Any]:
+                  cursor: str | None = None) -> Any:
+        """Runs, filtered by exact matches and sorted by one field of the allow-list."""
         with scope() as session:
-            page, next_cursor = runs.list_runs(session, dataset=dataset, status=status,
-                                               limit=limit, cursor=cursor)
+            page, next_cursor = runs.list_runs(
+                session, dataset=dataset, status=status.value if status else None,
+                origin=origin.value if origin else None, model=model, sort=sort,
+                limit=limit, cursor=cursor)
             return {"runs": [runs.run_to_dict(r) for r in page], "next_cursor": next_cursor}
 
-    @app.get("/api/runs/{run_id}", responses=params.NOT_FOUND)
-    def show_run(run_id: str) -> dict[str, Any]:
+    @app.get("/api/runs/{run_id}", response_model=RunOut,
+             responses=M.responses(M.BAD_PARAMETER, M.NOT_FOUND_RUN))
+    def show_run(run_id: str = RUN_ID) -> Any:
         with scope() as session:
             return runs.run_to_dict(runs.get_run(session, run_id))
 
-    @app.get("/api/runs/{run_id}/metrics", responses=params.NOT_FOUND)
-    def run_metrics(run_id: str, name: str | None = Query(None, min_length=1, max_length=255)
-                    ) -> dict[str, Any]:
+    @app.get("/api/runs/{run_id}/metrics", response_model=RunMetrics,
+             responses=M.responses(M.BAD_PARAMETER, M.NOT_FOUND_RUN, M.INVALID))
+    def run_metrics(run_id: str = RUN_ID,
+                    name: str | None = Query(None, min_length=1, max_length=255,
+                                             description="Only this metric's series")) -> Any:
         """The run's metrics time series (its loss curve): ``{name: [{step, value}]}``."""
         from tunix_rt.store.metrics import series
 
@@ -165,8 +193,13 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             run = runs.get_run(session, run_id)
             return {"run_id": run.id, "series": series(session, run.id, name)}
 
-    @app.get("/api/runs/{run_id}/gate", responses=params.NOT_FOUND)
-    def run_gate(run_id: str, judge: str | None = None) -> Any:
+    @app.get("/api/runs/{run_id}/gate", response_model=GateOut, responses=M.responses(
+        M.BAD_PARAMETER, {404: M.error("No such run, or it has no gate result (under "
+                                       "that judge) yet")}))
+    def run_gate(run_id: str = RUN_ID,
+                 judge: str | None = Query(None, description="The judge's gate; the "
+                                                             "latest of any judge if absent")
+                 ) -> Any:
         with scope() as session:
             report = gating.latest_gate(session, run_id, judge)
         if report is None:
@@ -174,23 +207,32 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                           + (f" under judge {judge!r}" if judge else ""))
         return report.to_dict()
 
-    @app.get("/api/leaderboard", responses=params.NOT_FOUND)
-    def board(dataset: str, judge: str | None = None,
+    @app.get("/api/leaderboard", response_model=BoardPage, dependencies=QUERY_ALLOW_LIST,
+             responses=M.responses(M.BAD_PARAMETER, M.INVALID, {
+                 404: M.error("No board for this dataset (or judge)")}))
+    def board(dataset: str = Query(description="The board's dataset"),
+              judge: str | None = Query(None, description="The board's judge; needed when "
+                                                          "the dataset has several"),
               limit: int = Query(20, ge=1, le=leaderboard.MAX_PAGE),
-              cursor: str | None = None) -> dict[str, Any]:
+              cursor: str | None = None) -> Any:
         with scope() as session:
             chosen = leaderboard.resolve_judge(session, dataset, judge)
             return leaderboard.leaderboard_page(session, dataset, chosen, limit=limit,
                                                 cursor=cursor).to_dict()
 
-    @app.get("/api/datasets", responses=params.BAD_PARAMETER)
-    def list_datasets() -> dict[str, Any]:
+    @app.get("/api/datasets", response_model=DatasetList,
+             responses=M.responses(M.BAD_PARAMETER))
+    def list_datasets() -> Any:
         with scope() as session:
             return {"datasets": datasets.list_datasets(session)}
 
-    @app.get("/api/datasets/{name}", responses=params.NOT_FOUND)
-    def show_dataset(name: str, version: int | None = Query(None, ge=1, le=params.MAX_INT)
-                     ) -> dict[str, Any]:
+    @app.get("/api/datasets/{name}", response_model=DatasetOut, responses=M.responses(
+        M.BAD_PARAMETER, M.INVALID, {404: M.error("No such dataset, or no such version of "
+                                                  "it: `error` names the versions it has")}))
+    def show_dataset(name: str = Path(min_length=1, description="The dataset's name"),
+                     version: int | None = Query(None, ge=1, le=params.MAX_INT,
+                                                 description="The latest if absent")
+                     ) -> Any:
         with scope() as session:
             return datasets.get_dataset(session, name, version).to_dict()
 

@@ -6,7 +6,7 @@ Query functions take a session and never commit: the caller owns the transaction
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -80,31 +80,81 @@ def ensure_evaluable(run: Run) -> None:
         raise RunNotEvaluableError(f"run {run.id} ({run.name}) has no predictions URI")
 
 
+# The orders /api/runs (and ``runs list``) may sort by: a field, descending with a "-".
+# Each is a keyset order of (field, id), ties broken by id in the same direction.
+SORTS: dict[str, tuple[Any, bool]] = {
+    "-created_at": (Run.created_at, True), "created_at": (Run.created_at, False),
+    "name": (Run.name, False), "-name": (Run.name, True),
+    "status": (Run.status, False), "-status": (Run.status, True),
+}
+DEFAULT_SORT = "-created_at"
+RunSort = Literal["-created_at", "created_at", "name", "-name", "status", "-status"]
+# The fields /api/runs filters on (exact match), besides the page parameters.
+FILTERS = ("dataset", "status", "origin", "model")
+
+
+def _text_key(value: Any) -> str:
+    """A name or status in a cursor: a string a run could hold (up to 255 characters)."""
+    if not isinstance(value, str) or len(value) > 255 or "\x00" in value:
+        raise ValueError("a key must be a string of at most 255 characters")
+    return value
+
+
+def _sort_kind(sort: str) -> Any:
+    """The cursor's first element: the sort it was made for, which must be this one."""
+
+    def kind(value: Any) -> str:
+        if value != sort:
+            made = f"sort={value}" if isinstance(value, str) and value in SORTS else "no sort"
+            raise ValueError(f"it was made for {made}, this request has sort={sort}")
+        return value
+
+    return kind
+
+
 def list_runs(session: Session, *, dataset: str | None = None, status: str | None = None,
+              origin: str | None = None, model: str | None = None, sort: str = DEFAULT_SORT,
               limit: int = 50, cursor: str | None = None) -> tuple[list[Run], str | None]:
-    """Runs newest first, a page at a time (keyset on created_at, id)."""
+    """Runs in ``sort`` order (newest first by default), a page at a time.
+
+    Keyset pagination on (field, id): the cursor carries the sort it was made for, so a
+    cursor of one order is refused (a 400 naming ``cursor``) by a request of another
+    rather than skipping or repeating runs.
+    """
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-    if status is not None and status not in RunStatus.__members__:
-        raise InvalidInputError(f"unknown status {status!r}; one of: "
-                                f"{', '.join(RunStatus.__members__)}")
-    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
-    if dataset is not None:
-        query = query.where(Run.dataset == dataset)
-    if status is not None:
-        query = query.where(Run.status == status)
+    if sort not in SORTS:
+        raise InvalidInputError(f"cannot sort by {sort!r}; one of: {', '.join(SORTS)}",
+                                field="sort")
+    for field, value, allowed in (("status", status, RunStatus), ("origin", origin, RunOrigin)):
+        if value is not None and value not in allowed.__members__:
+            raise InvalidInputError(f"unknown {field} {value!r}; one of: "
+                                    f"{', '.join(allowed.__members__)}", field=field)
+    column, descending = SORTS[sort]
+    order = (column.desc(), Run.id.desc()) if descending else (column.asc(), Run.id.asc())
+    query = select(Run).order_by(*order).limit(limit + 1)
+    for field, value in (("dataset", dataset), ("status", status), ("origin", origin),
+                         ("model", model)):
+        if value is not None:
+            query = query.where(getattr(Run, field) == value)
     if cursor:
-        # Cursors made here carry an aware timestamp and a string id; decode_cursor
-        # refuses anything else (it would fail in the database, or, on SQLite,
-        # compare as nonsense), out-of-range dates and NULs included.
-        created, last_id = decode_cursor(cursor, TIMESTAMP, ID)
-        query = query.where(or_(Run.created_at < created,
-                                (Run.created_at == created) & (Run.id < last_id)))
+        # Cursors made here carry their sort, a key of its field's kind and a string id;
+        # decode_cursor refuses anything else (it would fail in the database, or, on
+        # SQLite, compare as nonsense), out-of-range dates and NULs included.
+        key_kind = TIMESTAMP if column is Run.created_at else _text_key
+        _, key, last_id = decode_cursor(cursor, _sort_kind(sort), key_kind, ID)
+        if descending:
+            query = query.where(or_(column < key, (column == key) & (Run.id < last_id)))
+        else:
+            query = query.where(or_(column > key, (column == key) & (Run.id > last_id)))
     runs = list(session.scalars(query))
     next_cursor = None
     if len(runs) > limit:
         runs = runs[:limit]
-        next_cursor = encode_cursor(runs[-1].created_at.isoformat(), runs[-1].id)
+        last = runs[-1]
+        key = last.created_at.isoformat() if column is Run.created_at \
+            else getattr(last, column.key)
+        next_cursor = encode_cursor(sort, key, last.id)
     return runs, next_cursor
 
 
