@@ -121,6 +121,27 @@ def test_a_repeated_delivery_is_processed_once(service: Service, db_url) -> None
     assert _counts(db_url) == (1, 1, 1)
 
 
+def test_an_id_received_before_changes_nothing_whatever_its_body(service: Service,
+                                                                db_url) -> None:  # noqa: ANN001
+    """A copy under a stored id is answered 200 and changes nothing, even with a body
+    naming a run never seen (the receiver creates a run before it learns the id is taken
+    on PostgreSQL, and must take it back) or one that could not apply (a completion
+    without predictions)."""
+    first = event("run.started")
+    assert service.post(first, sign(first, msg_id="msg_taken")).status_code == 202
+    run_id = _run(db_url, "job-1").id
+
+    for body in (event("run.started", external_id="job-2"),
+                 event(external_id="job-3"),                      # completed, no predictions
+                 event(external_id="job-1", predictions_uri="file:///p.jsonl")):
+        response = service.post(body, sign(body, msg_id="msg_taken"))
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "duplicate", "run_id": run_id}
+
+    assert _run(db_url, "job-1").status == "running"
+    assert _counts(db_url) == (1, 1, 0)
+
+
 def test_ten_concurrent_copies_are_processed_once(service: Service, db_url) -> None:  # noqa: ANN001
     body = event(predictions_uri="file:///p.jsonl")
     headers = sign(body, msg_id="msg_concurrent")
