@@ -32,7 +32,7 @@ from typing import Any  # noqa: E402
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
-       "llm_throughput"]
+       "llm_throughput", "tuning"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -177,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             for b in backends:
                 step(f"verdict_store ({b})", lambda b=b: verdicts.run(dbs[b]("verdicts"), b,
                                                                      scale))
+        if "tuning" in chosen and "postgresql" in dbs:
+            from benchmarks import tuning
+
+            step("tuning", lambda: tuning.run(dbs["postgresql"]("tuning"), scale))
         if "flow_overhead" in chosen and "postgresql" in dbs:
             from benchmarks import flow
 

@@ -7,6 +7,7 @@ the rest of the core never pays for Ray.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -85,13 +86,31 @@ def check_resources(sweep: Sweep) -> None:
                                     f"cluster has {have:g}")
 
 
+def _busy(hook: Callable[..., None]) -> Callable[..., None]:
+    """Count the hook's time in ``busy_s``: Ray's driver loop waits for every callback, so
+    this is what persisting costs the sweep (``SweepOutcome.persist_s``)."""
+
+    @functools.wraps(hook)
+    def timed(self: PersistCallback, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        try:
+            hook(self, *args, **kwargs)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    return timed
+
+
 class PersistCallback(tune.Callback):
     """Writes the study's trials and results as Ray Tune reports them.
 
     Results are buffered and written in batches (every ``batch`` results or
     ``interval_s`` seconds, and whenever a trial ends) so a fast trainable does not
-    pay a transaction per report.
+    pay a transaction per report. The hooks run in Ray's driver loop: ``busy_s`` is
+    the time they took, so a sweep can say what its record cost it.
     """
+
+    busy_s = 0.0  # also the value of a callback unpickled from an older release's study
 
     def __init__(self, study_id: str, *, batch: int = 64, interval_s: float = 2.0,
                  progress: Any = None) -> None:
@@ -107,14 +126,17 @@ class PersistCallback(tune.Callback):
         self.mode = "max"
         # Trials the scheduler stopped before their end (filled by EarlyStopRecorder).
         self.stopped_early: set[str] = set()
+        self.busy_s = 0.0
 
     # -- Ray Tune hooks ------------------------------------------------------------
+    @_busy
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         with session_scope() as session:
             studies.upsert_trial(session, self.study_id, trial.trial_id,
                                  config=studies.json_safe(dict(trial.config)),
                                  status=TrialStatus.running.value, started_at=utcnow())
 
+    @_busy
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         metrics = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS}
@@ -125,11 +147,13 @@ class PersistCallback(tune.Callback):
                 or time.monotonic() - self._last_flush >= self.interval_s):
             self.flush()
 
+    @_busy
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         status = (TrialStatus.stopped if trial.trial_id in self.stopped_early
                   else TrialStatus.completed)
         self._finish(trial, status, None, trials)
 
+    @_busy
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = None
         try:
@@ -138,6 +162,7 @@ class PersistCallback(tune.Callback):
             error = "the trial failed (see its error file in the Ray results)"
         self._finish(trial, TrialStatus.failed, error, trials)
 
+    @_busy
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.flush()
 
@@ -222,6 +247,8 @@ class SweepOutcome:
     best_value: float | None
     errors: int
     unfinished: int = 0
+    wall_s: float = 0.0     # the sweep (Tuner.fit), start to end
+    persist_s: float = 0.0  # of which our callback's hooks: writing the record
 
 
 def study_storage_path(root: str | Path, name: str, study_id: str) -> Path:
@@ -287,6 +314,7 @@ def run_study(study_id: str, resume: bool = False,
             studies.finish_study(session, study_id, status=StudyStatus.failed, error=str(exc))
         raise
     callback.flush()
+    wall = time.monotonic() - started
     errors = grid.num_errors
     # Ctrl-C makes fit() return early with trials never run or cut off; Ray keeps the
     # state to resume. Count what ended on our record against what the sweep asked
@@ -308,7 +336,10 @@ def run_study(study_id: str, resume: bool = False,
                              error=(f"{unfinished} trial(s) unfinished: resume with "
                                     f"`tunix-rt tune --resume {study_id}`") if unfinished
                              else None)
-    return SweepOutcome(study_id, len(grid), best_id, best_value, errors, unfinished)
+    log.info("study %s: the record took %.2f s of the sweep's %.1f s (%.1f%%)", study_id,
+             callback.busy_s, wall, 100 * callback.busy_s / wall if wall else 0.0)
+    return SweepOutcome(study_id, len(grid), best_id, best_value, errors, unfinished,
+                        wall_s=wall, persist_s=callback.busy_s)
 
 
 def _scheduler(sweep: Sweep, stopped_early: set[str]) -> Any:
