@@ -231,6 +231,8 @@ def test_paging_by_cursor_reaches_every_run_exactly_once(service: Service, engin
         rows = doc.find("table#leaderboard").find_all("tr.entry")
         seen += [r.attrs["id"].removeprefix("run-") for r in rows]
         ranks += [int(r.find("td.rank").text) for r in rows]
+        caption = doc.find("table#leaderboard").find("caption").text
+        assert f"ranks {ranks[-len(rows)]}–{ranks[-1]} of 8" in caption
         pager = doc.find("nav.pager")
         if pages > 1:  # back to the start from any later page
             first = pager.find("a.first-page").attrs["href"]

@@ -99,7 +99,8 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
                          ) -> HTMLResponse:
         """A leaderboard: runs ranked with their score's interval, baseline and gate."""
         with scope() as session:
-            every = views_data.boards(session)
+            sizes = views_data.board_sizes(session)
+            every = list(sizes)
             chosen = _choose_board(every, dataset, judge)
             if chosen is None:
                 if dataset is None and judge is None:
@@ -124,7 +125,7 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
         rows, scale = _board_rows(board.entries, baseline, gates)
         ruler = plots.scale_axis(*scale, title=f"the bars' scale, {scale[0]:g} to {scale[1]:g}")
         return page("leaderboard.html", boards=every, board=board, rows=rows, scale=scale,
-                    ruler=ruler,
+                    ruler=ruler, size=sizes.get(chosen),
                     baseline=baseline, cursor=cursor, limit=limit, board_url=board_url,
                     datasets=sorted({d for d, _ in every}),
                     judges=sorted({j for _, j in every}),

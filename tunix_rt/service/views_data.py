@@ -16,8 +16,8 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from tunix_rt.store.models import (Baseline, Evaluation, GateResult, LeaderboardEntry, Run, Study,
-                                   Trial)
+from tunix_rt.store.models import (Baseline, Evaluation, GateResult, LeaderboardBoard,
+                                   LeaderboardEntry, Run, Study, Trial)
 
 #: How much of a launched job's log the run page shows: its last lines, read from its end.
 LOG_TAIL_LINES = 200
@@ -27,11 +27,22 @@ LOG_TAIL_BYTES = 64 * 1024
 GATE_HISTORY = 200
 
 
+def board_sizes(session: Session) -> dict[tuple[str, str], int]:
+    """Every (dataset, judge) with a non-empty board, in name order, with its entries.
+
+    Read from the boards' bookkeeping (one row per board), not by a DISTINCT over the
+    entries, which would scan every entry of every board on each page view.
+    """
+    rows = session.execute(select(LeaderboardBoard.dataset, LeaderboardBoard.judge,
+                                  LeaderboardBoard.n_entries)
+                           .where(LeaderboardBoard.n_entries > 0)
+                           .order_by(LeaderboardBoard.dataset, LeaderboardBoard.judge))
+    return {(d, j): n for d, j, n in rows}
+
+
 def boards(session: Session) -> list[tuple[str, str]]:
     """Every (dataset, judge) that has a board, in name order."""
-    rows = session.execute(select(LeaderboardEntry.dataset, LeaderboardEntry.judge).distinct()
-                           .order_by(LeaderboardEntry.dataset, LeaderboardEntry.judge))
-    return [(d, j) for d, j in rows]
+    return list(board_sizes(session))
 
 
 @dataclass(frozen=True)
