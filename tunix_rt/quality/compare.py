@@ -21,8 +21,8 @@ the gate's delta is over the scores while the table is over pass/fail, so two
 on the verdict, the interval how much the scores differ.
 
 Everything is done in SQL, one join of the two evaluations' verdicts on item id (the
-unique ``(evaluation_id, item_id)`` index serves both sides): the counts by one GROUP
-BY, the items by keyset pages on item id, so a page costs the same at 100k items.
+unique ``(evaluation_id, item_id)`` index serves both sides): the counts in one pass,
+the items by keyset pages on item id, so a page costs the same at 100k items.
 """
 
 from __future__ import annotations
@@ -134,12 +134,16 @@ def _outcome_query(candidate_ev: int, baseline_ev: int, dataset_id: int | None) 
 
 
 def outcome_counts(session: Session, candidate_ev: int, baseline_ev: int) -> dict[str, int]:
-    """Items per cell (and ``excluded``), by one GROUP BY over the paired verdicts."""
+    """Items per cell (and ``excluded``), by one pass over the paired verdicts.
+
+    ``count(*) FILTER (WHERE ...)`` per class rather than a GROUP BY: no sort or hash
+    of the classes (SQLite grouped them in a temporary B-tree), half the time at 100k.
+    """
     inner = _outcome_query(candidate_ev, baseline_ev, None).subquery()
-    rows = session.execute(select(inner.c.outcome, func.count()).group_by(inner.c.outcome))
-    counts = dict.fromkeys((*CELLS, EXCLUDED), 0)
-    counts.update({outcome: n for outcome, n in rows})
-    return counts
+    classes = (*CELLS, EXCLUDED)
+    row = session.execute(select(*[func.count().filter(inner.c.outcome == name)
+                                   for name in classes])).one()
+    return dict(zip(classes, (int(n) for n in row)))
 
 
 def outcome_page(session: Session, candidate_ev: int, baseline_ev: int,
