@@ -3,9 +3,8 @@
 ``tunix_rt.quality.compare`` joins the two evaluations' verdicts in the database, counts
 the 2x2 table in one pass (a count FILTER per class) and reads one keyset page. The
 naive side does what a first version would: read both evaluations' verdicts and the
-dataset's items into
-Python, pair them, count, sort, filter, and cut the page. Both answer the same
-counts and the same page (checked).
+dataset's items into Python, pair them, count, sort, filter, and cut the page. Both
+answer the same counts and the same page (checked).
 
 Run alone: ``python -m benchmarks.compare [--quick]``.
 """
