@@ -13,13 +13,15 @@ from prefect import flow
 from prefect.client.schemas.objects import FlowRun
 from pydantic import Field
 from prefect.states import State
-from prefect.utilities.annotations import quote
+from prefect.utilities.annotations import quote, unmapped
 
 from tunix_rt.flows.dispatch import (LeaseKeeper, clear_loop_error, loop_timeout_s,
                                      note_loop_error, timed_out_error)
 from tunix_rt.judges import RegisteredJudge
-from tunix_rt.tasks.quality import (announce_gate, gate_run, load_run, promote_baseline,
-                           publish_artifacts, rebuild_leaderboard, score_run, store_evaluation)
+from tunix_rt.tasks.quality import (announce_gate, finish_evaluation, gate_run, load_run,
+                                    promote_baseline, publish_artifacts, rebuild_leaderboard,
+                                    score_chunk, score_run, store_evaluation)
+from tunix_rt.quality.chunks import ChunkPlan, chunk_options, task_runner
 from tunix_rt.quality.evaluation import EvaluationSummary
 from tunix_rt.quality.judge_config import ensure_configured_judges
 from tunix_rt.quality.stats import GatePolicy
@@ -56,6 +58,14 @@ def _deadline_s() -> float | None:
     return context.flow.timeout_seconds if context and context.flow else loop_timeout_s()
 
 
+def _task_runner() -> Any:
+    """This flow run's task runner (``with_options`` may have changed the decorator's)."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return context.task_runner if context else None
+
+
 def _lease_holder() -> str | None:
     """The lease holder's name: this flow run, when there is one."""
     from prefect.runtime import flow_run
@@ -70,8 +80,9 @@ def _loop_completed(_flow: Any, flow_run: FlowRun, _state: State) -> None:
 # The deadline (TUNIX_RT_LOOP_TIMEOUT_S) as this process reads it on import: a worker
 # running the deployment, the CLI; the dispatchers of a long-lived process read it again
 # per loop (with_options).
+# The task runner (TUNIX_RT_TASK_RUNNER) runs the chunks of a large evaluation.
 @flow(name="quality-loop", flow_run_name="quality-loop-{run_id}", validate_parameters=True,
-      timeout_seconds=loop_timeout_s(),
+      timeout_seconds=loop_timeout_s(), task_runner=task_runner(),
       on_failure=[_loop_did_not_finish], on_crashed=[_loop_did_not_finish],
       on_completion=[_loop_completed])
 def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  # noqa: B006
@@ -97,8 +108,13 @@ def quality_loop(run_id: str, judges: list[RegisteredJudge] = DEFAULT_JUDGES,  #
             scored = value_of(score_run(run, judge, force=force, repeat=repeat))
             # quote(): Prefect would otherwise walk every verdict of the argument, twice per
             # task run (2.7-3.2 s of overhead at 20,000 items, benchmarks/README.md).
-            summary = (scored if isinstance(scored, EvaluationSummary)
-                       else store_evaluation(quote(scored)))
+            if isinstance(scored, ChunkPlan):  # a large file: its chunks as mapped tasks
+                with chunk_options(_task_runner()):
+                    stored = score_chunk.map(unmapped(scored), list(scored.chunks))
+                summary = finish_evaluation(scored, wait_for=stored)
+            else:
+                summary = (scored if isinstance(scored, EvaluationSummary)
+                           else store_evaluation(quote(scored)))
             board = rebuild_leaderboard(run.dataset, judge, run.id)
             report = gate_run(run.id, judge, policy)
             promoted = value_of(promote_baseline(report, policy))

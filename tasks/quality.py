@@ -15,7 +15,7 @@ from prefect.states import Completed, State
 from prefect.tasks import exponential_backoff
 
 from tunix_rt.tasks import events
-from tunix_rt.quality import evaluation, gating, leaderboard
+from tunix_rt.quality import chunks, evaluation, gating, leaderboard
 from tunix_rt.store import runs
 from tunix_rt.store.db import session_scope
 from tunix_rt.errors import PredictionsError, is_transient
@@ -59,11 +59,13 @@ def load_run(run_id: str) -> RunInfo:
 
 @task(name="score-run", **RETRY_POLICY)
 def score_run(run: RunInfo, judge: str, force: bool = False,
-              repeat: int = 1) -> ScoredRun | State:
+              repeat: int = 1) -> ScoredRun | chunks.ChunkPlan | State:
     """Score the run's predictions with ``judge``, unless a stored evaluation stands.
 
     Reusing is a named no-op state, ``Skipped``, whose result is the stored
-    evaluation. A bad predictions file is recorded as a failed evaluation (when no
+    evaluation. A file of more than ``TUNIX_RT_SCORE_CHUNK_ITEMS`` items is checked and
+    planned, not scored: the result is a :class:`ChunkPlan` for the mapped
+    ``score-chunk`` tasks (tunix_rt.quality.chunks). A bad predictions file is recorded as a failed evaluation (when no
     good one is on record) and fails the task without retries.
     """
     spec = judge_spec(judge)
@@ -75,7 +77,13 @@ def score_run(run: RunInfo, judge: str, force: bool = False,
                 return Completed(name="Skipped", data=summary, message=(
                     f"run {run.id} already evaluated by {spec.name} {spec.version}; "
                     "pass force=True to score it again"))
+    chunk_items = chunks.chunk_items_setting()
     try:
+        if not chunks.fits_one_chunk(run, chunk_items):
+            plan = chunks.plan_scoring(session_scope, run, spec.name, chunk_items=chunk_items,
+                                       repeat=repeat)
+            _log_plan(plan)
+            return plan
         aligned = evaluation.prepare_items(session_scope, run)
     except PredictionsError as exc:
         with session_scope() as session:
@@ -97,6 +105,55 @@ def score_run(run: RunInfo, judge: str, force: bool = False,
     return evaluation.score_items(run, spec.name, aligned.items, missing=aligned.missing,
                                   repeat=repeat, dataset=aligned.dataset,
                                   dataset_created=aligned.created, n_extra=aligned.extra)
+
+
+def _log_plan(plan: chunks.ChunkPlan) -> None:
+    logger = get_run_logger()
+    logger.info("run %s: %d chunks of up to %d items (TUNIX_RT_SCORE_CHUNK_ITEMS)%s",
+                plan.run.id, len(plan.chunks), max(c.n_lines for c in plan.chunks),
+                f", {plan.chunks_stored} already stored: resuming" if plan.chunks_stored else "")
+    if plan.dataset_created:
+        logger.info("dataset %s registered implicitly from run %s: later runs of %s are scored "
+                    "over these items and references", plan.dataset_label, plan.run.id,
+                    plan.run.dataset)
+    if plan.n_extra:
+        logger.warning("%d line(s) of the predictions file name items that dataset %s does not "
+                       "have (first: %s); they are not scored", plan.n_extra,
+                       plan.dataset_label, plan.first_extra)
+
+
+@task(name="score-chunk", task_run_name="score-chunk-{chunk.index}", **RETRY_POLICY)
+def score_chunk(plan: chunks.ChunkPlan, chunk: chunks.Chunk) -> dict[str, Any] | State:
+    """Score one chunk and store its verdicts; ``Skipped`` when they are stored already.
+
+    Retries on its own (transient errors only); a file changed since the plan fails
+    the evaluation, as a bad file does.
+    """
+    try:
+        done = chunks.score_chunk(session_scope, plan, chunk)
+    except PredictionsError as exc:
+        with session_scope() as session:
+            evaluation.store_failed_evaluation(session, plan.run.id, plan.judge, str(exc))
+        raise
+    if done is None:
+        return Completed(name="Skipped", data=None, message=(
+            f"chunk {chunk.index} (lines from {chunk.first_line}) is stored already"))
+    return done
+
+
+@task(name="finish-evaluation", **RETRY_POLICY)
+def finish_evaluation(plan: chunks.ChunkPlan) -> EvaluationSummary:
+    """Missing items as wrong answers, the aggregate from the database: completed."""
+    summary = chunks.finish_evaluation(session_scope, plan)
+    logger = get_run_logger()
+    if summary.n_missing:
+        logger.warning("%d of %d items of dataset %s are missing from the predictions file: "
+                       "each counts as a wrong answer", summary.n_missing, summary.n_items,
+                       plan.dataset_label)
+    logger.info("%s %s: score %.4f on %d items (%d unscored), %d chunks", plan.judge,
+                plan.judge_version, summary.score if summary.score is not None else float("nan"),
+                summary.n_items, summary.n_unscored, len(plan.chunks))
+    return summary
 
 
 @task(name="store-evaluation", **RETRY_POLICY)
