@@ -8,7 +8,8 @@ from prefect import flow
 
 from tunix_rt.flows.quality_loop import quality_loop
 from tunix_rt.flows.subflows import without_heartbeats
-from tunix_rt.tasks.tuning import check_cluster, register_best_trials, run_sweep, start_study
+from tunix_rt.tasks.tuning import (check_cluster, publish_trials, register_best_trials, run_sweep,
+                                   start_study)
 from tunix_rt.quality.stats import GatePolicy
 from tunix_rt.tuning.sweep import Sweep
 
@@ -26,11 +27,13 @@ def tune_flow(sweep: Sweep, policy: GatePolicy = GatePolicy(auto_promote=True),
     check_cluster(sweep)  # before any trial: resources the cluster lacks are refused
     study_id = resume_study or start_study(sweep)
     outcome = run_sweep(study_id, resume=resume_study is not None)
-    if outcome.unfinished:  # interrupted: judge nothing until the study is whole
+    if outcome.unfinished:  # interrupted: the trials so far; judge nothing until it is whole
+        publish_trials(study_id)
         return {"study_id": study_id, "trials": outcome.trials, "errors": outcome.errors,
                 "unfinished": outcome.unfinished, "best_trial_id": outcome.best_trial_id,
                 "best_value": outcome.best_value, "runs": []}
     run_ids = register_best_trials(study_id, sweep.top_k)
+    publish_trials(study_id)  # after registering: the best trials' rows name their runs
     with without_heartbeats():  # the tune flow's own heartbeat covers its subflows
         loops = [quality_loop(run_id, judges=[sweep.judge], policy=policy)
                  for run_id in run_ids]
