@@ -254,7 +254,11 @@ def test_compare_api_pages_and_refuses_bad_input(service: Service, demo: dict[st
         assert named in answer.json()["error"]
     assert service.get("/api/runs/no-such-run/compare").status_code == 404
     missing = service.get("/runs/no-such-run/gate")
-    assert missing.status_code == 404 and "no run" in missing.text
+    assert missing.status_code == 404
+    assert "no-such-run" in parse(missing.text).one("p", id="problem").text()
+    foreign = service.get(f"/runs/{demo['candidate']}/gate", cursor="bm90IGEgY3Vyc29y")
+    assert foreign.status_code == 400 and foreign.headers["content-type"].startswith("text/html")
+    assert "invalid cursor" in parse(foreign.text).one("p", id="problem").text()
     # The baseline itself has no gate of its own yet: the page says so.
     page = _page(service, demo["baseline"])
     assert "has no gate result" in page.one("p", cls="message").text()

@@ -13,16 +13,15 @@ from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Path, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from tunix_rt.errors import NotFoundError
+from tunix_rt.errors import InvalidInputError, NotFoundError
 from tunix_rt.quality import compare as cmp
 from tunix_rt.quality.gating import GateReport, get_baseline, latest_gate
-from tunix_rt.service import params, plots
-from tunix_rt.service.templating import render
+from tunix_rt.service import params, plots, ui
 from tunix_rt.settings import Settings
 from tunix_rt.store.models import GateResult
 from tunix_rt.store.runs import get_run
@@ -133,21 +132,30 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
             return cmp.compare(session, run_id, judge=judge, baseline=baseline,
                                outcome=outcome, limit=limit, cursor=cursor).to_dict()
 
-    @app.get("/runs/{run_id}/gate", response_class=HTMLResponse,
-             responses={**params.BAD_PARAMETER,
-                        404: {"description": "No such run (the page says so)",
-                              "content": {"text/html": {}}}})
-    def gate_page(run_id: str, judge: str | None = Query(None, min_length=1, max_length=64),
+    @app.get("/runs/{run_id}/gate", response_class=HTMLResponse, responses=ui.PAGE_ERRORS)
+    def gate_page(run_id: str = Path(min_length=1),
+                  judge: str | None = Query(None, min_length=1, max_length=64),
                   outcome: Outcome = "disagree", cursor: str | None = None) -> HTMLResponse:
         """Why the run passed or failed its gate: the interval, the table, the items."""
         with scope() as session:
             try:
                 run = get_run(session, run_id)
             except NotFoundError as exc:
-                return HTMLResponse(render("gate.html", state="unknown", message=str(exc),
-                                           run_id=run_id), status_code=404)
-            return HTMLResponse(render("gate.html", **_page(session, run, judge, outcome,
-                                                             cursor)))
+                return ui.error_page(404, "No such run", str(exc),
+                                     links=[("Leaderboards", "/")])
+            try:
+                context = _page(session, run, judge, outcome, cursor or None)
+            except InvalidInputError as exc:  # a cursor not made here
+                return ui.error_page(400, "Bad page link", str(exc), links=[
+                    ("First page", _href(run.id, judge=judge, outcome=outcome)),
+                    ("The run", f"/runs/{quote(run.id, safe='')}")])
+            return ui.page("gate.html", **context)
+
+
+def _href(run_id: str, **query: Any) -> str:
+    """The gate page of ``run_id`` with the parameters that are set."""
+    given = {k: v for k, v in query.items() if v is not None}
+    return f"/runs/{quote(run_id, safe='')}/gate" + ("?" + urlencode(given) if given else "")
 
 
 def _page(session: Any, run: Any, judge: str | None, outcome: str,
@@ -182,9 +190,7 @@ def _page(session: Any, run: Any, judge: str | None, outcome: str,
         return {**context, "comparison": None, "why_no_comparison": str(exc)}
 
     def link(**change: Any) -> str:
-        query = {"judge": gate.judge, "outcome": outcome, **change}
-        return (f"/runs/{quote(run.id, safe='')}/gate?"
-                + urlencode({k: v for k, v in query.items() if v is not None}))
+        return _href(run.id, **{"judge": gate.judge, "outcome": outcome, **change})
 
     return {**context, "comparison": comparison, "link": link,
             "baseline_href": f"/runs/{quote(comparison.baseline_run_id, safe='')}",
