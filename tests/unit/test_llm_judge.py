@@ -484,3 +484,30 @@ def test_provider_knobs_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TUNIX_RT_LLM_MAX_CONCURRENCY", "many")
     with pytest.raises(InvalidInputError, match="TUNIX_RT_LLM_MAX_CONCURRENCY: .*integer"):
         LLMConfig.from_settings()
+
+
+def test_clients_share_one_tls_context_so_each_call_does_not_reload_the_ca_bundle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx builds a TLS context (loading the whole CA bundle, 20-200 ms) for every new
+    client; score() makes one per call, and chunked scoring calls it per chunk."""
+    import httpx
+
+    from tunix_rt.judges import llm
+
+    built: list[Any] = []
+    real = httpx.create_ssl_context
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return real(*args, **kwargs)
+
+    import httpx._transports.default as transport  # where each new client builds its own
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counted)
+    monkeypatch.setattr(transport, "create_ssl_context", counted)
+    monkeypatch.setattr(llm, "_TLS", None)
+    with fake_openai(Reply.json(1.0)) as server:
+        for _ in range(3):
+            verdicts = judge_for(server).score(items(2), CTX)
+            assert all(v.scored for v in verdicts)
+    assert len(built) == 1
