@@ -243,3 +243,16 @@ def test_the_scan_reports_what_it_should(page: Any) -> None:
                      '</main></html>')
     found = "\n".join(serious_violations(page))
     assert "image-alt" in found and "color-contrast" in found, found
+
+
+def test_keyboard_reaches_the_content_first(page: Any, site: Site) -> None:
+    """The first Tab stop is the skip link, shown when focused; it jumps past the nav."""
+    visit(page, site, f"/?dataset={DATASET}&judge=exact_match")
+    page.keyboard.press("Tab")
+    focused = page.locator(":focus")
+    assert re.search("skip to content", focused.inner_text(), re.I)
+    box = focused.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["y"] >= 0  # on screen, not off-left
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile("#content$"))
+    assert page.locator("#content").is_visible()
