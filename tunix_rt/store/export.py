@@ -14,7 +14,6 @@ full disk, Ctrl-C) leaves no half file and the previous file, if any, intact.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Integer, Select, String, Text, select
+from sqlalchemy import Boolean, Float, Integer, Select, String, Text, cast, select
 from sqlalchemy.orm import Session
 from sqlalchemy.types import JSON, TypeEngine
 
@@ -36,7 +35,16 @@ MAX_CHUNK_ROWS = 1_000_000
 
 
 def _query(what: str, dataset: str | None) -> Select:
-    """The columns of one export, in primary-key order, for one dataset or all."""
+    """The columns of one export, in primary-key order, for one dataset or all; JSON
+    columns as their text (a file's column has one type, and the database's text is
+    taken as it is instead of parsed into objects and dumped again)."""
+    query = _columns(what, dataset)
+    return query.with_only_columns(
+        *(cast(c, Text).label(c.name) if _is_json(c.type) else c
+          for c in query.selected_columns), maintain_column_froms=True)
+
+
+def _columns(what: str, dataset: str | None) -> Select:
     if what == "runs":
         query = select(Run.id, Run.external_id, Run.name, Run.dataset, Run.model, Run.status,
                        Run.dry_run, Run.origin, Run.predictions_uri, Run.config, Run.metrics,
@@ -110,7 +118,7 @@ def chunks(session: Session, what: str, dataset: str | None = None,
            chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[Any]:
     """The export's rows as pandas DataFrames of at most ``chunk_rows`` rows each.
 
-    JSON columns become JSON text (a file's column has one type); timestamps are UTC.
+    JSON columns are JSON text; timestamps are UTC.
     An export with no rows yields one empty frame, so the file still has its columns.
     """
     import pandas as pd
@@ -120,16 +128,12 @@ def chunks(session: Session, what: str, dataset: str | None = None,
                                 f"{chunk_rows}", field="chunk_rows")
     query = _query(what, dataset)
     columns = [c.name for c in query.selected_columns]
-    json_columns = [c.name for c in query.selected_columns if _is_json(c.type)]
     # Nullable integers (an exit code) stay integers, not floats with NaN.
     int_columns = [c.name for c in query.selected_columns if isinstance(c.type, Integer)]
     result = session.execute(query.execution_options(yield_per=chunk_rows))
     emitted = False
     for part in result.partitions():
         frame = pd.DataFrame.from_records(part, columns=columns)
-        for name in json_columns:
-            frame[name] = [None if v is None else json.dumps(v, sort_keys=True)
-                           for v in frame[name]]
         for name in int_columns:
             frame[name] = frame[name].astype("Int64")
         emitted = True
