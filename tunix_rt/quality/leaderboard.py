@@ -33,12 +33,14 @@ Writers of one board serialize on an advisory lock (PostgreSQL; SQLite has one w
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import (Select, bindparam, case, delete, func, insert, literal, null, select,
-                        text, tuple_)
+from sqlalchemy import (Select, String, bindparam, case, delete, func, insert, literal, null,
+                        select, text, tuple_)
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError
@@ -50,6 +52,7 @@ from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, Leader
 
 MAX_PAGE = 500
 E = LeaderboardEntry
+TABLE = LeaderboardEntry.__table__  # Core inserts: no ORM bulk-insert reading of parameters
 # The board's order: the columns of ix_leaderboard_entries_order after (dataset, judge).
 ORDER = (E.order_flagged, E.order_score, E.order_n_scored, E.run_created_at, E.run_id)
 _INT32 = 2**31 - 1
@@ -107,22 +110,36 @@ def _lock_board(session: Session, dataset: str, judge: str) -> None:
                     {"key": int.from_bytes(digest, "big", signed=True)})
 
 
+_THRESHOLD_VARIABLE = "TUNIX_RT_LEADERBOARD_MAX_UNSCORED"
+_threshold_read: tuple[tuple[str, ...], float] | None = None
+
+
 def _threshold(max_unscored: float | None) -> float:
+    """The unscored threshold: the argument, else the setting, parsed again only when its
+    variable changed (reading every setting costs milliseconds, more than an update)."""
+    global _threshold_read
     if max_unscored is not None:
         return float(max_unscored)
-    from tunix_rt.settings import get_settings
+    raw = tuple(v for k, v in os.environ.items() if k.upper() == _THRESHOLD_VARIABLE)
+    if _threshold_read is None or _threshold_read[0] != raw:
+        from tunix_rt.settings import get_settings
 
-    return float(get_settings().leaderboard_max_unscored)
+        _threshold_read = (raw, float(get_settings().leaderboard_max_unscored))
+    return _threshold_read[1]
 
 
-def _entry_rows(dataset: str, judge: str, max_unscored: float,
-                run_id: str | None = None) -> Select[Any]:
-    """The board's rows (one run's when ``run_id`` is given), in ``_COLUMNS`` order.
+@functools.lru_cache(maxsize=64)
+def _entry_rows(max_unscored: float, one_run: bool) -> Select[Any]:
+    """The board's rows (one run's when ``one_run``), in ``_COLUMNS`` order; parameters
+    ``board_dataset``, ``board_judge``, ``board_now`` (and ``board_run_id``). Built once per threshold: building
+    it costs more than running it for one run.
 
     Each run's latest completed evaluation; unscored evaluations are dropped only after
     picking it: a latest evaluation that scored nothing takes the run off the board
     rather than bringing back an older one (the gate, too, compares the latest).
     """
+    dataset = bindparam("board_dataset", type_=String())
+    judge = bindparam("board_judge", type_=String())
     latest = (
         select(
             Evaluation.id.label("evaluation_id"), Evaluation.run_id, Evaluation.judge_version,
@@ -137,17 +154,17 @@ def _entry_rows(dataset: str, judge: str, max_unscored: float,
         .outerjoin(Dataset, Dataset.id == Evaluation.dataset_id)
         .where(Run.dataset == dataset, Run.dry_run.is_(False), Evaluation.judge == judge,
                Evaluation.status == EvaluationStatus.completed.value))
-    if run_id is not None:
-        latest = latest.where(Evaluation.run_id == run_id)
+    if one_run:
+        latest = latest.where(Evaluation.run_id == bindparam("board_run_id", type_=String()))
     latest = latest.subquery()
     flag = case((latest.c.n_missing.is_(None), literal("coverage_unknown")),
                 (latest.c.n_unscored > literal(max_unscored) * latest.c.n_items,
                  literal("unscored")), else_=null())
     return select(
-        literal(dataset), literal(judge), latest.c.run_id, latest.c.evaluation_id,
+        dataset, judge, latest.c.run_id, latest.c.evaluation_id,
         latest.c.judge_version, latest.c.score, latest.c.ci_low, latest.c.ci_high,
         latest.c.n_items, latest.c.n_missing, latest.c.n_unscored, latest.c.dataset_version,
-        flag, literal(utcnow(), E.updated_at.type),
+        flag, bindparam("board_now", type_=E.updated_at.type),
         case((flag.is_(None), 0), else_=1), -latest.c.score, -latest.c.n_scored,
         latest.c.run_created_at,
     ).where(latest.c.recency == 1, latest.c.score.is_not(None))
@@ -172,7 +189,8 @@ def rebuild_leaderboard(session: Session, dataset: str, judge: str, *,
     max_unscored = _threshold(max_unscored)
     _lock_board(session, dataset, judge)
     session.execute(delete(E).where(E.dataset == dataset, E.judge == judge))
-    session.execute(insert(E).from_select(_COLUMNS, _entry_rows(dataset, judge, max_unscored)))
+    session.execute(insert(TABLE).from_select(_COLUMNS, _entry_rows(max_unscored, False)),
+                    {"board_dataset": dataset, "board_judge": judge, "board_now": utcnow()})
     n = session.scalar(select(func.count()).select_from(E).where(
         E.dataset == dataset, E.judge == judge)) or 0
     board = _board_row(session, dataset, judge)
@@ -203,8 +221,11 @@ def update_board_for_run(session: Session, dataset: str, judge: str, run_id: str
     # RETURNING, not rowcount: the driver may not count an INSERT ... SELECT (psycopg).
     removed = len(session.execute(delete(E).where(E.dataset == dataset, E.judge == judge,
                                                   E.run_id == run_id).returning(E.run_id)).all())
-    added = len(session.execute(insert(E).from_select(
-        _COLUMNS, _entry_rows(dataset, judge, max_unscored, run_id)).returning(E.run_id)).all())
+    added = len(session.execute(
+        insert(TABLE).from_select(_COLUMNS, _entry_rows(max_unscored, True))
+        .returning(TABLE.c.run_id),
+        {"board_dataset": dataset, "board_judge": judge, "board_now": utcnow(),
+         "board_run_id": run_id}).all())
     board.n_entries += added - removed
     board.generation += 1
     board.updated_at = utcnow()
@@ -269,8 +290,30 @@ def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int =
                for i, row in enumerate(rows[:limit], start=1)]
     next_cursor = None
     if len(rows) > limit:
-        last = rows[limit - 1][0]
-        next_cursor = encode_cursor(rows[0].generation or 0, ahead + limit, last.order_flagged,
-                                    last.order_score, last.order_n_scored,
-                                    last.run_created_at.isoformat(), last.run_id)
+        next_cursor = _cursor(rows[0].generation, ahead + limit, rows[limit - 1][0])
     return Page(dataset, judge, entries, next_cursor)
+
+
+def cursor_at(session: Session, dataset: str, judge: str, rank: int) -> str | None:
+    """A cursor whose page starts after ``rank`` (None: the board has fewer entries).
+
+    Jumping to a rank costs an index walk to it, O(rank): for tools and benchmarks,
+    not the read path, which only follows the cursors its pages hand out.
+    """
+    if rank < 1:
+        raise InvalidInputError(f"rank must be at least 1, got {rank}")
+    row = session.execute(
+        select(E, select(LeaderboardBoard.generation).where(
+            LeaderboardBoard.dataset == dataset, LeaderboardBoard.judge == judge)
+            .scalar_subquery())
+        .where(E.dataset == dataset, E.judge == judge).order_by(*ORDER)
+        .offset(rank - 1).limit(1)).first()
+    if row is None:
+        return None
+    return _cursor(row[1], rank, row[0])
+
+
+def _cursor(generation: int | None, rank: int, last: LeaderboardEntry) -> str:
+    """The cursor of a page whose last row is ``last``, at ``rank``."""
+    return encode_cursor(generation or 0, rank, last.order_flagged, last.order_score,
+                         last.order_n_scored, last.run_created_at.isoformat(), last.run_id)
