@@ -32,7 +32,7 @@ from typing import Any  # noqa: E402
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
-       "llm_throughput", "tuning"]
+       "llm_throughput", "tuning", "board_update"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 
             for b in backends:
                 step(f"leaderboard ({b})", lambda b=b: board.run(dbs[b]("board"), b, scale))
+        if "board_update" in chosen and "postgresql" in dbs:
+            from benchmarks import board
+
+            step("board_update", lambda: board.run_update(dbs["postgresql"]("busy"), scale))
         if "verdict_store" in chosen:
             from benchmarks import verdicts
 
