@@ -175,7 +175,8 @@ def test_the_failing_run_shows_why(service: Service, demo: dict[str, Any]) -> No
     assert "fail" in badge.classes and "badge" in badge.classes and badge.text() == "FAIL"
     assert "lies below -0.01" in page.one("p", cls="reason").text()
     # The interval, drawn against the margin: the bar spans the CI, a mark sits at -margin.
-    svg = page.one("svg", cls="plot")
+    svg = page.one("svg", cls="interval")
+    assert "plot" in svg.classes and svg.attrs["role"] == "img"
     ci = svg.one("rect", cls="ci")
     assert float(ci.attrs["data-low"]) == pytest.approx(report.ci_low, abs=1e-4)
     assert float(ci.attrs["data-high"]) == pytest.approx(report.ci_high, abs=1e-4)

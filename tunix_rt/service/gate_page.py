@@ -223,6 +223,8 @@ def _interval_plot(gate: GateReport) -> Any:
     return {"svg": plots.interval(gate.delta if gate.delta is not None else float("nan"),
                                   gate.ci_low, gate.ci_high, lo=lo, hi=hi, marks=marks,
                                   title=title, width=560, height=36),
+            "ruler": plots.scale_axis(lo, hi, title=f"the scale of the interval, {lo:g} to "
+                                                    f"{hi:g}", width=560, height=22),
             "lo": lo, "hi": hi, "title": title, "threshold": threshold, "level": level,
             "marks": [(m, text, (m - lo) / (hi - lo) * 100) for m, text in marks]}
 
