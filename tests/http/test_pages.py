@@ -483,3 +483,32 @@ def test_a_page_costs_the_same_queries_whatever_its_size(service: Service, engin
     assert cost("/?dataset=arith") == small_board
     assert cost(f"/runs/{first}") == small_run
     assert small_board <= 8 and small_run <= 10
+
+
+def test_a_long_series_is_read_in_buckets_keeping_spikes_breaks_and_summaries(
+        engine: Engine) -> None:
+    from tunix_rt.service.views_data import plot_series
+    from tunix_rt.store.runs import register_run
+
+    with session_scope(engine) as session:
+        run = register_run(session, name="long", dataset="arith", model="m",
+                           predictions_uri="file:///p.jsonl").id
+        points = [("loss", s, 1.0 + s / 1000) for s in range(1000)]
+        points[500] = ("loss", 500, 50.0)   # a spike
+        points[700] = ("loss", 700, None)   # a NaN as reported: the line breaks
+        points[999] = ("loss", 999, None)   # the last point is not finite
+        points[300] = ("loss", 300, 0.25)   # the lowest
+        record_points(session, run, points + [("lr", s, 0.1) for s in range(5)])
+    with session_scope(engine) as session:
+        drawn, stats = plot_series(session, run, buckets=10)
+    loss = drawn["loss"]
+    assert len(loss) <= 2 * 11 + 2
+    values = [v for _, v in loss if v is not None]
+    assert max(values) == 50.0 and min(values) == 0.25
+    breaks = [s for s, v in loss if v is None]
+    assert len(breaks) == 2 and breaks[-1] == 999
+    assert [s for s, _ in loss] == sorted(s for s, _ in loss)
+    assert drawn["lr"] == [(s, 0.1) for s in range(5)]  # short: point by point
+    s = stats["loss"]
+    assert (s.n, s.n_finite, s.first_step, s.last_step) == (1000, 998, 0, 999)
+    assert s.last == (998, 1.998) and s.lowest == (300, 0.25)

@@ -136,8 +136,6 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
     @app.get("/runs/{run_id}", response_class=HTMLResponse, responses=PAGE_ERRORS)
     def run_view(run_id: str = Path(min_length=1)) -> HTMLResponse:
         """A run: what it is, where it came from, its curves, log, evaluations and gates."""
-        from tunix_rt.store.metrics import series
-
         with scope() as session:
             try:
                 run = runs.get_run(session, run_id)
@@ -150,7 +148,7 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
                 lineage=views_data.lineage(session, run),
                 baseline_of=views_data.baseline_of(session, run.id),
                 on_boards=views_data.boards_of(session, run.id),
-                curves=_curves(series(session, run.id)))
+                curves=_curves(*views_data.plot_series(session, run.id)))
         launched = info["origin"] == "train" or info["log_uri"] is not None
         log = views_data.log_tail(info["log_uri"], settings.jobs_dir) if launched else None
         judges = sorted({e.judge for e in context["evaluations"]}
@@ -239,35 +237,34 @@ def _fields(values: dict[str, Any] | None) -> list[tuple[str, str]]:
     return rows
 
 
-def _curves(points: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def _curves(points: dict[str, list[tuple[int, float | None]]],
+            stats: dict[str, views_data.SeriesStats]) -> list[dict[str, Any]]:
     """The run's series as charts: every loss on one (train and eval compare), each other
     metric on its own."""
     if not points:
         return []
     losses = {n: p for n, p in points.items() if "loss" in n.lower()}
-    groups: list[tuple[str, str, dict[str, list[dict[str, Any]]]]] = []
+    groups: list[tuple[str, str, dict[str, list[tuple[int, float | None]]]]] = []
     if losses:
         groups.append(("Loss over steps", "loss", losses))
     groups += [(f"{n} over steps", n, {n: p}) for n, p in points.items() if n not in losses]
-    charts = []
-    for title, y_label, members in groups:
-        svg = plots.line_chart(
-            {n: [(p["step"], p["value"]) for p in pts] for n, pts in members.items()},
-            title=title, x_label="step", y_label=y_label)
-        charts.append({"title": title, "svg": svg,
-                       "summary": [_series_summary(n, pts) for n, pts in members.items()]})
-    return charts
+    return [{"title": title,
+             "svg": plots.line_chart(members, title=title, x_label="step", y_label=y_label),
+             "summary": [_series_summary(n, stats[n]) for n in members if n in stats]}
+            for title, y_label, members in groups]
 
 
-def _series_summary(name: str, points: list[dict[str, Any]]) -> str:
-    values = [(p["step"], p["value"]) for p in points if p["value"] is not None]
-    if not values:
-        return f"{name}: {len(points)} points, none finite"
-    low = min(values, key=lambda v: v[1])
-    gaps = len(points) - len(values)
-    return (f"{name}: {len(points)} points, steps {points[0]['step']}–{points[-1]['step']}, "
-            f"last {values[-1][1]:.4g} at step {values[-1][0]}, lowest {low[1]:.4g} at step "
-            f"{low[0]}" + (f", {gaps} not finite (line broken)" if gaps else ""))
+def _series_summary(name: str, s: views_data.SeriesStats) -> str:
+    """One line a reader (or a screen reader) takes in without the chart."""
+    text = f"{name}: {s.n:,} points, steps {s.first_step:,}–{s.last_step:,}"
+    if s.last is not None:
+        text += f", last {s.last[1]:.4g} at step {s.last[0]:,}"
+    if s.lowest is not None:
+        text += f", lowest {s.lowest[1]:.4g} at step {s.lowest[0]:,}"
+    gaps = s.n - s.n_finite
+    if gaps:
+        text += f", {gaps:,} not finite (line broken)"
+    return text
 
 
 def _evaluation_rows(evaluations: Sequence[Evaluation]

@@ -13,15 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, case, func, literal, select
 from sqlalchemy.orm import Session, aliased
 
 from tunix_rt.store.models import (Baseline, Evaluation, GateResult, LeaderboardBoard,
-                                   LeaderboardEntry, Run, Study, Trial)
+                                   LeaderboardEntry, Run, RunMetric, Study, Trial)
 
 #: How much of a launched job's log the run page shows: its last lines, read from its end.
 LOG_TAIL_LINES = 200
 LOG_TAIL_BYTES = 64 * 1024
+#: Points per series drawn on a run page: a longer series is read as this many step
+#: buckets (each its lowest and highest value), not point by point.
+PLOT_BUCKETS = 800
 #: Gate results listed on a run page (re-gating with the same inputs updates a row, so a
 #: run rarely has more than a handful).
 GATE_HISTORY = 200
@@ -208,3 +211,72 @@ def log_tail(log_uri: str | None, jobs_dir: str | os.PathLike[str], *,
     if len(lines) > max_lines:
         lines, truncated = lines[-max_lines:], True
     return LogTail("\n".join(lines), truncated)
+
+
+@dataclass(frozen=True)
+class SeriesStats:
+    """What a series' summary says: its size, its steps, its last and lowest values."""
+
+    n: int
+    n_finite: int
+    first_step: int
+    last_step: int
+    last: tuple[int, float] | None = None
+    lowest: tuple[int, float] | None = None
+
+
+def plot_series(session: Session, run_id: str, *, buckets: int = PLOT_BUCKETS
+                ) -> tuple[dict[str, list[tuple[int, float | None]]], dict[str, SeriesStats]]:
+    """The run's series as a chart draws them, and their summaries, in two queries.
+
+    A series of up to ``buckets`` points comes back point by point; a longer one as
+    ``buckets`` ranges of steps, each its lowest and highest value (a bucket holding a
+    null, a NaN or infinity as reported, ends with a break). A chart is a few hundred
+    pixels wide: reading 100,000 points into Python to draw them made a long run's page
+    take seconds.
+    """
+    mine = RunMetric.run_id == run_id
+    other = aliased(RunMetric)
+    same = (other.run_id == run_id, other.name == RunMetric.name, other.value.is_not(None))
+    # The last finite point: an index seek on (run_id, name, step); the lowest: one scan.
+    last_step = (select(other.step).where(*same).order_by(other.step.desc()).limit(1)
+                 .scalar_subquery())
+    last_value = (select(other.value).where(*same).order_by(other.step.desc()).limit(1)
+                  .scalar_subquery())
+    lowest_step = (select(other.step).where(*same).order_by(other.value, other.step).limit(1)
+                   .scalar_subquery())
+    summaries: dict[str, SeriesStats] = {}
+    widths: dict[str, int] = {}
+    for name, n, n_finite, first, last, low, at_last, final, at_low in session.execute(
+            select(RunMetric.name, func.count(), func.count(RunMetric.value),
+                   func.min(RunMetric.step), func.max(RunMetric.step),
+                   func.min(RunMetric.value), last_step, last_value, lowest_step)
+            .where(mine).group_by(RunMetric.name).order_by(RunMetric.name)):
+        summaries[name] = SeriesStats(
+            n, n_finite, first, last,
+            last=(at_last, final) if n_finite else None,
+            lowest=(at_low, low) if n_finite else None)
+        if n > buckets:
+            widths[name] = (last - first) // buckets + 1
+    if not summaries:
+        return {}, {}
+    # Integer division (``//``: SQLAlchemy renders ``/`` as a float division).
+    bucket = case(*[(RunMetric.name == name, RunMetric.step // literal(w, BigInteger))
+                    for name, w in widths.items()], else_=RunMetric.step) if widths \
+        else RunMetric.step
+    rows = session.execute(
+        select(RunMetric.name, func.min(RunMetric.step), func.max(RunMetric.step),
+               func.min(RunMetric.value), func.max(RunMetric.value), func.count(),
+               func.count(RunMetric.value))
+        .where(mine).group_by(RunMetric.name, bucket)
+        .order_by(RunMetric.name, func.min(RunMetric.step)))
+    out: dict[str, list[tuple[int, float | None]]] = {}
+    for name, first, last, low, high, n, n_finite in rows:
+        points = out.setdefault(name, [])
+        if n_finite:
+            points.append((first, low))
+            if n > 1:
+                points.append((last, high))
+        if n_finite < n:
+            points.append((last, None))
+    return out, summaries
