@@ -335,7 +335,12 @@ def test_leaderboard_refuses_bad_input(service: Service, engine: Engine,
         assert "cursor" in _error(response, 400) and response.json()["parameter"] == "cursor"
     for limit in (0, 501):
         assert service.get("/api/leaderboard", dataset="arith", limit=limit).status_code == 422
-    assert service.get("/api/leaderboard").status_code == 422  # dataset is required
+    response = service.get("/api/leaderboard")  # dataset is required: named
+    assert "dataset" in _error(response, 422) and response.json()["parameter"] == "dataset"
+    # The board has one order: a sort (or any parameter it does not take) is refused.
+    response = service.get("/api/leaderboard", dataset="arith", sort="-score")
+    assert "cursor, dataset, judge, limit" in _error(response, 400)
+    assert response.json()["parameter"] == "sort"
 
 
 def test_leaderboard_with_several_judges_asks_which(service: Service, engine: Engine,
