@@ -304,3 +304,56 @@ def test_concurrent_updates_end_with_the_rebuilt_board(engine: Engine) -> None:
         assert session.get(LeaderboardBoard, (DATASET, JUDGE)).generation == 4 * 15
         rebuild_leaderboard(session, DATASET, JUDGE)
     assert shown(walk(engine)) == final
+
+
+def test_a_changed_threshold_setting_applies_at_the_next_update(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    board = Board(engine, random.Random(19))
+    [run_id] = board.add_runs(1, dry_share=0.0)
+    with session_scope(engine) as session:
+        session.add(Evaluation(run_id=run_id, judge=JUDGE, judge_version="1", status="completed",
+                               score=0.5, ci_low=0.4, ci_high=0.6, n_items=N_ITEMS,
+                               n_scored=N_ITEMS - 4, n_unscored=4, n_missing=0, finished_at=T0,
+                               started_at=T0))
+        session.flush()
+        update_board_for_run(session, DATASET, JUDGE, run_id)
+    assert [e.flag for e in walk(engine)] == ["unscored"]  # 10% > the default 5%
+    monkeypatch.setenv("TUNIX_RT_LEADERBOARD_MAX_UNSCORED", "0.2")
+    with session_scope(engine) as session:
+        update_board_for_run(session, DATASET, JUDGE, run_id)
+    assert [e.flag for e in walk(engine)] == [None]
+    monkeypatch.delenv("TUNIX_RT_LEADERBOARD_MAX_UNSCORED")
+    with session_scope(engine) as session:
+        update_board_for_run(session, DATASET, JUDGE, run_id)
+    assert [e.flag for e in walk(engine)] == ["unscored"]
+
+
+def test_a_tampered_cursor_is_refused_naming_the_cursor(engine: Engine) -> None:
+    from tunix_rt.errors import InvalidInputError
+    from tunix_rt.store.cursor import encode_cursor
+
+    board = Board(engine, random.Random(23))
+    runs = board.add_runs(3, dry_share=0.0)
+    with session_scope(engine) as session:
+        for run_id in runs:
+            session.add(Evaluation(run_id=run_id, judge=JUDGE, judge_version="1",
+                                   status="completed", score=0.5, ci_low=0.4, ci_high=0.6,
+                                   n_items=N_ITEMS, n_scored=N_ITEMS, n_unscored=0, n_missing=0,
+                                   finished_at=T0, started_at=T0))
+        session.flush()
+        rebuild_leaderboard(session, DATASET, JUDGE)
+        good = leaderboard_page(session, DATASET, JUDGE, limit=1).next_cursor
+    stamp = T0.isoformat()
+    for bad in ([1, 1, 0, -0.5, -40, stamp],  # one short
+                [-1, 1, 0, -0.5, -40, stamp, "r"], [1, 0, 0, -0.5, -40, stamp, "r"],
+                [1, 1, 2, -0.5, -40, stamp, "r"], [1, 1, True, -0.5, -40, stamp, "r"],
+                [1, 1, 0, "NaN", -40, stamp, "r"], [1, 1, 0, 10**400, -40, stamp, "r"],
+                [1, 1, 0, -0.5, 2**40, stamp, "r"], [1, 1, 0, -0.5, 1.5, stamp, "r"],
+                [1, 1, 0, -0.5, -40, "yesterday", "r"], [1, 1, 0, -0.5, -40, stamp, ""],
+                [2**64, 1, 0, -0.5, -40, stamp, "r"]):
+        with session_scope(engine) as session:
+            with pytest.raises(InvalidInputError, match="invalid cursor") as info:
+                leaderboard_page(session, DATASET, JUDGE, cursor=encode_cursor(*bad))
+        assert info.value.field == "cursor"
+    with session_scope(engine) as session:
+        assert len(leaderboard_page(session, DATASET, JUDGE, cursor=good).entries) == 2
