@@ -154,21 +154,42 @@ def choose_judge(asked: str | None, judges: Callable[[], Sequence[str]], *, none
 MISSING = "missing from the predictions file"
 
 
+# The bootstrap's resamples, as bootstrap_mean_ci draws by default.
+BOOTSTRAP_RESAMPLES = 2_000
+# Up to this many distinct score values, each resample draws how often each value comes
+# up (a multinomial over the values' counts) instead of n item indices: the same
+# distribution of resampled means, at a cost that does not grow with the items.
+COUNTS_MAX_DISTINCT = 256
+
+
 def aggregate(scores: Any, *, seed: int = 0) -> tuple[float | None, float | None, float | None]:
     """(mean, CI low, CI high) of the scored verdicts' scores; Nones when there are none.
 
-    The scores are sorted first, so the interval depends on the scores alone, not on
-    the order the file listed its items in: a chunked evaluation, whose verdicts are
-    read back from the database in no particular order, gets the interval an
-    evaluation read in one piece gets.
+    A percentile bootstrap of the mean (95%, 2,000 resamples, seeded) that depends on
+    the scores as a multiset, not on the order the file listed its items in: a chunked
+    evaluation, whose scores come back from the database in no particular order, gets
+    the interval an evaluation read in one piece gets. Judges give few distinct scores
+    (exact_match two), so a resample is drawn as counts of the distinct values: at a
+    million items, 2,000 resamples cost microseconds instead of 2 x 10^9 index draws.
     """
     import numpy as np
 
-    values = np.sort(np.asarray(scores, dtype=np.float64))
+    values = np.asarray(scores, dtype=np.float64)
     if values.size == 0:
         return None, None, None
-    ci = bootstrap_mean_ci(values, seed=seed)
-    return ci.mean, ci.ci_low, ci.ci_high
+    distinct, counts = np.unique(values, return_counts=True)
+    if distinct.size > COUNTS_MAX_DISTINCT:
+        ci = bootstrap_mean_ci(np.sort(values), n_resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+        return ci.mean, ci.ci_low, ci.ci_high
+    n = int(values.size)
+    mean = float(np.dot(distinct, counts) / n)
+    if distinct.size == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, counts / n, size=BOOTSTRAP_RESAMPLES)
+    means = draws @ distinct / n
+    low, high = np.quantile(means, [0.025, 0.975])
+    return mean, float(low), float(high)
 
 
 VERDICT_COLUMNS = ("evaluation_id", "item_id", "score", "passed", "rationale", "raw", "response")
@@ -202,8 +223,9 @@ def write_verdicts(session: Session, evaluation_id: int, verdicts: Sequence[Judg
              "raw": dict(v.raw) if v.raw is not None else None,
              "response": stored_response(response)}
             for v, response in zip(verdicts, responses, strict=True)]
+    connection = session.connection()  # Core: no ORM bookkeeping per row
     for start in range(0, len(rows), VERDICT_BATCH):
-        session.execute(insert(Verdict), rows[start:start + VERDICT_BATCH])
+        connection.execute(insert(Verdict.__table__), rows[start:start + VERDICT_BATCH])
 
 
 def score_items(run: RunInfo, judge_name: str, items: list[Item], *,

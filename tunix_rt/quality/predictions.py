@@ -487,6 +487,11 @@ def parse_line(line: str, where: str, *, require_reference: bool = False,
     elif not isinstance(metadata, dict):
         raise PredictionsError(f"{where}: field 'metadata' must be an object")
     prompt = _optional_str(obj, "prompt", where)
+    # JSON text holds a NUL only as the escape \u0000 (a raw one is invalid): a line
+    # without it has none, and its fields need no walk.
+    if "\\u0000" not in line and "\x00" not in line:
+        return Item(id=item_id, response=response, prompt=prompt, reference=reference,
+                    metadata=metadata)
     for key, value in (("id", item_id), ("response", response), ("prompt", prompt),
                        ("reference", reference), ("metadata", metadata)):
         if _has_nul(value):
