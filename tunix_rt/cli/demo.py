@@ -118,12 +118,13 @@ def _reset_demo_dataset() -> int:
     from sqlalchemy import delete, select
 
     from tunix_rt.store.db import session_scope
-    from tunix_rt.store.models import Baseline, BaselinePromotion, LeaderboardEntry, Run, Study
+    from tunix_rt.store.models import (Baseline, BaselinePromotion, LeaderboardBoard,
+                                       LeaderboardEntry, Run, Study)
 
     datasets = (DATASET, SWEEP_DATASET)
     with session_scope() as session:
         ids = list(session.scalars(select(Run.id).where(Run.dataset.in_(datasets))))
-        for model in (Baseline, BaselinePromotion, LeaderboardEntry):
+        for model in (Baseline, BaselinePromotion, LeaderboardEntry, LeaderboardBoard):
             session.execute(delete(model).where(model.dataset.in_(datasets)))
         session.execute(delete(Run).where(Run.dataset.in_(datasets)))
         session.execute(delete(Study).where(Study.name == SWEEP["name"]))

@@ -131,8 +131,8 @@ def _threshold(max_unscored: float | None) -> float:
 @functools.lru_cache(maxsize=64)
 def _entry_rows(max_unscored: float, one_run: bool) -> Select[Any]:
     """The board's rows (one run's when ``one_run``), in ``_COLUMNS`` order; parameters
-    ``board_dataset``, ``board_judge``, ``board_now`` (and ``board_run_id``). Built once per threshold: building
-    it costs more than running it for one run.
+    ``board_dataset``, ``board_judge``, ``board_now`` (and ``board_run_id``). Built once
+    per threshold: building it costs more than running it for one run.
 
     Each run's latest completed evaluation; unscored evaluations are dropped only after
     picking it: a latest evaluation that scored nothing takes the run off the board
@@ -273,7 +273,8 @@ def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int =
         if rows and rows[0].generation != generation:
             # The board changed since the cursor was made: count the rows ahead again,
             # from the nearer end, in the same statement (snapshot) as the page.
-            if last_rank <= (rows[0].n_entries or 0) // 2:
+            size = rows[0].n_entries
+            if size is None or last_rank <= size // 2:
                 count = (select(func.count()).select_from(E)
                          .where(*on_board, tuple_(*ORDER) <= the_key()).scalar_subquery())
             else:
