@@ -32,7 +32,7 @@ from typing import Any  # noqa: E402
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
-       "llm_throughput", "tuning", "board_update"]
+       "llm_throughput", "tuning", "board_update", "webhook_ingest"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import tuning
 
             step("tuning", lambda: tuning.run(dbs["postgresql"]("tuning"), scale))
+        if "webhook_ingest" in chosen and "postgresql" in dbs:
+            from benchmarks import ingest
+
+            step("webhook_ingest", lambda: ingest.run(dbs["postgresql"], scale))
         if "flow_overhead" in chosen and "postgresql" in dbs:
             from benchmarks import flow
 
