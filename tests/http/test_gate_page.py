@@ -302,6 +302,11 @@ def test_the_gate_artifact_links_to_the_page(service: Service, engine: Engine, t
     response = service.get(target.path, **{k: v[0] for k, v in parse_qs(target.query).items()})
     assert response.status_code == 200
     assert parse(response.text).one("span", cls="decision").text() == "FAIL"
+    # The first run had nothing to be compared with, and became the baseline: said so.
+    first = _page(service, flow_runs["baseline"][0])
+    assert first.one("span", cls="decision").text() == "NO BASELINE"
+    assert "then became the baseline" in first.one("p", cls="message").text()
+    assert not first.find("table", id="contingency")
 
 
 def test_without_a_public_url_the_artifact_says_how_to_link() -> None:

@@ -10,7 +10,7 @@ rationales, filtered by cell and paged.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Path, Query
@@ -28,7 +28,7 @@ from tunix_rt.store.runs import get_run
 
 Outcome = Literal["disagree", "only_baseline", "only_candidate", "both_right", "both_wrong",
                   "excluded", "all"]
-assert set(Outcome.__args__) == set(cmp.FILTERS)  # type: ignore[attr-defined]
+assert set(get_args(Outcome)) == set(cmp.FILTERS), "the enum the schema lists is the filters"
 
 
 class SideOut(BaseModel):
@@ -178,10 +178,14 @@ def _page(session: Any, run: Any, judge: str | None, outcome: str,
                    policy=_policy_rows(gate.policy), threshold=_threshold(gate.policy))
     if gate.baseline_run_id is None:
         current = get_baseline(session, run.dataset, gate.judge)
+        then = ""
+        if current is not None and current.run_id == run.id:
+            then = "; the run then became the baseline"
+        elif current is not None and any(h["run_id"] == run.id for h in current.history):
+            then = (f"; the run then became the baseline, since replaced by "
+                    f"{current.run_name} ({current.run_id})")
         return {**context, "comparison": None, "why_no_comparison": (
-            "there was no baseline to compare with when this run was gated"
-            + ("; the run then became the baseline" if current and current.run_id == run.id
-               else ""))}
+            "there was no baseline to compare with when this run was gated" + then)}
     try:
         comparison = cmp.compare(session, run.id, judge=gate.judge,
                                  baseline=gate.baseline_run_id, outcome=outcome,
@@ -218,8 +222,9 @@ def _interval_plot(gate: GateReport) -> Any:
     lo, hi, _ = plots.nice_ticks(min(values) - span * 0.15, max(values) + span * 0.15)
     marks = [(threshold, label)] + ([(0.0, "0: no difference")] if threshold != 0.0 else [])
     level = f"{float(gate.policy.get('confidence', 0.95)) * 100:g}%"
+    mean = f", mean {gate.delta:+.4f}" if gate.delta is not None else ""
     title = (f"{level} CI of the mean difference (candidate − baseline): "
-             f"[{gate.ci_low:+.4f}, {gate.ci_high:+.4f}], mean {gate.delta:+.4f}; {label}")
+             f"[{gate.ci_low:+.4f}, {gate.ci_high:+.4f}]{mean}; {label}")
     return {"svg": plots.interval(gate.delta if gate.delta is not None else float("nan"),
                                   gate.ci_low, gate.ci_high, lo=lo, hi=hi, marks=marks,
                                   title=title, width=560, height=36),
