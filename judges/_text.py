@@ -82,6 +82,8 @@ def normalize_answer(text: str) -> str:
     separators and is canonicalized with :class:`decimal.Decimal`, so "42.0", "+42",
     "042" and "42" are all "42" and "0.50" is "0.5". A "%" sign is kept.
     """
+    if _plain_integer(text):  # most references and answers: already canonical
+        return text
     text = " ".join(text.split()).lower()
     # Repeat until stable: markers can nest in any order, e.g. "**$42$.**".
     previous = None
@@ -93,8 +95,17 @@ def normalize_answer(text: str) -> str:
     return " ".join(_canonical_number(token) for token in text.split())
 
 
+def _plain_integer(text: str) -> bool:
+    """True for ASCII digits without a leading zero, short enough for Decimal's 28-digit
+    precision: the form the canonical one is, so normalizing would give it back."""
+    return (text.isascii() and text.isdigit() and len(text) <= 20
+            and (text[0] != "0" or len(text) == 1))
+
+
 def _canonical_number(token: str) -> str:
     """``token`` in canonical decimal form if it is a number, else unchanged."""
+    if _plain_integer(token):
+        return token
     if not any(ch.isdigit() for ch in token) or not _NUMBER.fullmatch(token):
         return token
     percent = "%" if token.endswith("%") else ""

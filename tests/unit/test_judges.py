@@ -434,3 +434,13 @@ def test_ledger_total_sums_each_counter() -> None:
     assert total.as_dict() == {"calls": 3, "cache_hits": 1, "retries": 1, "tokens_in": 15,
                                "tokens_out": 3}
     assert Ledger.total([]) == Ledger()
+
+
+@pytest.mark.parametrize("text", ["0", "7", "42", "100", "1000000", "12345678901234567890",
+                                  "123456789012345678901234567890", "042", "00", "٤٢"])
+def test_plain_integers_take_a_shortcut_to_the_same_form(text: str) -> None:
+    """The shortcut for plain integers gives the Decimal form the full path gives."""
+    from decimal import Decimal
+
+    value = Decimal(text)
+    assert normalize_answer(text) == ("0" if value == 0 else format(value.normalize(), "f"))
