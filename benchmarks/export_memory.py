@@ -157,8 +157,8 @@ def run(sizes: tuple[int, ...], chunk_rows: int) -> list[dict[str, Any]]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| verdicts | ours, Parquet | ours, CSV | naive read_sql + to_parquet | naive / ours |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| verdicts | ours, Parquet | ours, CSV | naive read_sql + to_parquet "
+             "| naive / ours |", "|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(
             f"| {r['verdicts']:,} | {r['ours_parquet_mib']:.0f} MiB ({r['ours_parquet_s']:.1f} s)"
