@@ -177,8 +177,7 @@ def log_tail(log_uri: str | None, jobs_dir: str | os.PathLike[str], *,
     bytes are read from the end, so a log of gigabytes costs one seek.
     """
     if not log_uri:
-        return LogTail(None, problem="this run has no log (it was not launched by "
-                                     "`tunix-rt train`)")
+        return LogTail(None, problem="no log yet (the job has not started)")
     parsed = urlparse(log_uri)
     if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
         return LogTail(None, problem=f"the log is at {log_uri}, not a local file")
