@@ -32,7 +32,7 @@ from typing import Any  # noqa: E402
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
-       "llm_throughput", "tuning", "board_update", "webhook_ingest"]
+       "llm_throughput", "tuning", "board_update", "webhook_ingest", "flow_fixed_cost"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             for b in backends:
                 step(f"verdict_store ({b})", lambda b=b: verdicts.run(dbs[b]("verdicts"), b,
                                                                      scale))
+        if "flow_fixed_cost" in chosen:
+            from benchmarks import flow_fixed_cost
+
+            step("flow_fixed_cost", lambda: flow_fixed_cost.run(scale))
         if "tuning" in chosen and "postgresql" in dbs:
             from benchmarks import tuning
 

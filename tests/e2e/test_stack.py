@@ -311,8 +311,9 @@ def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
         _process_tree(proc.pid)), "the training job under the worker")
     commands = _commands(tree)
     assert "server start" in commands and "worker start" in commands, commands
-    # The flow run, with the interpreter of the venv, though no venv is on PATH.
-    engines = [line for line in commands.splitlines() if "-m prefect.engine" in line]
+    # The flow run, with the interpreter of the venv, though no venv is on PATH, in the
+    # engine of the pool's command (our heartbeats, not Prefect's thread).
+    engines = [line for line in commands.splitlines() if "-m tunix_rt.flows.engine" in line]
     assert engines and all(line.startswith(str(BIN / "python")) for line in engines), commands
     groups = set(tree.values()) - {os.getpgid(os.getpid())}
 

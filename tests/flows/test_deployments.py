@@ -50,9 +50,14 @@ def test_unknown_judge_is_refused_before_the_run_starts() -> None:
         quality_loop.validate_parameters({"run_id": "x", "judges": ["nope"]})
 
 
-def test_the_example_automation_is_valid() -> None:
+def test_the_example_automations_are_valid() -> None:
     from prefect.events.schemas.automations import AutomationCore
 
-    doc = yaml.safe_load((ROOT / "examples" / "automations" / "gate-failed.yaml").read_text())
-    automation = AutomationCore.model_validate(doc)
-    assert automation.trigger.expect == {"tunix.gate.failed"}
+    folder = ROOT / "examples" / "automations"
+    gate = AutomationCore.model_validate(yaml.safe_load((folder / "gate-failed.yaml").read_text()))
+    assert gate.trigger.expect == {"tunix.gate.failed"}
+    crashed = AutomationCore.model_validate(
+        yaml.safe_load((folder / "crashed-flow-runs.yaml").read_text()))
+    assert crashed.trigger.after == {"prefect.flow-run.heartbeat"}
+    # Longer than Prefect's default heartbeat interval (180 s), or healthy runs would crash.
+    assert crashed.trigger.within.total_seconds() > 180

@@ -12,6 +12,7 @@ not a virtual environment is activated: ``/path/to/venv/bin/tunix-rt up`` is eno
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -168,6 +169,22 @@ def _prefect(*args: str) -> list[str]:
     return [sys.executable, "-m", "prefect", *args]
 
 
+def pool_template(path: Path) -> Path:
+    """The work pool's job template: Prefect's process template whose default command is
+    ``python -m tunix_rt.flows.engine`` with this interpreter (a path: nothing on PATH is
+    needed). That engine sends each flow run's heartbeats from a thread that stops at once
+    (tunix_rt.flows.heartbeats), saving ~0.9 s a run over Prefect's."""
+    import shlex
+
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = shlex.join(
+        [sys.executable, "-m", "tunix_rt.flows.engine"])
+    path.write_text(json.dumps(template, indent=2))
+    return path
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -252,7 +269,8 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
                         log_dir)
         children.append(("Prefect server", server))
         _wait_healthy(api_url, server, timeout=120)
-        _run_cli(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
+        _run_cli(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite",
+                          "--base-job-template", str(pool_template(log_dir / "work-pool.json"))),
                  env, log_dir)
         _run_cli(_prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(spec)), env,
                  spec.parent)
