@@ -3,7 +3,7 @@
 Run as ``python -m tests.browser.seed WORKDIR`` with the demo's database and Prefect
 server in the environment; prints the ids it made as one JSON document. The two extra
 runs go through the real quality loop (so the board has five entries and needs pages at
-a small ``?limit=``); the study is written through the tuning module's own write
+a small ``?limit=``), one of them with loss curves; the study is written through the tuning module's own write
 functions (no Ray: the pages read the same rows a sweep leaves).
 """
 
@@ -93,9 +93,28 @@ def study(workdir: Path, best_run_id: str) -> str:
     return study_id
 
 
+def loss_curves(run_id: str) -> None:
+    """What a training job reports over its steps: a train and an eval loss, one step of
+    the train loss non-finite (stored as null, a break in the line)."""
+    import math
+
+    from tunix_rt.store.db import session_scope
+    from tunix_rt.store.metrics import record_points
+
+    points: list[tuple[str, int, float | None]] = []
+    for step in range(0, 401, 10):
+        train = 2.3 * math.exp(-step / 120) + 0.35
+        points.append(("train_loss", step, None if step == 200 else round(train, 4)))
+        if step % 50 == 0:
+            points.append(("eval_loss", step, round(train + 0.08, 4)))
+    with session_scope() as session:
+        record_points(session, run_id, points)
+
+
 def main(argv: list[str]) -> int:
     workdir, items = Path(argv[0]).resolve(), int(argv[1])
     run_ids = extra_runs(workdir, items)
+    loss_curves(run_ids[1])
     print(json.dumps({"run_ids": run_ids, "study_id": study(workdir, run_ids[1])}))
     return 0
 

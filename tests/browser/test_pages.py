@@ -168,7 +168,12 @@ def test_study_page_shows_trials_and_curves(page: Any, site: Site) -> None:
     assert page.locator("svg.plot").count() >= 2  # the curves and a hyperparameter scatter
     page.locator("a.best-run").first.click()
     page.wait_for_url(re.compile(r"/runs/[0-9a-f]{32}"))
+    screenshot(page, "run-best-trial")
     assert "grpo-step-400" in page.locator("h1").inner_text()
+    loss = page.get_by_role("img", name=re.compile("loss", re.I)).first
+    assert loss.is_visible()
+    legend = loss.text_content() or ""
+    assert "train_loss" in legend and "eval_loss" in legend
 
 
 def test_datasets_page_links_each_board(page: Any, site: Site) -> None:
@@ -214,7 +219,7 @@ def test_picker_and_paging_work_without_javascript(no_js_page: Any, site: Site) 
 # a bad cursor (400) and unknown ids (404) are pages too.
 PAGES = [("/", 200), ("/?dataset={dataset}&judge=format&limit=2", 200),
          ("/?dataset={dataset}&judge=exact_match&cursor=not-a-cursor", 400),
-         ("/runs/{failing}", 200), ("/runs/{baseline}", 200),
+         ("/runs/{failing}", 200), ("/runs/{baseline}", 200), ("/runs/{curves}", 200),
          ("/runs/{failing}/gate?judge=exact_match", 200),
          ("/runs/{failing}/gate?judge=exact_match&outcome=only_baseline", 200),
          ("/runs/{first}/gate?judge=exact_match", 200), ("/runs/{missing}", 404),
@@ -226,6 +231,7 @@ PAGES = [("/", 200), ("/?dataset={dataset}&judge=format&limit=2", 200),
 def test_page_has_no_serious_accessibility_violations(page: Any, site: Site, template: str,
                                                       status: int) -> None:
     path = template.format(dataset=DATASET, failing=site.failing_run, first=site.run_ids[0],
+                           curves=site.run_ids[4],
                            baseline=site.baseline_run, study=site.study_id, missing="0" * 32)
     response = page.goto(site.url + path)
     assert response is not None and response.status == status, path
