@@ -34,6 +34,7 @@ class Pair:
     baseline: str
     cand_ev: int
     base_ev: int
+    dataset_id: int
     expected: dict[str, str]  # item id -> outcome, by brute force
     cand_rows: dict[str, dict]
     base_rows: dict[str, dict]
@@ -99,20 +100,21 @@ def pair(engine: Engine) -> Pair:
         cand_ev = _evaluation(session, runs[0], list(cand.values()), ds)
         base_ev = _evaluation(session, runs[1], list(base.values()), ds)
         set_baseline(session, runs[1], JUDGE)
-    return Pair(runs[0], runs[1], cand_ev, base_ev, _brute_force(cand, base), cand, base)
+    return Pair(runs[0], runs[1], cand_ev, base_ev, ds, _brute_force(cand, base), cand, base)
 
 
 def _pages(engine: Engine, pair: Pair, outcome: str, limit: int) -> list[cmp.ItemDiff]:
-    seen, cursor = [], None
-    while True:
-        with session_scope(engine) as session:
-            result = cmp.compare(session, pair.candidate, judge=JUDGE, outcome=outcome,
-                                 limit=limit, cursor=cursor)
-        assert len(result.items) <= limit
-        seen += result.items
-        if result.next_cursor is None:
-            return seen
-        cursor = result.next_cursor
+    """Every page of ``outcome``, following next_cursor (the first page through compare)."""
+    with session_scope(engine) as session:
+        first = cmp.compare(session, pair.candidate, judge=JUDGE, outcome=outcome, limit=limit)
+        seen, cursor = list(first.items), first.next_cursor
+        while cursor is not None:
+            items, cursor = cmp.outcome_page(session, pair.cand_ev, pair.base_ev,
+                                             pair.dataset_id, outcome, limit=limit,
+                                             cursor=cursor)
+            assert 0 < len(items) <= limit
+            seen += items
+    return seen
 
 
 def test_counts_equal_the_brute_force_pairing_and_the_gate(engine: Engine, pair: Pair) -> None:
@@ -133,14 +135,14 @@ def test_counts_equal_the_brute_force_pairing_and_the_gate(engine: Engine, pair:
 
 
 def test_paging_returns_each_item_once_with_both_verdicts(engine: Engine, pair: Pair) -> None:
-    for outcome, wanted in (("disagree", {"only_candidate", "only_baseline"}),
-                            ("all", None), ("excluded", {"excluded"})):
-        items = _pages(engine, pair, outcome, limit=7)
+    for outcome, wanted, limit in (("disagree", {"only_candidate", "only_baseline"}, 7),
+                                   ("all", None, 50), ("excluded", {"excluded"}, 7)):
+        items = _pages(engine, pair, outcome, limit)
         ids = [i.item_id for i in items]
         assert len(ids) == len(set(ids))
         assert set(ids) == {k for k, v in pair.expected.items() if wanted is None or v in wanted}
         assert all(i.outcome == pair.expected[i.item_id] for i in items)
-    for item in _pages(engine, pair, "all", limit=200):
+    for item in _pages(engine, pair, "all", cmp.MAX_PAGE):
         base, cand = pair.base_rows[item.item_id], pair.cand_rows.get(item.item_id)
         assert item.prompt == f"what is {item.item_id}?" and item.reference == f"ref {item.item_id}"
         assert (item.baseline.score, item.baseline.rationale) == (base["score"], base["rationale"])

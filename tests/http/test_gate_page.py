@@ -238,7 +238,7 @@ def test_compare_api_pages_and_refuses_bad_input(service: Service, demo: dict[st
         demo["regressions"])
     seen, cursor = [], None
     while True:
-        page = service.get(url, limit=10, **({"cursor": cursor} if cursor else {})).json()
+        page = service.get(url, limit=50, **({"cursor": cursor} if cursor else {})).json()
         seen += [i["item_id"] for i in page["items"]]
         if not (cursor := page["next_cursor"]):
             break
