@@ -197,7 +197,6 @@ def _page(session: Any, run: Any, judge: str | None, outcome: str,
         return _href(run.id, **{"judge": gate.judge, "outcome": outcome, **change})
 
     return {**context, "comparison": comparison, "link": link,
-            "baseline_href": f"/runs/{quote(comparison.baseline_run_id, safe='')}",
             "next_href": link(cursor=comparison.next_cursor) if comparison.next_cursor else None,
             "first_href": link() if cursor else None}
 
