@@ -283,7 +283,10 @@ def test_studies_list_and_a_missing_study(service: Service, engine: Any) -> None
     assert [c.text for c in rows[0].all("td")][4:9] == ["1", "0", "0", "1", "–"]
 
     missing = page(service, "/studies/nope", expect=404)
-    assert "no study with id or name 'nope'" in missing.one("p", id="missing").text
+    assert "no study with id or name 'nope'" in missing.one("p", id="problem").text
+    assert missing.one("nav", aria_label="Where to go").one("a", href="/studies")
+    bad = page(service, "/studies", expect=400, cursor="not-ours")
+    assert "invalid cursor 'not-ours'" in bad.one("p", id="problem").text
     assert page(service, "/studies", dataset="other").one("p", id="no-studies")
 
 

@@ -28,6 +28,7 @@ from tunix_rt.errors import NotFoundError
 from tunix_rt.service import params
 from tunix_rt.service.templating import render
 from tunix_rt.settings import Settings
+from tunix_rt.store.cursor import InvalidCursorError
 from tunix_rt.store.models import Study, Trial
 from tunix_rt.tuning import studies
 
@@ -52,6 +53,11 @@ NOT_FOUND = _errors("No study with that id or name")
 PAGE_NOT_FOUND: dict[int | str, dict[str, Any]] = {
     **params.BAD_PARAMETER, 404: {"description": "No study with that id or name (the page "
                                                  "says so)", "content": {"text/html": {}}}}
+PAGE_BAD_CURSOR: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A cursor not made here (the page says so), or a NUL in a "
+                         "parameter (JSON)", "content": {"text/html": {},
+                                                          "application/json": {
+                                                              "schema": params.ERROR_SCHEMA}}}}
 
 
 class StudySummaryModel(BaseModel):
@@ -250,6 +256,12 @@ def _short(value: Any) -> str:
 # --- routes -------------------------------------------------------------------------------
 
 
+def _problem(code: int, title: str, message: str) -> HTMLResponse:
+    """The pages' error page (``p#problem``), with the way back to the studies."""
+    return HTMLResponse(render("error.html", title=title, message=message, code=code,
+                               links=[("all studies", "/studies")]), status_code=code)
+
+
 def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
     """Register this module's routes on ``app``; ``scope()`` opens a session."""
 
@@ -276,13 +288,16 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
         with scope() as session:
             return study_detail(session, study_id, sort=sort, status=status, results=results)
 
-    @app.get("/studies", response_class=HTMLResponse, responses=params.BAD_PARAMETER)
+    @app.get("/studies", response_class=HTMLResponse, responses=PAGE_BAD_CURSOR)
     def studies_page(dataset: str | None = Query(None, max_length=255),
                      status: StudyStatusName | None = None,
                      cursor: str | None = None) -> HTMLResponse:
-        with scope() as session:
-            page, next_cursor = studies.list_studies(session, dataset=dataset, status=status,
-                                                     limit=50, cursor=cursor)
+        try:
+            with scope() as session:
+                page, next_cursor = studies.list_studies(session, dataset=dataset,
+                                                         status=status, limit=50, cursor=cursor)
+        except InvalidCursorError as exc:
+            return _problem(400, "Not a page of studies", str(exc))
         return HTMLResponse(render("studies.html", studies=page, next_cursor=next_cursor,
                                    dataset=dataset, status=status, first=cursor is None))
 
@@ -293,8 +308,7 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
             try:
                 study = studies.get_study(session, study_id)
             except NotFoundError as exc:
-                return HTMLResponse(render("study_missing.html", message=str(exc)),
-                                    status_code=404)
+                return _problem(404, "No such study", str(exc))
             summary = _summary_of(session, study)
             space = (study.spec or {}).get("param_space", {})
             every = studies.study_trials(session, study)
