@@ -13,6 +13,10 @@ from typing import Any
 from tunix_rt.cli._args import add_command
 
 WHAT = ("runs", "evaluations", "verdicts", "trials")  # as tunix_rt.store.export.WHAT
+# About 80 MiB above the interpreter's floor for verdicts (benchmarks/export_memory.py).
+# As tunix_rt.store.export.DEFAULT_CHUNK_ROWS, repeated so that building the parser
+# imports no SQLAlchemy.
+DEFAULT_CHUNK_ROWS = 10_000
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -49,6 +53,6 @@ def register(subparsers: Any) -> None:
                    help="file format (default: parquet)")
     p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
     p.add_argument("--force", action="store_true", help="replace PATH if it exists")
-    p.add_argument("--chunk-rows", type=_positive, default=50_000, metavar="N",
-                   help="rows read and written at a time (default 50000): memory grows "
-                        "with it")
+    p.add_argument("--chunk-rows", type=_positive, default=DEFAULT_CHUNK_ROWS, metavar="N",
+                   help=f"rows read and written at a time (default {DEFAULT_CHUNK_ROWS}): "
+                        "memory grows with it")

@@ -30,7 +30,7 @@ from tunix_rt.store.models import (Evaluation, Run, Study, Trial, UtcDateTime, V
 
 WHAT = ("runs", "evaluations", "verdicts", "trials")
 FORMATS = ("parquet", "csv")
-DEFAULT_CHUNK_ROWS = 50_000
+DEFAULT_CHUNK_ROWS = 10_000
 MAX_CHUNK_ROWS = 1_000_000
 
 
