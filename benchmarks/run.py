@@ -32,7 +32,8 @@ from typing import Any  # noqa: E402
 from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds  # noqa: E402
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
-       "llm_throughput", "tuning", "board_update", "webhook_ingest", "flow_fixed_cost"]
+       "llm_throughput", "tuning", "board_update", "webhook_ingest", "flow_fixed_cost",
+       "pages"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -193,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import ingest
 
             step("webhook_ingest", lambda: ingest.run(dbs["postgresql"], scale))
+        if "pages" in chosen:
+            from benchmarks import pages
+
+            for b in backends:
+                step(f"pages ({b})", lambda b=b: pages.run(dbs[b], b, scale))
         if "flow_overhead" in chosen and "postgresql" in dbs:
             from benchmarks import flow
 
