@@ -21,6 +21,7 @@ from tunix_rt.store.db import session_scope
 from tunix_rt.errors import PredictionsError, is_transient
 from tunix_rt.quality.evaluation import EvaluationSummary, RunInfo, ScoredRun
 from tunix_rt.quality.gating import GateReport
+from tunix_rt.quality.predictions import allowed_for, read_predictions_upto
 from tunix_rt.quality.stats import GatePolicy
 from tunix_rt.judges import judge_spec
 from tunix_rt.settings import get_settings
@@ -79,12 +80,15 @@ def score_run(run: RunInfo, judge: str, force: bool = False,
                     "pass force=True to score it again"))
     chunk_items = chunks.chunk_items_setting()
     try:
-        if not chunks.fits_one_chunk(run, chunk_items):
+        line_of: dict[str, int] = {}
+        small = read_predictions_upto(run.predictions_uri, chunk_items, line_of=line_of,
+                                      allow=allowed_for(run.origin))
+        if small is None:
             plan = chunks.plan_scoring(session_scope, run, spec.name, chunk_items=chunk_items,
                                        repeat=repeat)
             _log_plan(plan)
             return plan
-        aligned = evaluation.prepare_items(session_scope, run)
+        aligned = evaluation.prepare_items(session_scope, run, small, line_of)
     except PredictionsError as exc:
         with session_scope() as session:
             evaluation.store_failed_evaluation(session, run.id, spec.name, str(exc))

@@ -168,24 +168,6 @@ def _items_of(run: RunInfo) -> Iterator[tuple[int, int, int, Item]]:
                 yield number, start, end, item
 
 
-def fits_one_chunk(run: RunInfo, chunk_items: int) -> bool:
-    """Whether the file holds at most ``chunk_items`` items (read until it is known).
-
-    Lines are only counted here (not parsed): a bad file is refused by whichever path
-    then reads it, with the same message.
-    """
-    max_bytes, max_line_bytes = _limits()
-    count = 0
-    with open_binary(run.predictions_uri, allowed_for(run.origin)) as handle:
-        for _n, _s, _e, line in lines_at(handle, run.predictions_uri, max_bytes,
-                                         max_line_bytes):
-            if line.strip():
-                count += 1
-                if count > chunk_items:
-                    return False
-    return True
-
-
 def _references(session: Session, dataset_id: int,
                 ids: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
     """Item id to (prompt, reference) for those of ``ids`` the dataset has.

@@ -356,13 +356,16 @@ def item_outcomes(session: Session, evaluation_id: int) -> dict[str, float | Non
     return dict(rows.all())
 
 
-def prepare_items(session_scope: Callable[[], Any], run: RunInfo) -> Any:
+def prepare_items(session_scope: Callable[[], Any], run: RunInfo,
+                  predictions: list[Item] | None = None,
+                  line_of: dict[str, int] | None = None) -> Any:
     """Read the run's predictions and lay them over its dataset (an :class:`Aligned`).
 
     The dataset is the latest version of the run's dataset name; when there is none,
     one is registered from this run's file (ids, prompts, references) and
     ``created`` says so. A bad file, an item outside the dataset or a reference that
-    disagrees with it is a :class:`PredictionsError` naming the line.
+    disagrees with it is a :class:`PredictionsError` naming the line. ``predictions``
+    (with ``line_of``, each id's line) are the file's items when the caller read them.
     """
     from dataclasses import replace
 
@@ -370,10 +373,12 @@ def prepare_items(session_scope: Callable[[], Any], run: RunInfo) -> Any:
     from tunix_rt.quality.predictions import allowed_for, read_predictions
     from tunix_rt.store.models import DatasetSource
 
-    line_of: dict[str, int] = {}
-    # A webhook's URI was checked when it came; the file it names may have changed since.
-    predictions = read_predictions(run.predictions_uri, line_of=line_of,
-                                   allow=allowed_for(run.origin))
+    if predictions is None:
+        line_of = {}
+        # A webhook's URI was checked when it came; the file it names may have changed since.
+        predictions = read_predictions(run.predictions_uri, line_of=line_of,
+                                       allow=allowed_for(run.origin))
+    line_of = line_of if line_of is not None else {}
     with session_scope() as session:
         latest = datasets.latest_dataset(session, run.dataset)
         created = False

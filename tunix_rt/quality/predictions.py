@@ -60,6 +60,28 @@ def read_predictions(uri: str, *, require_reference: bool = False,
         lines, uri=uri, require_reference=require_reference, line_of=line_of), allow=allow)
 
 
+def read_predictions_upto(uri: str, limit: int, *, line_of: dict[str, int] | None = None,
+                          allow: Sequence[str] | None = None) -> list[Item] | None:
+    """The file's items, as :func:`read_predictions` gives them, if it has at most
+    ``limit``; else None, having read (and held) no more than ``limit`` items' lines.
+
+    One open either way: a small file is read once, as before chunked scoring; a large
+    one is left to the chunked path (tunix_rt.quality.chunks), which streams it.
+    """
+    def parse(lines: Iterable[str]) -> list[Item] | None:
+        buffered: list[str] = []
+        count = 0
+        for line in lines:
+            buffered.append(line)
+            if line.strip():
+                count += 1
+                if count > limit:
+                    return None
+        return parse_predictions(buffered, uri=uri, line_of=line_of)
+
+    return read_jsonl(uri, parse, allow=allow)
+
+
 def read_jsonl(uri: str, parse: Callable[[Iterable[str]], T], *, what: str = "predictions",
                max_bytes: int | None = None, max_line_bytes: int | None = None,
                allow: Sequence[str] | None = None) -> T:
