@@ -33,7 +33,7 @@ from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
        "llm_throughput", "tuning", "board_update", "webhook_ingest", "flow_fixed_cost",
-       "pages"]
+       "pages", "score_throughput", "score_memory"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -199,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
 
             for b in backends:
                 step(f"pages ({b})", lambda b=b: pages.run(dbs[b], b, scale))
+        if "score_throughput" in chosen and "postgresql" in dbs:
+            from benchmarks import scoring
+
+            step("score_throughput",
+                 lambda: scoring.run_throughput(dbs["postgresql"]("scoring"), scale))
+        if "score_memory" in chosen and "postgresql" in dbs:
+            from benchmarks import scoring
+
+            step("score_memory", lambda: scoring.run_memory(dbs["postgresql"]("memory"), scale))
         if "flow_overhead" in chosen and "postgresql" in dbs:
             from benchmarks import flow
 
