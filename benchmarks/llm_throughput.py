@@ -21,6 +21,8 @@ from tests.fakes.openai_server import Reply, fake_openai
 LATENCY_S = 0.1
 CONCURRENCY = (1, 4, 8, 16)
 CACHE_CONCURRENCY = 8
+TARGET_SHARE = 0.9  # of the bound c / latency, at the concurrencies below
+TARGET_CONCURRENCY = (8, 16)
 CTX = ScoringContext(run_id="bench-llm", dataset="bench", model="policy")
 
 
@@ -64,12 +66,17 @@ def run(scale: Scale) -> list[Result]:
             t = statistics.median(times)
             ideal = n / c * LATENCY_S
             rate, bound = n / t, c / LATENCY_S
+            share = rate / bound
+            target = (f">= {TARGET_SHARE:.0%} of the bound: "
+                      f"{'met' if share >= TARGET_SHARE else 'NOT MET'} ({share:.0%})"
+                      if c in TARGET_CONCURRENCY else "")
             results.append(Result(
                 f"llm_throughput_c{c}", "-", f"{n} items, {LATENCY_S:g} s latency, concurrency {c}",
                 t, ideal, f"bound: n / c x {LATENCY_S:g} s, no overhead",
                 notes=(f"{rate:.1f} items/s vs bound {bound:g} items/s ({rate / bound:.0%} of "
                        f"the bound); peak in flight at the server {max(peaks)}; median of "
                        f"{len(times)}"),
+                target=target,
                 extra={"items_per_s": rate, "bound_items_per_s": bound,
                        "max_in_flight": max(peaks), "runs_s": times}))
 
