@@ -185,7 +185,7 @@ def _fill(engine: Any, n: int) -> None:
                 "duration_s) SELECT lpad(to_hex(i), 32, '0'), :judge, :version, 'completed', "
                 "s, greatest(0, s - 0.04), least(1, s + 0.04), 500, 500 - u, u, m, t, t, 3.0 "
                 "FROM (SELECT i, ((i::bigint * 2654435761) % 301 + 150) / 500.0 AS s, "
-                "CASE WHEN i % 50 = 0 THEN 30 ELSE (i * 7919) % 4 END AS u, "
+                "CASE WHEN i % 50 = 0 THEN 30 ELSE (i::bigint * 7919) % 4 END AS u, "
                 "CASE WHEN i % 97 = 0 THEN NULL ELSE 0 END AS m, "
                 ":t0 + interval '1 day' - :back * interval '1 hour' "
                 "+ i * interval '1 millisecond' AS t "
@@ -258,9 +258,15 @@ def _p95(times: list[float]) -> float:
 def run_update(url: str, scale: Scale) -> list[Result]:
     """board_update on PostgreSQL at each size: adding one evaluation (insert, board
     update, commit) against the same with a full rebuild, then first and deep pages."""
+    import sys
+
     out: list[Result] = []
     for n in (QUICK_SIZES if scale.quick else FULL_SIZES):
-        out.extend(_update_at(url, n, scale))
+        got = _update_at(url, n, scale)
+        for r in got:
+            print(f"           {n:,} runs: {r.benchmark} p95 {fmt_seconds(r.ours_s)} vs "
+                  f"{fmt_seconds(r.naive_s)}", file=sys.stderr, flush=True)
+        out.extend(got)
     return out
 
 
@@ -295,7 +301,7 @@ def _update_at(url: str, n: int, scale: Scale) -> list[Result]:
         return time.perf_counter() - start
 
     reps = 50 if scale.quick else 200
-    naive_reps = 3 if n >= 1_000_000 else 5 if n >= 100_000 else 10
+    naive_reps = 2 if n >= 1_000_000 else 5 if n >= 100_000 else 10
     if scale.quick:
         naive_reps = 3
     t_ours: list[float] = []
