@@ -1,9 +1,10 @@
 """A real browser on a real service: Debian's chromium driven by Playwright.
 
 One browser and one site per session: the site is what a newcomer has after
-``tunix-rt demo`` (a temp SQLite, three runs, the failing one gated against the
-baseline), two more runs judged by the same loop so the board has pages at a small
-``?limit=``, and a finished study; ``tunix-rt serve`` serves it on a free port.
+``tunix-rt demo`` (the embedded default SQLite, in a temp directory: three runs, the
+failing one gated against the baseline), two more runs judged by the same loop so the
+board has pages at a small ``?limit=``, and a finished study; ``tunix-rt serve``,
+started in the same directory, serves it on a free port.
 Nothing is downloaded: the browser is the system's chromium (``executable_path``), and
 axe-core comes inside axe-playwright-python. Outside CI a missing chromium skips these
 tests; with CI=true it fails them, as a missing PostgreSQL does.
@@ -53,7 +54,8 @@ def _free_port() -> int:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PREFECT_API_URL", "TUNIX_RT_API_TOKEN", "TUNIX_RT_WEBHOOK_SECRETS")}
+           if k not in ("PREFECT_API_URL", "TUNIX_RT_API_TOKEN", "TUNIX_RT_WEBHOOK_SECRETS",
+                        "TUNIX_RT_DATABASE_URL")}
     env.update({"JAX_PLATFORMS": "cpu", "PREFECT_LOGGING_LEVEL": "WARNING",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
@@ -111,17 +113,16 @@ def browser(chromium_path: str) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def site(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """``tunix-rt demo``, two more runs and a study on a temp SQLite, and ``tunix-rt serve``."""
+    # As a newcomer does: no database configured, so demo, seed and serve share the
+    # embedded default, ./tunix_rt.db, in the one directory they run in.
     tmp = tmp_path_factory.mktemp("browser-site")
-    db_path = tmp / "tunix_rt.db"
-    db = f"sqlite:///{db_path}"
-    env = _env(TUNIX_RT_DATABASE_URL=db, PREFECT_API_URL=prefect_api_url)
+    env = _env(PREFECT_API_URL=prefect_api_url)
     demo = json.loads(_run([*_command(), "demo", "--no-tune", "--items", str(ITEMS),
-                            "--workdir", str(tmp / "demo"), "--format", "json"],
-                           env, tmp, "tunix-rt demo"))
+                            "--format", "json"], env, tmp, "tunix-rt demo"))
     # The service starts while the seed runs (it reads the same file; pages are read later).
     port = _free_port()
     log = tmp / "serve.log"
-    serve_env = _env(TUNIX_RT_DATABASE_URL=db, TUNIX_RT_WEBHOOK_SECRET=WEBHOOK_SECRET,
+    serve_env = _env(TUNIX_RT_WEBHOOK_SECRET=WEBHOOK_SECRET,
                      PREFECT_HOME=str(tmp / "prefect-home"))
     with log.open("wb") as out:
         proc = subprocess.Popen([*_command(), "serve", "--port", str(port)], env=serve_env,
@@ -129,7 +130,7 @@ def site(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        extra = json.loads(_run([sys.executable, "-m", "tests.browser.seed", str(tmp / "demo"),
+        extra = json.loads(_run([sys.executable, "-m", "tests.browser.seed", "tunix_rt_demo",
                                  str(ITEMS)], env, tmp, "the browser tests' seed")
                            .splitlines()[-1])
         wait_for(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, START_S,
@@ -137,7 +138,7 @@ def site(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ids = demo["run_ids"]
         yield Site(url=url, baseline_run=ids[1], failing_run=ids[2],
                    run_ids=(*ids, *extra["run_ids"]), study_id=extra["study_id"],
-                   db_path=db_path, log=log)
+                   db_path=tmp / "tunix_rt.db", log=log)
     finally:
         procs.stop_group(proc, 10.0)
 
