@@ -62,8 +62,8 @@ from tunix_rt.judges.base import Ledger
 from tunix_rt.quality import datasets
 from tunix_rt.quality.evaluation import (MISSING, EvaluationSummary, RunInfo, _upsert_evaluation,
                                          aggregate, write_verdicts)
-from tunix_rt.quality.predictions import (allowed_for, lines_at, no_items_message, open_binary,
-                                          parse_line)
+from tunix_rt.quality.predictions import (_optional_str, allowed_for, lines_at, no_items_message,
+                                          open_binary, parse_line)
 from tunix_rt.store.models import (Dataset, DatasetItem, DatasetSource, Evaluation,
                                    EvaluationChunk, EvaluationStatus, JSONType, Verdict, utcnow)
 
@@ -254,8 +254,10 @@ def _plan(session_scope: Callable[[], Any], run: RunInfo, judge_name: str, chunk
     created = False
     with session_scope() as session:
         latest = datasets.latest_dataset(session, run.dataset)
-        if latest is None:  # registered from this file, batch by batch, in this transaction
+        if latest is None:  # look again under the lock: two first runs register once
             datasets._lock(session, run.dataset)
+            latest = datasets.latest_dataset(session, run.dataset)
+        if latest is None:  # registered from this file, batch by batch, in this transaction
             row = Dataset(name=run.dataset, version=1, content_hash="", n_items=0,
                           source=DatasetSource.implicit.value, source_run_id=run.id,
                           created_at=utcnow())
@@ -385,6 +387,24 @@ def chunk_stored(session: Session, plan: ChunkPlan, chunk: Chunk) -> bool:
             and row.byte_end == chunk.byte_end)
 
 
+def _checked_item(line: str, where: str) -> Item:
+    """A line the plan has checked, as an item: the fields only, not the checks again
+    (the chunk's digest says the bytes are the ones checked). Anything unexpected is a
+    :class:`PredictionsError`: the file changed after all."""
+    try:
+        obj = json.loads(line)
+        reference = obj.get("reference")
+        prompt = obj.get("prompt")
+        if not (isinstance(reference, str) or reference is None):
+            reference = _optional_str(obj, "reference", where)
+        if not (isinstance(prompt, str) or prompt is None):
+            prompt = _optional_str(obj, "prompt", where)
+        return Item(id=obj["id"], response=obj["response"], prompt=prompt, reference=reference,
+                    metadata=obj.get("metadata") or {})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PredictionsError(f"{where}: {type(exc).__name__}: {exc}") from None
+
+
 def read_chunk(run: RunInfo, chunk: Chunk) -> bytes:
     """The chunk's bytes, read again; a file changed since the plan is an error."""
     with open_binary(run.predictions_uri, allowed_for(run.origin)) as handle:
@@ -413,10 +433,10 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
         for lineno, _s, _e, line in lines_at(io.BytesIO(data), uri, max_bytes, max_line_bytes,
                                              offset=chunk.byte_start,
                                              lineno=chunk.first_line - 1):
-            item = parse_line(line, f"{uri}, line {lineno}")
-            if item is not None:
-                digest.update(line.encode())
-                parsed.append((lineno, item))
+            if not line.strip():
+                continue
+            digest.update(line.encode())
+            parsed.append((lineno, _checked_item(line, f"{uri}, line {lineno}")))
     except PredictionsError as exc:  # the plan read these lines whole and well formed
         raise PredictionsError(f"{changed}: {exc}") from None
     del data
