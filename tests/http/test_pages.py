@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, event, insert, update
 
 from tests.db.support import JUDGE, evaluate, evaluated_run
 from tests.factories import correctness, make_run, write_predictions
@@ -25,7 +25,7 @@ from tunix_rt.quality.leaderboard import rebuild_leaderboard
 from tunix_rt.quality.stats import GatePolicy
 from tunix_rt.store.db import session_scope
 from tunix_rt.store.metrics import record_points
-from tunix_rt.store.models import Evaluation, Run, Study, Trial
+from tunix_rt.store.models import Evaluation, Run, RunMetric, Study, Trial, utcnow
 
 XSS = "<script>alert(1)</script>"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -195,6 +195,7 @@ def test_the_board_shows_ranks_bars_the_baseline_and_gates(service: Service, eng
     assert doc.find("nav.pager").find_all("a.next-page") == []
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # page logic only: SQLite is enough
 def test_flagged_entries_say_why_they_rank_below(service: Service, engine: Engine,
                                                  tmp_path: Path) -> None:
     full = evaluated_run(engine, tmp_path, "full", _hits(10, 6))
@@ -246,6 +247,7 @@ def test_paging_by_cursor_reaches_every_run_exactly_once(service: Service, engin
     assert ranks == list(range(1, 9))
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # page logic only: SQLite is enough
 def test_the_picker_and_bad_links(service: Service, engine: Engine, tmp_path: Path) -> None:
     empty = parse(service.get("/"))
     assert "No leaderboards yet" in empty.find("p#no-boards").text
@@ -394,6 +396,7 @@ def test_the_run_page_shows_lineage_curves_log_evaluations_and_gates(
     assert -0.05 in margins and 0.0 in margins
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # page logic only: SQLite is enough
 def test_the_run_page_of_a_plain_run_and_an_unknown_one(page_service: Service, engine: Engine,
                                                         tmp_path: Path) -> None:
     run = make_run(engine, tmp_path, XSS, _hits(10, 3))
@@ -419,6 +422,7 @@ def test_the_run_page_of_a_plain_run_and_an_unknown_one(page_service: Service, e
 # --- datasets -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # page logic only: SQLite is enough
 def test_the_datasets_page_links_each_board(service: Service, engine: Engine,
                                             tmp_path: Path) -> None:
     assert "No datasets yet" in parse(service.get("/datasets")).find("p#no-datasets").text
@@ -498,7 +502,9 @@ def test_a_long_series_is_read_in_buckets_keeping_spikes_breaks_and_summaries(
         points[700] = ("loss", 700, None)   # a NaN as reported: the line breaks
         points[999] = ("loss", 999, None)   # the last point is not finite
         points[300] = ("loss", 300, 0.25)   # the lowest
-        record_points(session, run, points + [("lr", s, 0.1) for s in range(5)])
+        session.execute(insert(RunMetric), [
+            {"run_id": run, "name": n, "step": step, "value": v, "recorded_at": utcnow()}
+            for n, step, v in points + [("lr", s, 0.1) for s in range(5)]])
     with session_scope(engine) as session:
         drawn, stats = plot_series(session, run, buckets=10)
     loss = drawn["loss"]
