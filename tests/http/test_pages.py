@@ -268,6 +268,9 @@ def test_the_picker_and_bad_links(service: Service, engine: Engine, tmp_path: Pa
     assert "arith-run" not in zeta.find("table#leaderboard").text
     assert "selected" in [o for o in zeta.find("select#pick-dataset").find_all("option")
                           if o.attrs["value"] == "zeta"][0].attrs
+    # Empty fields are no choice: the first board.
+    blank = parse(httpx.get(f"{service.url}/?dataset=&judge=", timeout=30))
+    assert "arith-run" in blank.find("table#leaderboard").text
     # An unknown board: a 404 page naming it (escaped), with the boards that exist.
     missing = service.get("/", dataset=XSS, judge=JUDGE)
     doc = parse(missing, 404)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime, timezone
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -98,6 +98,7 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
                          limit: int = Query(PAGE_SIZE, ge=1, le=leaderboard.MAX_PAGE)
                          ) -> HTMLResponse:
         """A leaderboard: runs ranked with their score's interval, baseline and gate."""
+        dataset, judge = dataset or None, judge or None  # an empty field is no choice
         with scope() as session:
             sizes = views_data.board_sizes(session)
             every = list(sizes)
