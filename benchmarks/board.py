@@ -251,6 +251,44 @@ def _walk_digest(engine: Any) -> tuple[int, str]:
             return count, digest.hexdigest()
 
 
+def _server_ms(session: Session, statement: Any, reps: int = 20) -> float:
+    """The median execution time PostgreSQL itself reports for ``statement``
+    (EXPLAIN ANALYZE): the database's share of a call, apart from the client, the
+    network and the scheduler of a loaded machine."""
+    import json
+    import statistics
+
+    from sqlalchemy import text
+    from sqlalchemy.dialects import postgresql
+
+    sql = str(statement.compile(dialect=postgresql.dialect(),
+                                compile_kwargs={"literal_binds": True}))
+    times = []
+    for _ in range(reps):
+        plan = session.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql)).scalar()
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        times.append(plan[0]["Execution Time"])
+    return statistics.median(times)
+
+
+def _page_statement(cursor: str | None) -> Any:
+    """The statement leaderboard_page runs for ``cursor`` on an unchanged board."""
+    from sqlalchemy import literal, tuple_
+
+    from tunix_rt.quality.leaderboard import CURSOR_KINDS
+    from tunix_rt.store.cursor import decode_cursor
+
+    query = (select(LeaderboardEntry, Run.name, Run.model)
+             .join(Run, Run.id == LeaderboardEntry.run_id)
+             .where(LeaderboardEntry.dataset == BUSY, LeaderboardEntry.judge == JUDGE)
+             .order_by(*ORDER).limit(PAGE + 1))
+    if cursor:
+        _, _, *key = decode_cursor(cursor, *CURSOR_KINDS)
+        query = query.where(tuple_(*ORDER) > tuple_(*(literal(v, type_=c.type)
+                                                      for c, v in zip(ORDER, key))))
+    return query
+
+
 def _p95(times: list[float]) -> float:
     return float(np.percentile(times, 95))
 
@@ -372,8 +410,10 @@ def _busy_pages(engine: Any, count: int, scale: Scale) -> list[Result]:
                 if i < naive_reps:
                     t_naive.append(timed(lambda: naive_page(session, BUSY, JUDGE,
                                                             offset=after)))
+            server_ms = _server_ms(session, _page_statement(cursor))
         extra: dict[str, Any] = {"ours_median_s": statistics.median(t_ours),
-                                 "naive_median_s": statistics.median(t_naive)}
+                                 "naive_median_s": statistics.median(t_naive),
+                                 "ours_server_median_ms": server_ms}
         note = ""
         if after:
             # The same cursor after the board changed: the rows ahead are counted again.
@@ -395,7 +435,8 @@ def _busy_pages(engine: Any, count: int, scale: Scale) -> list[Result]:
             "ORDER BY ... OFFSET on the same join",
             notes=(f"p95 of {reps} (naive {len(t_naive)}); median "
                    f"{fmt_seconds(statistics.median(t_ours))} vs "
-                   f"{fmt_seconds(statistics.median(t_naive))}; keyset seek on the order "
+                   f"{fmt_seconds(statistics.median(t_naive))}; PostgreSQL's own execution "
+                   f"time {server_ms:.2f} ms (EXPLAIN ANALYZE median); keyset seek on the order "
                    f"index, rank carried by the cursor{note}"),
             target=target, extra=extra))
     return out
