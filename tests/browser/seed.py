@@ -1,10 +1,10 @@
 """What the browser tests add to a finished ``tunix-rt demo``: more runs, and a study.
 
-Run as ``python -m tests.browser.seed WORKDIR`` with the demo's database and Prefect
-server in the environment; prints the ids it made as one JSON document. The two extra
-runs go through the real quality loop (so the board has five entries and needs pages at
-a small ``?limit=``), one of them with loss curves; the study is written through the tuning module's own write
-functions (no Ray: the pages read the same rows a sweep leaves).
+Run as ``python -m tests.browser.seed DEMO_WORKDIR ITEMS`` with the demo's database and
+Prefect server; prints the ids it made as one JSON document. The two extra runs go
+through the real quality loop (so the board has five entries and needs pages at a small
+``?limit=``), one of them with loss curves; the study is written through the tuning
+module's own write functions (no Ray: the pages read the same rows a sweep leaves).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import re
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 
@@ -31,6 +32,14 @@ def visit(page: Any, site: Site, path: str) -> Any:
     assert response is not None and response.ok, (
         f"GET {path}: HTTP {response.status if response else '?'}")
     return response
+
+
+def follow(page: Any, link: Any) -> str:
+    """Click a link as a person does and wait until its page is the one shown."""
+    target = urljoin(page.url, link.get_attribute("href"))
+    link.click()
+    page.wait_for_url(lambda url: url == target)
+    return target
 
 
 def only_baseline_items(site: Site, judge: str = "exact_match") -> list[str]:
@@ -65,16 +74,15 @@ def test_the_failing_run_shows_why_it_failed(page: Any, site: Site) -> None:
     failing_row = board.locator("tbody tr", has_text=FAILING)
     assert failing_row.locator(".badge.fail").is_visible()
 
-    failing_row.get_by_role("link", name=FAILING).click()
-    page.wait_for_url(re.compile(rf"/runs/{site.failing_run}$"))
+    follow(page, failing_row.get_by_role("link", name=FAILING))
+    assert page.url.endswith(f"/runs/{site.failing_run}")
     screenshot(page, "run-failing")
     assert FAILING in page.locator("h1").inner_text()
     assert "fail" in page.locator("#gates").inner_text().lower()
 
     # two judges gated it: follow the evidence under exact_match
-    page.locator(f"a[href^='/runs/{site.failing_run}/gate'][href*='judge=exact_match']"
-                 ).first.click()
-    page.wait_for_url(re.compile(rf"/runs/{site.failing_run}/gate"))
+    follow(page, page.locator(f"a[href^='/runs/{site.failing_run}/gate']"
+                              "[href*='judge=exact_match']").first)
     screenshot(page, "gate-failing")
     assert page.locator(".badge.fail").first.is_visible()
     # the CI drawn against the margin: an image whose accessible name says both
@@ -87,8 +95,7 @@ def test_the_failing_run_shows_why_it_failed(page: Any, site: Site) -> None:
     assert expected, "the demo's failing run should miss items the baseline got right"
     cell = page.locator("table#contingency a[href*='outcome=only_baseline']")
     assert cell.inner_text().strip().replace(",", "") == str(len(expected))
-    cell.click()
-    page.wait_for_url(re.compile("outcome=only_baseline"))
+    follow(page, cell)
     screenshot(page, "gate-failing-only-baseline")
     rows = page.locator("table#items tbody tr")
     assert rows.count() > 0
@@ -125,8 +132,7 @@ def _collect_items(page: Any) -> list[str]:
         nxt = page.locator("a.next-page")
         if nxt.count() == 0:
             return seen
-        nxt.first.click()
-        page.wait_for_load_state()
+        follow(page, nxt.first)
 
 
 def test_board_pages_by_cursor(page: Any, site: Site) -> None:
@@ -141,13 +147,11 @@ def test_board_pages_by_cursor(page: Any, site: Site) -> None:
         nxt = page.locator("a.next-page")
         if nxt.count() == 0:
             break
-        nxt.first.click()
-        page.wait_for_url(re.compile("cursor="))
+        assert "cursor=" in follow(page, nxt.first)
     assert pages == 3
     assert sorted(names) == sorted(ALL_RUNS) and len(names) == len(ALL_RUNS)
     assert names[0] == BASELINE and names[-1] == FAILING  # best first, the regression last
-    page.get_by_role("link", name=re.compile("first page", re.I)).click()
-    page.wait_for_load_state()
+    follow(page, page.get_by_role("link", name=re.compile("first page", re.I)))
     assert "cursor=" not in page.url
     assert board_names(page) == names[:2]
 
@@ -155,8 +159,8 @@ def test_board_pages_by_cursor(page: Any, site: Site) -> None:
 def test_study_page_shows_trials_and_curves(page: Any, site: Site) -> None:
     visit(page, site, "/studies")
     screenshot(page, "studies")
-    page.get_by_role("link", name="browser-sweep").first.click()
-    page.wait_for_url(re.compile(rf"/studies/{site.study_id}"))
+    follow(page, page.get_by_role("link", name="browser-sweep").first)
+    assert f"/studies/{site.study_id}" in page.url
     screenshot(page, "study")
     trials = page.locator("table#trials tbody tr")
     assert trials.count() == 4
@@ -166,8 +170,7 @@ def test_study_page_shows_trials_and_curves(page: Any, site: Site) -> None:
     curves = page.get_by_role("img", name=re.compile("accuracy", re.I))
     assert curves.count() >= 1 and curves.first.is_visible()
     assert page.locator("svg.plot").count() >= 2  # the curves and a hyperparameter scatter
-    page.locator("a.best-run").first.click()
-    page.wait_for_url(re.compile(r"/runs/[0-9a-f]{32}"))
+    assert re.search(r"/runs/[0-9a-f]{32}$", follow(page, page.locator("a.best-run").first))
     screenshot(page, "run-best-trial")
     assert "grpo-step-400" in page.locator("h1").inner_text()
     loss = page.get_by_role("img", name=re.compile("loss", re.I)).first
@@ -180,8 +183,7 @@ def test_datasets_page_links_each_board(page: Any, site: Site) -> None:
     visit(page, site, "/datasets")
     screenshot(page, "datasets")
     assert DATASET in page.locator("main").inner_text()
-    page.locator(f"a[href*='dataset={DATASET}'][href*='judge=format']").first.click()
-    page.wait_for_url(re.compile("judge=format"))
+    follow(page, page.locator(f"a[href*='dataset={DATASET}'][href*='judge=format']").first)
     assert set(board_names(page)) == ALL_RUNS
 
 
@@ -209,8 +211,7 @@ def test_picker_and_paging_work_without_javascript(no_js_page: Any, site: Site) 
     visit(page, site, f"/?dataset={DATASET}&judge=format&limit=2")
     seen = board_names(page)
     while page.locator("a.next-page").count():
-        page.locator("a.next-page").first.click()
-        page.wait_for_url(re.compile("cursor="))
+        assert "cursor=" in follow(page, page.locator("a.next-page").first)
         seen += board_names(page)
     assert sorted(seen) == sorted(ALL_RUNS)
 
