@@ -2,8 +2,11 @@
 
 schemathesis generates requests from the schema the service serves (/openapi.json,
 fetched over HTTP from uvicorn on loopback), valid and invalid ones, for every
-operation, and checks each answer: never a server error, and the status codes,
-content types and bodies the schema declares. hypothesis sends the webhook random
+operation, against runs, a board, a gate, a loss curve, a study and a comparison, and
+applies every check to each answer: never a server error; the status codes, content
+types, headers and bodies the schema declares; an invalid request refused; a valid one
+accepted (its cursor a real next_cursor, its ids real one time in two:
+tests/reliability/schemathesis_hooks.py). hypothesis sends the webhook random
 bodies and headers (none, wrong or garbage signatures, signed garbage, oversize,
 unicode, NUL, NaN): never a 5xx, and no unsigned or wrongly signed request leaves a
 row in webhook_deliveries or runs.
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +37,11 @@ from sqlalchemy import Engine, func, select
 
 from tests.db.support import JUDGE, evaluated_run
 from tests.http.conftest import SECRET_BYTES, Service, event, serve_app, sign, webhook_env  # noqa: F401
+from tests.reliability.schemathesis_hooks import realistic
+from tunix_rt.quality.gating import gate_run, set_baseline
 from tunix_rt.quality.leaderboard import rebuild_leaderboard
+from tunix_rt.quality.stats import GatePolicy
+from tunix_rt.store.metrics import record_points
 from tunix_rt.store.db import session_scope
 from tunix_rt.store.models import Run, WebhookDelivery
 from tunix_rt.service.webhooks import MAX_BODY_BYTES
@@ -40,8 +49,11 @@ from tunix_rt.service.webhooks import MAX_BODY_BYTES
 pytestmark = pytest.mark.reliability
 
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))
-POSITIVE_PER_OPERATION = int(800 * SCALE)   # requests the schema allows
-NEGATIVE_PER_OPERATION = int(700 * SCALE)   # requests it does not
+# Cases over all operations, shared out evenly: as operations are added the time stays
+# that of ~11,700 requests as before (with the positive cases' look-ups of a real cursor),
+# not a count per operation.
+API_CASES = int(10_500 * SCALE)
+POSITIVE_SHARE = 0.55   # requests the schema allows; the rest it does not
 WEBHOOK_CASES = int(2500 * SCALE)
 # PostgreSQL only: it is the stricter database (NULs, integer ranges), and one is enough.
 ON_POSTGRES = pytest.mark.parametrize(
@@ -60,11 +72,21 @@ def fuzz_service(webhook_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 def _seed(engine: Engine, tmp_path: Path) -> list[str]:
-    """Two evaluated runs of ``arith`` on a rebuilt board, so reads have rows to find."""
+    """What every read answers about: two evaluated runs of ``arith`` on a rebuilt board,
+    a baseline and a gate (so a comparison), a loss curve, a study with trials."""
+    from tests.tuning.test_study_page import make_study
+
     ids = [evaluated_run(engine, tmp_path, name, hits)
-           for name, hits in (("one", [True, False, True]), ("two", [True, True, False]))]
+           for name, hits in (("one", [True, False, True] * 12),
+                              ("two", [True, True, False] * 12))]
     with session_scope(engine) as session:
         rebuild_leaderboard(session, "arith", JUDGE)
+        set_baseline(session, ids[0], JUDGE)
+    with session_scope(engine) as session:
+        gate_run(session, ids[1], JUDGE, GatePolicy(min_items=30))
+        record_points(session, ids[1], [("train_loss", step, 2.0 / step)
+                                        for step in range(1, 6)])
+    make_study(engine)
     return ids
 
 
@@ -78,11 +100,11 @@ def _rows(engine: Engine) -> tuple[int, int]:
 
 
 @ON_POSTGRES
-# Its own limit: ~11,700 cases over 11 operations take ~5 min on a loaded 2-core machine,
-# the suite's 300 s per test would cut it off half-way.
+# Its own limit: ~12,000 cases take ~5 min on a loaded 2-core machine, the suite's 300 s
+# per test would cut it off half-way.
 @pytest.mark.timeout(1200)
-def test_schemathesis_finds_no_server_error(fuzz_service: Service, engine: Engine,
-                                            tmp_path: Path) -> None:
+def test_schemathesis_finds_no_failure_with_every_check(fuzz_service: Service, engine: Engine,
+                                                        tmp_path: Path) -> None:
     import schemathesis
     from schemathesis.checks import load_all_checks
     from schemathesis.generation import GenerationMode
@@ -93,29 +115,28 @@ def test_schemathesis_finds_no_server_error(fuzz_service: Service, engine: Engin
     _seed(engine, tmp_path)
     rows_before = _rows(engine)
     schema = schemathesis.openapi.from_url(f"{fuzz_service.url}/openapi.json")
-    # Every check but the one on response time (no test here bounds elapsed time), the
-    # webhook included: its schema declares its headers, its body and every answer
-    # (schemathesis cannot sign, so it sees the 4xx; test_the_webhook_survives_hypothesis
-    # sends signed garbage).
-    # Nor "schema-valid data is accepted": a cursor, and a string without a NUL, are valid
-    # by form but refused by content (a 400 naming the parameter), which a schema cannot say.
-    checks = [c for c in CHECKS.get_all()
-              if c.__name__ not in {"max_response_time", "positive_data_acceptance"}]
+    # Every check, the webhook included: its schema declares its headers, its body and
+    # every answer (schemathesis cannot sign, so it sees the 4xx;
+    # test_the_webhook_survives_hypothesis sends signed garbage). Only the response-time
+    # check is not applied: no test here bounds elapsed time.
+    checks = [c for c in CHECKS.get_all() if c.__name__ != "max_response_time"]
     http = requests.Session()
     counts: Counter[str] = Counter()
     statuses: Counter[int] = Counter()
     failures: list[str] = []
     skipped: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    per_operation = API_CASES // len(operations)
     started = time.monotonic()
 
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        for mode, n in ((GenerationMode.POSITIVE, POSITIVE_PER_OPERATION),
-                        (GenerationMode.NEGATIVE, NEGATIVE_PER_OPERATION)):
+    for operation in operations:
+        for mode, n in ((GenerationMode.POSITIVE, int(per_operation * POSITIVE_SHARE)),
+                        (GenerationMode.NEGATIVE, int(per_operation * (1 - POSITIVE_SHARE)))):
 
             @settings(max_examples=n, **SEEDED)
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case: Any) -> None:
+                case = realistic(case, http, fuzz_service.url)
                 response = case.call(base_url=fuzz_service.url, session=http, timeout=30)
                 counts[operation.label] += 1
                 statuses[response.status_code] += 1
@@ -139,9 +160,26 @@ def test_schemathesis_finds_no_server_error(fuzz_service: Service, engine: Engin
         print(f"  {n:6d}  {label}")
     print(f"  no negative cases possible: {', '.join(skipped)}")
     assert not failures, "\n\n".join(failures)
-    assert total >= 8000 * SCALE  # bounded, and still every operation, both ways
+    assert total >= 0.6 * API_CASES  # bounded, and still every operation, both ways
+    assert len(counts) == len(operations)
     assert not any(code >= 500 for code in statuses)
+    # Valid requests got past the 404: real ids and cursors reached the data.
+    assert statuses[200] >= 0.1 * total, statuses
     # Fuzzed webhook posts are never signed: nothing was stored.
+    assert _rows(engine) == rows_before
+
+    # The command line the issue ran, with every check, on its coverage phase: boundary
+    # and empty values, missing and unexpected parameters, each operation systematically.
+    root = Path(__file__).resolve().parents[2]
+    command = [str(Path(sys.executable).parent / "schemathesis"), "run",
+               f"{fuzz_service.url}/openapi.json", "--checks", "all", "--phases", "coverage",
+               "--workers", "1", "--no-color", "--suppress-health-check", "all"]
+    cli = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root),
+                              "SCHEMATHESIS_HOOKS": "tests.reliability.schemathesis_hooks"})
+    summary = [line for line in cli.stdout.splitlines() if "generated" in line]
+    print(f"schemathesis run --checks all --phases coverage: {summary}")
+    assert cli.returncode == 0, cli.stdout[-6000:] + cli.stderr[-2000:]
     assert _rows(engine) == rows_before
 
 

@@ -90,16 +90,22 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+# What a header value the route reads can be: visible ASCII, no space at either end (HTTP
+# strips those, and an empty value is a missing header: a 400).
+VISIBLE = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
+
+
 def _header(name: str, description: str, **schema: Any) -> dict[str, Any]:
     return {"name": name, "in": "header", "required": True, "description": description,
-            "schema": {"type": "string", **schema}}
+            "schema": {"type": "string", "minLength": 1, "pattern": VISIBLE, **schema}}
 
 
 REQUEST: dict[str, Any] = {
     "parameters": [
         _header("webhook-id", "The delivery's id, the same for every retry of it",
                 maxLength=MAX_ID_CHARS),
-        _header("webhook-timestamp", "Unix seconds when it was signed (5 minutes of tolerance)"),
+        _header("webhook-timestamp", "Unix seconds when it was signed (5 minutes of tolerance)",
+                pattern="^[0-9]+$"),
         _header("webhook-signature", 'v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}"> '
                 "under the source's whsec_ secret; several, space-separated"),
     ],
