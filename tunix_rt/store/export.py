@@ -130,7 +130,8 @@ def chunks(session: Session, what: str, dataset: str | None = None,
     columns = [c.name for c in query.selected_columns]
     # Nullable integers (an exit code) stay integers, not floats with NaN.
     int_columns = [c.name for c in query.selected_columns if isinstance(c.type, Integer)]
-    result = session.execute(query.execution_options(yield_per=chunk_rows))
+    # Core, not the ORM's execute: plain rows, without the ORM's per-row loading.
+    result = session.connection().execute(query.execution_options(yield_per=chunk_rows))
     emitted = False
     for part in result.partitions():
         frame = pd.DataFrame.from_records(part, columns=columns)
