@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.judges import Item, ScoringContext, judge_spec
 from tunix_rt.judges.base import Verdict as JudgeVerdict
-from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError
+from tunix_rt.errors import TunixRtError
 from tunix_rt.store.models import (Evaluation, EvaluationChunk, EvaluationStatus, Run, Verdict,
                                    coverage, utcnow)
+from tunix_rt.quality.judge_choice import choose_judge  # noqa: F401 - its old home
 from tunix_rt.quality.judging import build_judge, self_consistency
 from tunix_rt.quality.stats import bootstrap_mean_ci
 from tunix_rt.store.upsert import upsert
@@ -130,25 +131,6 @@ class EvaluationSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def choose_judge(asked: str | None, judges: Callable[[], Sequence[str]], *, none: str,
-                 several: str) -> str:
-    """The judge asked for, or else the only one there is.
-
-    ``judges()`` (called only when no judge was asked for) names the judges to choose
-    from: those that evaluated a run, those with a board for a dataset. None of them is
-    a :class:`NotFoundError` saying ``none``; several an :class:`InvalidInputError`
-    saying ``several`` with ``{judges}`` replaced by their names.
-    """
-    if asked:
-        return asked
-    available = list(judges())
-    if len(available) == 1:
-        return available[0]
-    if not available:
-        raise NotFoundError(none)
-    raise InvalidInputError(several.replace("{judges}", ", ".join(available)))
 
 
 MISSING = "missing from the predictions file"

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.errors import NotFoundError
 from tunix_rt.quality.datasets import DatasetInfo
-from tunix_rt.quality.evaluation import choose_judge, item_outcomes, latest_evaluation
+from tunix_rt.quality.evaluation import item_outcomes, latest_evaluation
+from tunix_rt.quality.judge_choice import choose_judge
 from tunix_rt.store.models import (Baseline, BaselinePromotion, Dataset, Evaluation, GateDecision,
                                    GateResult, Run, utcnow)
 from tunix_rt.store.runs import ensure_evaluable, get_run

@@ -39,12 +39,12 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import (Select, String, bindparam, case, delete, func, insert, literal, null,
-                        select, text, tuple_)
+from sqlalchemy import (Integer, Select, String, bindparam, case, delete, func, insert, literal,
+                        null, select, text, tuple_)
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError
-from tunix_rt.quality.evaluation import choose_judge
+from tunix_rt.quality.judge_choice import choose_judge
 from tunix_rt.store.cursor import (FLOAT, ID, RANK, TIMESTAMP, decode_cursor, encode_cursor,
                                    integer)
 from tunix_rt.store.models import (Dataset, Evaluation, EvaluationStatus, LeaderboardBoard,
@@ -248,50 +248,68 @@ def resolve_judge(session: Session, dataset: str, judge: str | None) -> str:
                                 "({judges}); name one (--judge, or ?judge= in the API)")
 
 
+@functools.lru_cache(maxsize=8)
+def _page_statement(after_key: bool, recount: str | None) -> Select[Any]:
+    """A page's statement, built once (building it cost more than running it): the rows
+    after the key ``key_0``..``key_4`` (or from the top), with the board's generation
+    and size, and with ``recount`` the entries ahead counted from the "top" or "end".
+    Parameters ``board_dataset``, ``board_judge``, ``page_limit`` and the key."""
+    c = TABLE.c
+    dataset, judge = bindparam("board_dataset", type_=String()), bindparam("board_judge",
+                                                                           type_=String())
+    order = tuple_(c.order_flagged, c.order_score, c.order_n_scored, c.run_created_at,
+                   c.run_id)
+    key = tuple_(*(bindparam(f"key_{i}", type_=col.type) for i, col in enumerate(ORDER)))
+    on_board = (c.dataset == dataset, c.judge == judge)
+    board = (LeaderboardBoard.dataset == dataset, LeaderboardBoard.judge == judge)
+    n_entries = select(LeaderboardBoard.n_entries).where(*board).scalar_subquery()
+    columns: list[Any] = [
+        c.run_id, Run.name.label("run_name"), Run.model.label("run_model"), c.score, c.ci_low,
+        c.ci_high, c.n_items, c.judge_version, c.n_missing, c.n_unscored, c.dataset_version,
+        c.flag, c.order_flagged, c.order_score, c.order_n_scored, c.run_created_at,
+        select(LeaderboardBoard.generation).where(*board).scalar_subquery().label("generation"),
+        n_entries.label("n_entries")]
+    if recount == "top":
+        columns.append(select(func.count()).select_from(TABLE).where(*on_board, order <= key)
+                       .scalar_subquery().label("ahead"))
+    elif recount == "end":
+        columns.append((n_entries - select(func.count()).select_from(TABLE)
+                        .where(*on_board, order > key).scalar_subquery()).label("ahead"))
+    query = select(*columns).join_from(TABLE, Run, Run.id == c.run_id).where(*on_board)
+    if after_key:
+        query = query.where(order > key)
+    return query.order_by(*order.clauses).limit(bindparam("page_limit", type_=Integer()))
+
+
 def leaderboard_page(session: Session, dataset: str, judge: str, *, limit: int = 20,
                      cursor: str | None = None) -> Page:
     """One page of the board, best first; ``next_cursor`` is None on the last page."""
     if not 1 <= limit <= MAX_PAGE:
         raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
-    on_board = (E.dataset == dataset, E.judge == judge)
-    board = (LeaderboardBoard.dataset == dataset, LeaderboardBoard.judge == judge)
-    n_entries = select(LeaderboardBoard.n_entries).where(*board).scalar_subquery()
-    query = (select(E, Run.name, Run.model,
-                    select(LeaderboardBoard.generation).where(*board).scalar_subquery()
-                    .label("generation"), n_entries.label("n_entries"))
-             .join(Run, Run.id == E.run_id).where(*on_board).order_by(*ORDER).limit(limit + 1))
+    params: dict[str, Any] = {"board_dataset": dataset, "board_judge": judge,
+                              "page_limit": limit + 1}
     ahead = 0  # entries ranked above the page's first row
     if cursor:
         generation, last_rank, *key = decode_cursor(cursor, *CURSOR_KINDS)
-
-        def the_key() -> Any:
-            return tuple_(*(bindparam(None, v, type_=c.type) for c, v in zip(ORDER, key)))
-
-        query = query.where(tuple_(*ORDER) > the_key())
-        rows = session.execute(query).all()
+        params.update({f"key_{i}": v for i, v in enumerate(key)})
+        rows = session.execute(_page_statement(True, None), params).all()
         ahead = last_rank
         if rows and rows[0].generation != generation:
             # The board changed since the cursor was made: count the rows ahead again,
             # from the nearer end, in the same statement (snapshot) as the page.
             size = rows[0].n_entries
-            if size is None or last_rank <= size // 2:
-                count = (select(func.count()).select_from(E)
-                         .where(*on_board, tuple_(*ORDER) <= the_key()).scalar_subquery())
-            else:
-                count = n_entries - (select(func.count()).select_from(E)
-                                     .where(*on_board, tuple_(*ORDER) > the_key())
-                                     .scalar_subquery())
-            rows = session.execute(query.add_columns(count.label("ahead"))).all()
+            recount = "top" if size is None or last_rank <= size // 2 else "end"
+            rows = session.execute(_page_statement(True, recount), params).all()
             ahead = rows[0].ahead if rows else 0
     else:
-        rows = session.execute(query).all()
-    entries = [Entry(ahead + i, row[0].run_id, row.name, row.model, row[0].score,
-                     row[0].ci_low, row[0].ci_high, row[0].n_items, row[0].judge_version,
-                     row[0].n_missing, row[0].n_unscored, row[0].dataset_version, row[0].flag)
-               for i, row in enumerate(rows[:limit], start=1)]
+        rows = session.execute(_page_statement(False, None), params).all()
+    entries = [Entry(ahead + i, r.run_id, r.run_name, r.run_model, r.score, r.ci_low,
+                     r.ci_high, r.n_items, r.judge_version, r.n_missing, r.n_unscored,
+                     r.dataset_version, r.flag)
+               for i, r in enumerate(rows[:limit], start=1)]
     next_cursor = None
     if len(rows) > limit:
-        next_cursor = _cursor(rows[0].generation, ahead + limit, rows[limit - 1][0])
+        next_cursor = _cursor(rows[0].generation, ahead + limit, rows[limit - 1])
     return Page(dataset, judge, entries, next_cursor)
 
 
@@ -314,7 +332,7 @@ def cursor_at(session: Session, dataset: str, judge: str, rank: int) -> str | No
     return _cursor(row[1], rank, row[0])
 
 
-def _cursor(generation: int | None, rank: int, last: LeaderboardEntry) -> str:
+def _cursor(generation: int | None, rank: int, last: Any) -> str:
     """The cursor of a page whose last row is ``last``, at ``rank``."""
     return encode_cursor(generation or 0, rank, last.order_flagged, last.order_score,
                          last.order_n_scored, last.run_created_at.isoformat(), last.run_id)
