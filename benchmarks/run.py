@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             for b in backends:
                 step(f"verdict_store ({b})", lambda b=b: verdicts.run(dbs[b]("verdicts"), b,
                                                                      scale))
+        if "gate_compare" in chosen:
+            from benchmarks import compare
+
+            step("gate_compare", lambda: compare.run(scale, want_postgres=not args.no_postgres))
         if "flow_fixed_cost" in chosen:
             from benchmarks import flow_fixed_cost
 

@@ -205,7 +205,10 @@ def run_demo(workdir: str = "tunix_rt_demo", items: int = 300,
     if tuning is not None:
         print(f"\nTuning study {tuning['study_id']}: tunix-rt tune show {tuning['study_id']}")
     print(f"\nNext: tunix-rt leaderboard --dataset {DATASET} --judge exact_match\n"
-          f"      tunix-rt gate {run_ids[2]} --judge exact_match   (exit code 1: fail)")
+          f"      tunix-rt gate {run_ids[2]} --judge exact_match   (exit code 1: fail)\n"
+          f"      tunix-rt serve, then open http://127.0.0.1:8000/ (the leaderboards) and\n"
+          f"      http://127.0.0.1:8000/runs/{run_ids[2]}/gate?judge=exact_match "
+          f"(why it failed)")
     return 0
 
 
