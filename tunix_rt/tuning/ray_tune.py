@@ -210,6 +210,9 @@ def _trial_fn(trainable: str, out_root: str):  # noqa: ANN202 - the function Ray
 
         context = tune.get_context()
         gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        # Which node ran the trial: on a cluster whose nodes share a host or an IP, only
+        # Ray's node id tells them apart.
+        node_id = ray.get_runtime_context().get_node_id()
         reported: dict[str, Any] = {}
 
         def forward(metrics: dict[str, Any]) -> None:
@@ -218,7 +221,7 @@ def _trial_fn(trainable: str, out_root: str):  # noqa: ANN202 - the function Ray
             metrics = {k: v for k, v in metrics.items() if k != "tunix_rt_points"}
             reported.clear()
             reported.update(metrics)
-            tune.report({**metrics, "gpu_ids": gpu_ids})
+            tune.report({**metrics, "gpu_ids": gpu_ids, "node_id": node_id})
 
         # The study's own folder, not Ray's trial dir: Ray moves and prunes its dirs,
         # and the predictions must stay where the run registered from them points.
@@ -234,7 +237,8 @@ def _trial_fn(trainable: str, out_root: str):  # noqa: ANN202 - the function Ray
         if uri and reported.get("predictions_uri") != uri:
             # A user trainable that returned its URI without reporting it: one more
             # result, so the driver learns where the predictions are.
-            tune.report({**reported, "gpu_ids": gpu_ids, "predictions_uri": str(uri)})
+            tune.report({**reported, "gpu_ids": gpu_ids, "node_id": node_id,
+                         "predictions_uri": str(uri)})
 
     return run_trial
 
