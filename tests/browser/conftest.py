@@ -1,6 +1,7 @@
 """A real browser on a real service: Debian's chromium driven by Playwright.
 
-One browser and one site per session: the site is what a newcomer has after
+One browser and one site per module (the suite has one: they stop when it ends, not
+with the session, so the rest of the run has the cores back): the site is what a newcomer has after
 ``tunix-rt demo`` (the embedded default SQLite, in a temp directory: three runs, the
 failing one gated against the baseline), two more runs judged by the same loop so the
 board has pages at a small ``?limit=``, and a finished study; ``tunix-rt serve``,
@@ -97,9 +98,9 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
-    """One headless chromium for the session (the sandbox needs a non-root user)."""
+    """One headless chromium (its sandbox needs a non-root user)."""
     from playwright.sync_api import sync_playwright
 
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
@@ -110,7 +111,7 @@ def browser(chromium_path: str) -> Iterator[Any]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def site(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """``tunix-rt demo``, two more runs and a study on a temp SQLite, and ``tunix-rt serve``."""
     # As a newcomer does: no database configured, so demo, seed and serve share the
@@ -160,12 +161,22 @@ def artifacts_dir() -> Path:
     return path
 
 
+_saved: list[Path] = []
+
+
 def screenshot(page: Any, name: str) -> Path:
     """Save the whole page as ``name``.png among the test artifacts, and say where."""
     path = artifacts_dir() / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
+    _saved.append(path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _saved:
+        terminalreporter.write_line(f"browser screenshots: {len(set(_saved))} in "
+                                    f"{_saved[0].parent}")
 
 
 def serious_violations(page: Any) -> list[str]:
