@@ -332,3 +332,19 @@ def test_a_sweep_leaves_a_table_artifact_of_its_trials(db_url: str, prefect_api_
     [best] = [r for r in rows if r["best"]]
     assert best["run_id"] == result["runs"][0]["run_id"]
     assert rows[0]["best"]  # best first
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_large_study_draws_the_best_and_names_the_curves_left_out(service: Service,
+                                                                    engine: Any) -> None:
+    from tunix_rt.service.study_page import MAX_CURVES
+
+    many = {f"t{i:03d}": ("completed", 1e-3, "relu", 16, [i / 100, i / 50])
+            for i in range(MAX_CURVES + 2)}
+    study_id, _ = make_study(engine, "wide", trials=many, best="t000")  # the worst, named best
+    root = page(service, f"/studies/{study_id}")
+    curves = root.one("section", id="curves")
+    names = [s.attrs["data-name"] for s in curves.one("svg", cls="plot").all(cls="series")]
+    assert len(names) == MAX_CURVES and names[0] == "t000 (best)"
+    assert "2 more trials not drawn" in curves.one("figcaption").text
+    assert len(root.one("table", id="trials").one("tbody").all("tr")) == MAX_CURVES + 2

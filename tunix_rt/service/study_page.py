@@ -81,6 +81,8 @@ class StudySummaryModel(BaseModel):
 
 
 class StudyPage(BaseModel):
+    """A page of studies, newest first."""
+
     studies: list[StudySummaryModel]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null "
                                                 "on the last")
@@ -222,23 +224,29 @@ def hyperparameters(summary: studies.StudySummary, space: dict[str, Any],
     return figures
 
 
-def learning_curves(summary: studies.StudySummary, trials: Sequence[studies.TrialView],
-                    results: dict[str, list[tuple[int, dict[str, Any]]]]) -> tuple[Any, int]:
-    """Every trial's metric per iteration, one series each, the best trial first and
-    named so in the legend; (the SVG, how many trials were left out)."""
+def curve_trials(summary: studies.StudySummary, trials: Sequence[studies.TrialView]
+                 ) -> list[studies.TrialView]:
+    """The trials whose curves are drawn: the best first, then in the given order, at most
+    MAX_CURVES (a plot of hundreds of lines shows none of them)."""
+    ordered = sorted(trials, key=lambda t: t.trial_id != summary.best_trial_id)
+    return ordered[:MAX_CURVES]
+
+
+def learning_curves(summary: studies.StudySummary, drawn: Sequence[studies.TrialView],
+                    results: dict[str, list[tuple[int, dict[str, Any]]]]) -> Any:
+    """Every drawn trial's metric per iteration, one series each, the best trial first
+    and named so in the legend."""
     from tunix_rt.service import plots
 
-    ordered = sorted(trials, key=lambda t: (t.trial_id != summary.best_trial_id,))
     series: dict[str, list[tuple[float, float | None]]] = {}
-    for t in ordered[:MAX_CURVES]:
+    for t in drawn:
         points = [(float(i), studies.metric_value(m, summary.metric))
                   for i, m in results.get(t.trial_id, [])]
         if any(v is not None for _, v in points):
             name = f"{t.trial_id} (best)" if t.trial_id == summary.best_trial_id else t.trial_id
             series[name] = points
-    svg = plots.line_chart(series, title=f"{summary.metric} per iteration, every trial",
-                           x_label="iteration", y_label=summary.metric)
-    return svg, max(0, len(ordered) - MAX_CURVES)
+    return plots.line_chart(series, title=f"{summary.metric} per iteration, every trial",
+                            x_label="iteration", y_label=summary.metric)
 
 
 def _config_text(config: dict[str, Any], space: dict[str, Any]) -> list[tuple[str, str]]:
@@ -314,9 +322,11 @@ def install(app: FastAPI, scope: Callable[[], Any], settings: Settings) -> None:
             every = studies.study_trials(session, study)
             shown = (every if sort == "metric" and status is None
                      else studies.study_trials(session, study, sort=sort, status=status))
-            results = studies.study_results(session, study.id)
+            drawn = curve_trials(summary, every)
+            results = studies.study_results(session, study.id, [t.trial_id for t in drawn])
         best = next((t for t in every if t.trial_id == summary.best_trial_id), None)
-        curves, left_out = learning_curves(summary, every, results)
+        curves = learning_curves(summary, drawn, results)
+        left_out = len(every) - len(drawn)
         return HTMLResponse(render(
             "study.html", study=summary, spec=study.spec or {}, space=space, trials=shown,
             n_every=len(every), sort=sort, status=status, best=best, curves=curves,
