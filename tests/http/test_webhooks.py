@@ -215,12 +215,23 @@ def test_an_oversized_body_is_refused_before_parsing(webhook_env) -> None:  # no
         assert _counts(webhook_env) == (0, 0, 0)
 
 
-def test_the_receiver_refuses_to_start_without_a_secret(db_url) -> None:  # noqa: ANN001
+def test_without_a_secret_the_pages_serve_and_webhooks_are_refused(db_url) -> None:  # noqa: ANN001
+    """A newcomer's `tunix-rt serve` after the demo shows the pages; the receiver stays
+    off (503, naming the variable, nothing stored) until a secret is set. A secret that
+    is set but malformed still stops the start, as `tunix-rt up` does without one."""
     from tunix_rt.errors import InvalidInputError
-    from tunix_rt.service.server import create_app
+    from tunix_rt.service.server import create_app, require_webhook_secret
 
+    settings = Settings(database_url=db_url, webhook_secret=None)
+    for service in serve_app(create_app(settings)):
+        body = event(predictions_uri="file:///p.jsonl")
+        refused = service.post(body, sign(body))
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert "TUNIX_RT_WEBHOOK_SECRET is not set" in refused.json()["error"]
+        assert service.get("/").status_code in (200, 404)  # no boards yet: a page saying so
+        assert service.get("/api/runs").json()["runs"] == []
     with pytest.raises(InvalidInputError, match="TUNIX_RT_WEBHOOK_SECRET is not set"):
-        create_app(Settings(database_url=db_url, webhook_secret=None))
+        require_webhook_secret(settings)
     with pytest.raises(InvalidInputError, match="does not start with whsec_"):
         create_app(Settings(database_url=db_url, webhook_secret="hunter2"))
 

@@ -258,6 +258,10 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
     dispatcher = EventDispatcher()
     # Now, not after a minute of starting Prefect: a missing webhook secret or an
     # unmigrated database stops `up` before it starts anything.
+    from tunix_rt.service.server import require_webhook_secret
+    from tunix_rt.settings import get_settings
+
+    require_webhook_secret(get_settings())  # the stack is there to take webhooks
     app = _service_app(dispatcher)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)

@@ -53,6 +53,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+WEBHOOKS_OFF = ("TUNIX_RT_WEBHOOK_SECRET is not set, so the webhook receiver is off "
+                "(whsec_<base64>; or TUNIX_RT_WEBHOOK_SECRETS, source=whsec_<base64> ...)")
+
+
+def require_webhook_secret(settings: Settings) -> None:
+    """Refuse a start that needs the receiver (``tunix-rt up``) when no secret is set."""
+    if _verifier(settings) is None:
+        raise InvalidInputError(f"{WEBHOOKS_OFF}: `tunix-rt up` needs it")
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
@@ -105,6 +115,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     @app.post("/webhooks/training", status_code=202, responses=webhook_openapi.RESPONSES,
               openapi_extra=webhook_openapi.REQUEST)
     async def training_webhook(request: Request, background: BackgroundTasks) -> JSONResponse:
+        if verifier is None:  # nothing stored: the sender retries after the secret is set
+            return JSONResponse({"error": WEBHOOKS_OFF}, status_code=503,
+                                headers={"Retry-After": "60"})
         try:
             body = await _read_body(request, max_body_bytes)
         except BodyTooLarge:
@@ -257,17 +270,18 @@ def _protect_reads(app: FastAPI, settings: Settings) -> None:
                        failure_window_s=settings.auth_failure_window_s)
 
 
-def _verifier(settings: Settings) -> Verifier:
+def _verifier(settings: Settings) -> Verifier | None:
     """The webhook verifier of ``TUNIX_RT_WEBHOOK_SECRET`` (the anonymous source) and
-    ``TUNIX_RT_WEBHOOK_SECRETS`` (named sources); at least one secret is required."""
+    ``TUNIX_RT_WEBHOOK_SECRETS`` (named sources); None when neither is set: the receiver
+    is then off (every delivery is a 503 naming the variable), the pages and the read
+    API still serve. A secret that is set but malformed stops the start."""
     anonymous = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     named = settings.webhook_secrets.get_secret_value() if settings.webhook_secrets else ""
     try:
         sourced = parse_sourced_secrets(named)
         if not anonymous.strip() and not sourced:
-            raise InvalidInputError("TUNIX_RT_WEBHOOK_SECRET is not set: the webhook receiver "
-                                    "refuses to start without a secret (whsec_<base64>; or "
-                                    "TUNIX_RT_WEBHOOK_SECRETS, source=whsec_<base64> ...)")
+            log.warning("%s: webhooks are refused (503) until it is set", WEBHOOKS_OFF)
+            return None
         return Verifier(anonymous, sourced)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
