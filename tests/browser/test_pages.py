@@ -93,6 +93,8 @@ def test_the_failing_run_shows_why_it_failed(page: Any, site: Site) -> None:
 
     expected = only_baseline_items(site)
     assert expected, "the demo's failing run should miss items the baseline got right"
+    # on this same page, without another click: the items where they disagree
+    assert expected[0] in page.locator("table#items").inner_text()
     cell = page.locator("table#contingency a[href*='outcome=only_baseline']")
     assert cell.inner_text().strip().replace(",", "") == str(len(expected))
     follow(page, cell)
