@@ -76,6 +76,8 @@ def _evaluation(engine) -> Evaluation:  # noqa: ANN001
         return session.scalars(select(Evaluation)).one()
 
 
+# One database each: tests/db/test_chunked_scoring.py runs the chunked path on both.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_chunks_are_mapped_tasks_and_one_failing_once_is_retried_alone(
         engine, tmp_path: Path) -> None:  # noqa: ANN001
     from tunix_rt.flows.quality_loop import quality_loop
@@ -105,6 +107,8 @@ def test_chunks_are_mapped_tasks_and_one_failing_once_is_retried_alone(
         assert len(session.scalars(select(EvaluationChunk)).all()) == 4
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_a_stopped_evaluation_resumes_skipping_the_stored_chunks(engine,  # noqa: ANN001
                                                                  tmp_path: Path) -> None:
     from tunix_rt.flows.quality_loop import quality_loop
