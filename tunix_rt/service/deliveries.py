@@ -21,15 +21,12 @@ loop that stopped, never one that is only slow, and two sweepers never claim one
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, delete, exists, insert, literal_column, select, update
+from sqlalchemy import bindparam, delete, exists, literal_column, select, text, update
 from sqlalchemy.orm import Session
 
 from tunix_rt.errors import InvalidInputError, is_transient
@@ -98,12 +95,10 @@ def receive(session: Session, delivery_id: str, event: RunEvent, *,
     :class:`RunConflictError` when the run is not this source's webhook run; the caller
     rolls back, so nothing of the delivery is stored.
     """
-    if batchable(session, event):
-        (outcome,), _ = receive_batch(session, [Incoming(delivery_id, event, source)])
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
     payload = event.model_dump(mode="json")
+    if (event.data.dataset and event.data.model and not event.data.progress
+            and session.get_bind().dialect.name == "postgresql"):
+        return _receive_pg(session, delivery_id, event, payload, source)
     inserted = insert_ignore(session, WebhookDelivery,
                              {"id": delivery_id, "event_type": event.type, "payload": payload,
                               "received_at": utcnow()}, key=("id",))
@@ -125,248 +120,91 @@ def receive(session: Session, delivery_id: str, event: RunEvent, *,
     return Received(duplicate=False, run_id=run.id, dispatch_id=dispatch_id)
 
 
-# The run's columns a delivery reads, and those it may change (see _change).
-_RUN_FIELDS = ("id", "external_id", "origin", "source", "status", "dry_run", "name", "dataset",
-               "model", "predictions_uri", "config", "metrics", "error", "started_at",
-               "completed_at", "updated_at")
-_RUN_CHANGES = ("name", "dataset", "model", "predictions_uri", "config", "metrics", "error",
-                "status", "started_at", "completed_at", "updated_at")
+# The run's columns a delivery reads or changes (see _change), in the fast path's rows.
+_RUN_FIELDS = ("id", "origin", "source", "status", "dry_run", "name", "dataset", "model",
+               "predictions_uri", "config", "metrics", "error", "started_at", "completed_at",
+               "updated_at")
+_RECEIVE_PG = """
+WITH delivery AS (
+    INSERT INTO webhook_deliveries (id, event_type, payload, run_id, received_at)
+    VALUES (:id, :event_type, :payload, :run_id, :now)
+    ON CONFLICT (id) DO NOTHING RETURNING id
+), changed AS (
+    UPDATE runs SET {set_clause} WHERE id = :run_id AND :change AND EXISTS (SELECT FROM delivery)
+    RETURNING id
+), dispatch AS (
+    INSERT INTO dispatches (key, run_id, status, attempts, claims, created_at)
+    SELECT id, :run_id, 'pending', 0, 0, :now FROM delivery WHERE :owed
+    RETURNING id
+)
+SELECT (SELECT id FROM delivery), (SELECT id FROM dispatch), (SELECT count(*) FROM changed)
+"""
 
 
-@dataclass
-class Incoming:
-    """A verified delivery, to be stored with others in one transaction."""
+def _receive_pg(session: Session, delivery_id: str, event: RunEvent, payload: dict[str, Any],
+                source: str | None) -> Received:
+    """:func:`receive` in two statements on PostgreSQL, for an event naming its run's
+    dataset and model and carrying no points (nearly every delivery).
 
-    delivery_id: str
-    event: RunEvent
-    source: str | None = None
-
-
-def batchable(session_or_dialect: Any, event: RunEvent) -> bool:
-    """Whether :func:`receive_batch` takes the event: on PostgreSQL, naming its run's
-    dataset and model (so the run can be created in the batch's one upsert) and carrying
-    no points (nearly every delivery). Others take :func:`receive`'s ORM path."""
-    dialect = (session_or_dialect if isinstance(session_or_dialect, str)
-               else session_or_dialect.get_bind().dialect.name)
-    data = event.data
-    return dialect == "postgresql" and bool(data.dataset and data.model) and not data.progress
-
-
-def receive_batch(session: Session, items: list[Incoming]
-                  ) -> tuple[list[Received | InvalidInputError | None], list[int]]:
-    """Store many deliveries in one transaction, in a few statements (PostgreSQL).
-
-    The ORM path takes ten round trips per delivery, each a wait for the server, which on
-    a busy machine is a wait for a core: it bounded a receiver to ~130 deliveries a
-    second. Here, for the whole batch: one upsert creates or locks every run named
-    (``ON CONFLICT DO UPDATE`` locks an existing row as ``FOR UPDATE`` would; rows in
-    external-id order, so two batches never wait on each other in a cycle), one insert
-    stores the deliveries (those whose id is taken are copies: answered as duplicates),
-    :func:`_change` applies each new delivery in arrival order exactly as the ORM path
-    does, and the runs' changes and the owed dispatches are written in one statement
-    each. A delivery that cannot apply (409, 422) is taken back with what it created,
-    and its outcome is the error; nothing of it stays.
-
-    Answers each item's outcome (None: deferred) and the indexes of the deferred ones,
-    to be received one by one after this commits: a second copy of an id within the
-    batch, and the later deliveries of a run this batch created when its first failed.
+    The ORM path takes ten round trips (the delivery, the run looked up, created, looked
+    up again, changed, the delivery's run set, the dispatch), each a wait for the
+    server, which on a busy machine is a wait for a core: that bounded a receiver to
+    ~130 deliveries a second. Here one upsert creates or locks the run and returns it
+    (``ON CONFLICT DO UPDATE`` locks an existing row as ``FOR UPDATE`` would, a new one
+    waits for a concurrent creator's commit), :func:`_change` decides in Python exactly
+    as the ORM path does, and one statement stores the delivery (deduplicated on its
+    id), the run's changes and the dispatch, the latter two only if the delivery is new.
     """
+    data = event.data
+    now = utcnow()
+    runs = Run.__table__
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-    runs, table = Run.__table__, WebhookDelivery.__table__
-    now = utcnow()
-    outcomes: list[Received | InvalidInputError | None] = [None] * len(items)
-    deferred: list[int] = []
-    first: dict[str, int] = {}  # delivery id -> index of its first copy in the batch
-    for i, item in enumerate(items):
-        if item.delivery_id in first:
-            deferred.append(i)
-        else:
-            first[item.delivery_id] = i
-    creators: dict[str, Incoming] = {}  # external id -> the first delivery naming it
-    for i in first.values():
-        creators.setdefault(items[i].event.data.external_id, items[i])
-    rows = session.execute(
-        pg_insert(runs).values([{
-            "id": new_run_id(), "external_id": external_id,
-            "name": item.event.data.name or external_id, "dataset": item.event.data.dataset,
-            "model": item.event.data.model, "status": RunStatus.pending.value,
-            "origin": RunOrigin.webhook.value, "source": item.source, "config": {},
-            "metrics": {}, "dry_run": False, "created_at": now, "updated_at": now}
-            for external_id, item in sorted(creators.items())])
+    upsert = (pg_insert(runs).values(
+        id=new_run_id(), external_id=data.external_id, name=data.name or data.external_id,
+        dataset=data.dataset, model=data.model, status=RunStatus.pending.value,
+        origin=RunOrigin.webhook.value, source=source, config={}, metrics={}, dry_run=False,
+        created_at=now, updated_at=now)
         .on_conflict_do_update(index_elements=["external_id"],
                                set_={"updated_at": runs.c.updated_at})
-        .returning(*(runs.c[f] for f in _RUN_FIELDS), literal_column("xmax = 0"))).all()
-    state: dict[str, _RunValues] = {}
-    created: set[str] = set()
-    for *values, was_created in rows:
-        run = _RunValues(**dict(zip(_RUN_FIELDS, values)))
-        run.before = dict(zip(_RUN_FIELDS, values))
-        state[run.external_id] = run
-        if was_created:
-            created.add(run.external_id)
-    new = set(session.scalars(
-        pg_insert(table).values([{
-            "id": items[i].delivery_id, "event_type": items[i].event.type,
-            "payload": items[i].event.model_dump(mode="json"),
-            "run_id": state[items[i].event.data.external_id].id, "received_at": now}
-            for _, i in sorted(first.items())])
-        .on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)))
-    copies = [d for d in first if d not in new]
-    stored = dict(session.execute(select(table.c.id, table.c.run_id)
-                                  .where(table.c.id.in_(copies))).all()) if copies else {}
-    taken_back: list[str] = []
-    owed: dict[str, str] = {}  # delivery id -> run id
-    failed_creation: set[str] = set()
-    for i in sorted(first.values()):
-        item = items[i]
-        external_id = item.event.data.external_id
-        run = state[external_id]
-        if item.delivery_id not in new:
-            outcomes[i] = Received(duplicate=True, run_id=stored.get(item.delivery_id))
-            continue
-        if external_id in failed_creation:
-            taken_back.append(item.delivery_id)
-            deferred.append(i)
-            continue
-        snapshot = dict(run.__dict__)
-        try:
-            if _change(run, item.event, item.source, now):
-                owed[item.delivery_id] = run.id
-            outcomes[i] = Received(duplicate=False, run_id=run.id)
-            run.applied = True
-        except InvalidInputError as exc:
-            run.__dict__ = snapshot
-            outcomes[i] = exc
-            taken_back.append(item.delivery_id)
-            if external_id in created and not getattr(run, "applied", False):
-                failed_creation.add(external_id)  # created for it: its later news waits
-    if taken_back:
-        session.execute(delete(table).where(table.c.id.in_(taken_back)))
-    unused = [state[e].id for e in created
-              if e in failed_creation or not getattr(state[e], "applied", False)]
-    if unused:
-        session.execute(delete(runs).where(runs.c.id.in_(unused)))
-    changed = [run for e, run in state.items() if e not in failed_creation
-               and any(getattr(run, f) != run.before[f] for f in _RUN_CHANGES)]
-    if changed:
-        session.execute(
-            update(runs).where(runs.c.id == bindparam("run_id"))
-            .values({f: bindparam(f"new_{f}") for f in _RUN_CHANGES}),
-            [{"run_id": run.id, **{f"new_{f}": getattr(run, f) for f in _RUN_CHANGES},
-              "new_updated_at": now} for run in changed])
-    if owed:
-        dispatches = Dispatch.__table__
-        ids = dict(session.execute(
-            insert(dispatches).returning(dispatches.c.key, dispatches.c.id,
-                                         sort_by_parameter_order=True),
-            [{"key": key, "run_id": run_id, "status": DispatchStatus.pending.value,
-              "attempts": 0, "claims": 0, "created_at": now}
-             for key, run_id in owed.items()]).all())
-        for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, Received) and not outcome.duplicate:
-                key = items[i].delivery_id
-                if key in ids:
-                    outcomes[i] = Received(False, outcome.run_id, ids[key])
-    return outcomes, sorted(deferred)
+        .returning(*(runs.c[f] for f in _RUN_FIELDS), literal_column("xmax = 0")))
+    *row, created = session.execute(upsert).one()
+    before = dict(zip(_RUN_FIELDS, row))
+    run = _RunValues(**before)
+    try:
+        owed = _change(run, event, source, now)
+    except InvalidInputError:
+        duplicate = _duplicate(session, delivery_id, run.id if created else None)
+        if duplicate is not None:  # a copy of a delivery received before: nothing to do
+            return duplicate
+        raise
+    changes = {f: getattr(run, f) for f in _RUN_FIELDS if getattr(run, f) != before[f]}
+    if changes:
+        changes.setdefault("updated_at", now)  # as the ORM's onupdate does
+    set_clause = ", ".join(f"{f} = :set_{f}" for f in changes) or "id = id"
+    statement = text(_RECEIVE_PG.format(set_clause=set_clause)).bindparams(
+        bindparam("payload", type_=WebhookDelivery.__table__.c.payload.type),
+        bindparam("now", type_=runs.c.updated_at.type),
+        *(bindparam(f"set_{f}", type_=runs.c[f].type) for f in changes))
+    delivery, dispatch_id, _ = session.execute(statement, {
+        "id": delivery_id, "event_type": event.type, "payload": payload, "run_id": run.id,
+        "now": now, "change": bool(changes), "owed": owed,
+        **{f"set_{f}": value for f, value in changes.items()}}).one()
+    if delivery is None:
+        return _duplicate(session, delivery_id, run.id if created else None)
+    return Received(duplicate=False, run_id=run.id, dispatch_id=dispatch_id)
 
 
-class BatchWriter:
-    """Stores deliveries from many requests together: group commit.
-
-    A request's delivery is queued; a writer thread takes everything queued (up to
-    ``max_batch``) and stores it with :func:`receive_batch` in one transaction, then
-    answers each request. Alone, a delivery is a batch of one; under load the batches
-    grow, so a busy receiver makes fewer round trips per delivery rather than queueing
-    for connections. Each request is still answered only after its delivery is
-    committed. A batch that fails on a database error that is not transient is stored
-    again one delivery at a time, so one delivery's fault is not another's.
-    """
-
-    IDLE_S = 30.0
-
-    def __init__(self, session_scope: Callable[[], Any], *, max_batch: int = 200,
-                 writers: int = 2) -> None:
-        self._scope = session_scope
-        self.max_batch = max_batch
-        self._writers = writers
-        self._queue: queue.SimpleQueue[tuple[Incoming, Future[Received]]] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-
-    async def receive(self, delivery_id: str, event: RunEvent, source: str | None) -> Received:
-        """The delivery's :class:`Received` once committed, or the error :func:`receive`
-        would raise."""
-        import asyncio
-
-        return await asyncio.wrap_future(self.submit(Incoming(delivery_id, event, source)))
-
-    def submit(self, item: Incoming) -> Future[Received]:
-        future: Future[Received] = Future()
-        # Writers start on first use and stop after IDLE_S without work (an app built and
-        # not served, or idle, holds no thread); under the lock, so a writer that stops
-        # never leaves a delivery queued with nobody to take it.
-        with self._lock:
-            while len(self._threads) < self._writers:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"tunix-rt-ingest-{len(self._threads) + 1}")
-                self._threads.append(thread)
-                thread.start()
-            self._queue.put((item, future))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            try:
-                batch = [self._queue.get(timeout=self.IDLE_S)]
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._threads.remove(threading.current_thread())
-                        return
-                continue
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._write(batch)
-            except BaseException as exc:  # noqa: BLE001 - no request may wait forever
-                log.exception("storing a batch of %d deliveries", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-
-    def _write(self, batch: list[tuple[Incoming, Future[Received]]]) -> None:
-        items = [item for item, _ in batch]
-        try:
-            with self._scope() as session:
-                outcomes, deferred = receive_batch(session, items)
-        except Exception as exc:  # noqa: BLE001 - answered to each request
-            if len(batch) > 1 and not is_transient(exc):
-                for item, future in batch:
-                    self._one(item, future)
-                return
-            for _, future in batch:
-                future.set_exception(exc)
-            return
-        for (_, future), outcome in zip(batch, outcomes):
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            elif outcome is not None:
-                future.set_result(outcome)
-        for i in deferred:
-            self._one(*batch[i])
-
-    def _one(self, item: Incoming, future: Future[Received]) -> None:
-        try:
-            with self._scope() as session:
-                received = receive(session, item.delivery_id, item.event, source=item.source)
-        except Exception as exc:  # noqa: BLE001 - answered to the request
-            future.set_exception(exc)
-            return
-        future.set_result(received)
+def _duplicate(session: Session, delivery_id: str, created: str | None) -> Received | None:
+    """The answer to a copy of a stored delivery (None: the id is new). A run this
+    transaction ``created`` for it is removed: a copy changes nothing."""
+    stored = session.execute(select(WebhookDelivery.run_id)
+                             .where(WebhookDelivery.id == delivery_id)).first()
+    if stored is None:
+        return None
+    if created is not None:
+        session.execute(delete(Run).where(Run.id == created))
+    return Received(duplicate=True, run_id=stored[0])
 
 
 class _RunValues:

@@ -87,8 +87,6 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     def scope():  # noqa: ANN202
         return session_scope(engine)
 
-    writer = deliveries.BatchWriter(scope)  # PostgreSQL: deliveries stored in batches
-
     app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
     params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
@@ -137,11 +135,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             return _error(422, f"invalid payload: {exc}", field=exc.field)
         delivery_id = verified.delivery_id  # the id that was verified, never another
         try:
-            if deliveries.batchable(engine.dialect.name, event):  # with others, one commit
-                received = await writer.receive(delivery_id, event, verified.source)
-            else:
-                received = await run_in_threadpool(_store, scope, delivery_id, event,
-                                                   verified.source)
+            received = await run_in_threadpool(_store, scope, delivery_id, event,
+                                               verified.source)
         except deliveries.RunConflictError as exc:
             return _error(409, str(exc), field=exc.field, run_id=exc.run_id)
         except InvalidInputError as exc:
