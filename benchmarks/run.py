@@ -33,7 +33,7 @@ from benchmarks.common import FULL, QUICK, Result, Scale, databases, fmt_seconds
 
 ALL = ["cli_startup", "cli_cold_start", "gate_bootstrap", "leaderboard", "verdict_store", "flow_overhead",
        "llm_throughput", "tuning", "board_update", "webhook_ingest", "flow_fixed_cost",
-       "pages", "score_throughput", "score_memory"]
+       "pages", "score_throughput", "score_memory", "webhook_to_gate"]
 DEFAULT_OUTPUT = Path(__file__).with_name("results.json")
 
 
@@ -216,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import flow
 
             step("flow_overhead", lambda: flow.run(dbs["postgresql"]("flow"), scale))
+
+        if "webhook_to_gate" in chosen and "postgresql" in dbs:
+            from benchmarks import webhook_to_gate
+
+            step("webhook_to_gate",
+                 lambda: webhook_to_gate.run(dbs["postgresql"], scale, dbs["sqlite"]))
 
     total = time.perf_counter() - started
     load_after = os.getloadavg()
