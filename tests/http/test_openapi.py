@@ -297,3 +297,7 @@ def test_with_a_token_the_schema_says_how_to_authenticate(protected: Service) ->
     _conforms(document, "get", "/api/runs", throttled)
     assert throttled.json()["retry_after"] >= 1
     assert json.loads(httpx.get(f"{protected.url}/healthz", timeout=30).text)["status"] == "ok"
+    # A page asked for by a browser is answered the login form, as documented.
+    form = httpx.get(f"{protected.url}/", headers={"Accept": "text/html"}, timeout=30)
+    assert form.status_code == 401 and "<form" in form.text
+    _conforms(document, "get", "/", form)

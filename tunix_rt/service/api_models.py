@@ -17,6 +17,7 @@ protected operation can answer.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -273,7 +274,11 @@ def finish(document: dict[str, Any], *, protected: bool) -> dict[str, Any]:
             if protected and (method, path) not in OPEN_OPERATIONS:
                 operation.setdefault("security", [{"bearer": []}, {"session": []}])
                 for code, answer in _AUTH_RESPONSES.items():
-                    operation["responses"].setdefault(code, answer)
+                    operation["responses"].setdefault(code, copy.deepcopy(answer))
+                ok = operation["responses"].get("200", {}).get("content", {})
+                if "text/html" in ok:  # a page: a browser is answered the login form
+                    operation["responses"]["401"]["content"].setdefault(
+                        "text/html", {"schema": {"type": "string"}})
     if protected:
         components.setdefault("securitySchemes", _SECURITY_SCHEMES)
     return document
