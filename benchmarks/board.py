@@ -403,7 +403,7 @@ def _busy_pages(engine: Any, count: int, scale: Scale) -> list[Result]:
                 return time.perf_counter() - start
 
             t_ours, t_naive = [], []
-            naive_reps = max(3, reps // (10 if count >= 100_000 else 1))
+            naive_reps = 3 if count >= 1_000_000 else reps // (10 if count >= 100_000 else 1)
             for i in range(reps):
                 t_ours.append(timed(lambda: leaderboard_page(session, BUSY, JUDGE, limit=PAGE,
                                                              cursor=cursor)))
