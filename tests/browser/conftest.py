@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -128,7 +129,8 @@ def site(prefect_api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with log.open("wb") as out:
         proc = subprocess.Popen([*_command(), "serve", "--port", str(port)], env=serve_env,
                                 cwd=tmp, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
     url = f"http://127.0.0.1:{port}"
     try:
         extra = json.loads(_run([sys.executable, "-m", "tests.browser.seed", "tunix_rt_demo",

@@ -164,7 +164,9 @@ def start_receiver(db_url: str, tmp: Path, *, allow: Path, **env: str) -> Receiv
     with log.open("wb") as out:
         proc = subprocess.Popen([*tunix_rt_command(), "serve", "--port", str(port)],
                                 env=environment, cwd=tmp, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                # A test run killed outright must not leave its receiver.
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
     receiver = Receiver(proc, f"http://127.0.0.1:{port}", log, prefect_home)
     try:
         wait_for(lambda: receiver.healthz() == 200, START_S, "tunix-rt serve's /healthz",
@@ -282,7 +284,8 @@ def start_load(url: str, seconds: float, out: Path, *, predictions_uri: str,
     sink = log.open("wb") if log is not None else subprocess.DEVNULL
     try:
         return subprocess.Popen(args, cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                stdout=sink, stderr=subprocess.STDOUT)
+                                stdout=sink, stderr=subprocess.STDOUT,
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
     finally:
         if log is not None:
             sink.close()
