@@ -247,25 +247,19 @@ def warm_engine(env: dict[str, str], log_dir: Path,
                 children: list[tuple[str, subprocess.Popen]]) -> str | None:
     """Start the warm engine (tunix_rt.flows.engine --serve) the worker's flow runs are
     forked from, already imported: a flow run then starts in ~0.1 s, not the seconds of
-    a fresh interpreter's imports. Its socket path, or None (off, or it did not start:
-    each flow run then starts a fresh interpreter, as Prefect's worker does)."""
+    a fresh interpreter's imports. Returns its socket path at once (None: turned off).
+    Until the socket is there (the imports take seconds), or if the engine dies, each flow
+    run starts a fresh interpreter, as Prefect's worker does; engine.log says why."""
     if env.get(WARM_ENGINE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     import tempfile
 
     folder = tempfile.mkdtemp(prefix="tunix-rt-engine-")  # short: a socket path is <108 bytes
     path = os.path.join(folder, "engine.sock")
-    proc = _start([sys.executable, "-m", "tunix_rt.flows.engine", "--serve", path], env,
-                  log_dir / "engine.log", log_dir)
-    children.append(("warm engine", proc))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(path):
-            return path
-        time.sleep(0.1)
-    print(f"the warm engine did not start (see {log_dir / 'engine.log'}): each flow run "
-          "starts a fresh interpreter", flush=True)
-    return None
+    children.append(("warm engine", _start(
+        [sys.executable, "-m", "tunix_rt.flows.engine", "--serve", path], env,
+        log_dir / "engine.log", log_dir)))
+    return path
 
 
 def _interrupt(*_: object) -> None:
@@ -301,13 +295,14 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
                                  str(prefect_port)), server_env, log_dir / "prefect-server.log",
                         log_dir)
         children.append(("Prefect server", server))
+        # Its imports overlap the server's start; a flow run before it is ready runs alone.
+        warm = warm_engine(env, log_dir, children)
         _wait_healthy(api_url, server, timeout=120)
         _run_cli(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite",
                           "--base-job-template", str(pool_template(log_dir / "work-pool.json"))),
                  env, log_dir)
         _run_cli(_prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(spec)), env,
                  spec.parent)
-        warm = warm_engine(env, log_dir, children)
         if warm:
             env = {**env, ENGINE_SOCKET_ENV: warm}  # the worker's flow runs hand over to it
         worker = _start(_prefect("worker", "start", "--pool", WORK_POOL), env,
