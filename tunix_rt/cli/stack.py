@@ -153,8 +153,9 @@ def child_env(api_url: str, base: dict[str, str] | None = None) -> dict[str, str
     """The environment of the stack's children: this interpreter's folder first on PATH."""
     env = dict(os.environ if base is None else base)
     env.update({"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                # Pick up scheduled and triggered runs within a couple of seconds.
-                "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "2")})
+                # Pick up a triggered run within ~0.5 s (Prefect's 10 s default is most of
+                # a webhook's wait for its gate); each poll is one cheap API call.
+                "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "0.5")})
     env.pop("PREFECT_API_KEY", None)
     bindir = os.path.dirname(sys.executable)
     path = env.get("PATH", "")
