@@ -188,7 +188,7 @@ def _references(session: Session, dataset_id: int,
                    for start in range(0, len(ids), LOOKUP_BATCH)]
     found: dict[str, tuple[str | None, str | None]] = {}
     for batch in batches:
-        rows = connection.execute(query, {"ds": dataset_id, "ids": batch})
+        rows = connection.execute(query, {"ds": dataset_id, "ids": batch}).all()  # one fetch
         found.update((item_id, (prompt, reference)) for item_id, prompt, reference in rows)
     return found
 
