@@ -14,6 +14,7 @@ per completed run, and one quality loop per run across both receivers' Prefect r
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from tunix_rt import procs
 from tests.cli.conftest import tunix_rt_command
 from tests.http.conftest import sign
 from tests.pgserver import create_database
@@ -141,7 +143,8 @@ def test_serve_with_two_workers_answers_and_stores(pg_admin_url: str, pg_templat
         proc = subprocess.Popen([*tunix_rt_command(), "serve", "--port", str(port),
                                  "--workers", "2", "--no-dispatch"], env=env, cwd=tmp_path,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
     receiver = processes.Receiver(proc, f"http://127.0.0.1:{port}", log, home)
     try:
         wait_for(lambda: receiver.healthz() == 200, processes.START_S, "serve --workers 2",
