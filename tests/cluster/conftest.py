@@ -140,7 +140,7 @@ def ray_two_nodes() -> Iterator[dict]:
         yield {"address": f"127.0.0.1:{gcs_port}", "dashboard": dashboard, "node_ids": ids,
                "temp_dir": temp_dir}
     finally:
-        procs.stop_groups(started, 30, descendants=True)
+        procs.stop_groups(started, 10, descendants=True)
         left = _cluster_processes(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"Ray processes left behind: {left}"

@@ -9,7 +9,6 @@ asks for node B's custom resource runs under node B's raylet.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -84,12 +83,10 @@ def test_a_large_evaluations_chunks_run_on_both_nodes(ray_two_nodes: dict, clust
 
     with session_scope(engine) as session:
         evaluation = session.scalar(select(Evaluation).where(Evaluation.run_id == run_id))
-        chunks = session.scalar(select(EvaluationChunk.evaluation_id).where(
-            EvaluationChunk.evaluation_id == evaluation.id).limit(1))
         n_chunks = len(list(session.scalars(select(EvaluationChunk).where(
             EvaluationChunk.evaluation_id == evaluation.id))))
-    assert evaluation.status == "completed" and evaluation.n_items == 600 and chunks
-    assert n_chunks == 12
+    assert evaluation.status == "completed" and evaluation.n_items == 600
+    assert n_chunks == 12  # 600 items, 50 a chunk
     records = [t for t in tasks_named(ray_two_nodes["dashboard"], "score-chunk")
                if t["state"] == "FINISHED"]
     assert len(records) >= n_chunks
