@@ -290,6 +290,7 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     children: list[tuple[str, subprocess.Popen]] = []
+    warm: str | None = None
     try:
         server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
         server = _start(_prefect("server", "start", "--host", "127.0.0.1", "--port",
@@ -319,4 +320,8 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
         pass
     finally:
         _stop(children)
+        if warm:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(warm), ignore_errors=True)
     return 0
