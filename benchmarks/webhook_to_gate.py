@@ -116,8 +116,10 @@ def _prefect_times(api: str, run_id: str) -> dict[str, float]:
             "limit": 50}).json() if r["parameters"].get("run_id") == run_id]
         flow_run = runs[-1]
         states = client.get("/flow_run_states/", params={"flow_run_id": flow_run["id"]}).json()
-    when = {s["type"]: _ts(s["timestamp"]) for s in sorted(states,
-                                                           key=lambda s: s["timestamp"])}
+    when: dict[str, float] = {}
+    for state in sorted(states, key=lambda s: s["timestamp"]):
+        # The first Pending is the worker's (the engine proposes another as it starts).
+        when.setdefault(state["type"], _ts(state["timestamp"]))
     return {"event": _ts(events[0]["received"]), "created": _ts(flow_run["created"]),
             "pending": when["PENDING"], "running": when["RUNNING"]}
 
