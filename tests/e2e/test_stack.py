@@ -81,7 +81,7 @@ def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                  "--prefect-port", str(prefect_port), "--logs", str(tmp / "logs")],
                                 env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    # A Prefect server's first start (its database, its migrations) takes minutes on a loaded machine.
+    # A Prefect server's first start (its database, migrations) takes minutes on a busy machine.
     wait_for(lambda: _get(f"{base}/healthz") == 200, 3 * WAIT_S, "tunix-rt up", proc=proc,
              log=log)
     yield {"url": base, "db_url": url, "tmp": tmp, "env": env, "proc": proc, "log": log,
