@@ -4,8 +4,9 @@ A Prefect server of real processes keeps its state in PostgreSQL (a database of 
 on the session's server); a work pool of type process whose default command is
 tunix-rt's engine (``tunix_rt.cli.stack.pool_template``), the quality-loop deployment of
 the packaged prefect.yaml (with auto-promotion, so the loops race for the baseline), two
-``prefect worker start`` on the pool, and a ``tunix-rt serve`` that dispatches by Prefect
-events, as ``tunix-rt up`` does. LOOPS signed ``run.completed`` webhooks arrive at once.
+``prefect worker start`` on the pool (each with a warm engine of its own, as ``tunix-rt up``
+starts one), and a ``tunix-rt serve`` that dispatches by Prefect events, as ``tunix-rt up``
+does. LOOPS signed ``run.completed`` webhooks arrive at once.
 Afterwards: one evaluation and one completed quality-loop flow run per run, each run's
 loop submitted by exactly one worker and both workers used, the board equal to a full
 rebuild, and the baseline the end of one unbroken chain of promotions, each earned by a
@@ -17,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +39,7 @@ from tests.http.conftest import SECRET, _free_port, sign
 from tests.pgserver import create_database
 from tests.waiting import wait_for
 from tunix_rt import procs
-from tunix_rt.cli.stack import WORK_POOL, pool_template, prefect_file
+from tunix_rt.cli.stack import ENGINE_SOCKET_ENV, WORK_POOL, pool_template, prefect_file
 from tunix_rt.quality.leaderboard import leaderboard_page, rebuild_leaderboard
 from tunix_rt.store import db
 from tunix_rt.store.db import session_scope
@@ -76,12 +79,13 @@ def stack(pg_admin_url: str, pg_template: str,
     api = f"http://127.0.0.1:{prefect_port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "TUNIX_RT_DATABASE_URL": url,
+           "PREFECT_WORKER_QUERY_SECONDS": "0.5", "TUNIX_RT_DATABASE_URL": url,
            "TUNIX_RT_WEBHOOK_SECRET": SECRET, "TUNIX_RT_PREDICTIONS_ALLOW": str(tmp)}
     env.pop("PREFECT_API_URL", None)
     logs = tmp / "logs"
     logs.mkdir()
     started: list[subprocess.Popen] = []
+    sockets: dict[str, str] = {}
 
     def start(name: str, cmd: list[str], extra: dict[str, str]) -> subprocess.Popen:
         with (logs / f"{name}.log").open("wb") as out:
@@ -113,21 +117,32 @@ def stack(pg_admin_url: str, pg_template: str,
         (tmp / "prefect.yaml").write_text(yaml.safe_dump(spec))
         run(_prefect("--no-prompt", "deploy", "--all", "--prefect-file",
                      str(tmp / "prefect.yaml")))
+        # Each worker with a warm engine of its own, as each worker host of a deployment
+        # would have (tunix-rt up's: its flow runs are forked from an imported process).
+        sockets = {name: os.path.join(tempfile.mkdtemp(prefix="trt-engine-"), "engine.sock")
+                   for name in WORKERS}
+        for name, socket in sockets.items():
+            start(f"{name}-engine", [sys.executable, "-m", "tunix_rt.flows.engine", "--serve",
+                                     socket], {"PREFECT_API_URL": api})
         workers = {name: start(name, _prefect("worker", "start", "--pool", WORK_POOL,
                                               "--name", name, "--limit", str(WORKER_LIMIT)),
-                               {"PREFECT_API_URL": api})
+                               {"PREFECT_API_URL": api, ENGINE_SOCKET_ENV: sockets[name]})
                    for name in WORKERS}
         receiver = start("receiver", [str(BIN / "tunix-rt"), "serve", "--port", str(port)],
                          {"PREFECT_API_URL": api})
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _healthy(f"{base}/healthz"), START_S, "the receiver",
                  proc=receiver, log=logs / "receiver.log", interval=1)
+        wait_for(lambda: all(os.path.exists(path) for path in sockets.values()), START_S,
+                 "the warm engines' sockets", interval=1)
         yield {"url": base, "api": api, "db_url": url, "tmp": tmp, "logs": logs,
                "workers": workers, "server": server}
     finally:
         # The last started first: receiver, workers (their flow runs with them), server.
         for proc in reversed(started):
             procs.stop_group(proc, 15, descendants=True)
+        for path in sockets.values():
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def _flow_runs(api: str) -> list[dict]:
