@@ -21,7 +21,8 @@ from tunix_rt.judges import RegisteredJudge
 from tunix_rt.tasks.quality import (announce_gate, finish_evaluation, gate_run, load_run,
                                     promote_baseline, publish_artifacts, rebuild_leaderboard,
                                     score_chunk, score_run, store_evaluation)
-from tunix_rt.quality.chunks import ChunkPlan, chunk_options, task_runner
+from tunix_rt.quality.chunks import ChunkPlan
+from tunix_rt.tasks.runners import chunk_options, task_runner
 from tunix_rt.quality.evaluation import EvaluationSummary
 from tunix_rt.quality.judge_config import ensure_configured_judges
 from tunix_rt.quality.stats import GatePolicy

@@ -24,6 +24,9 @@ HEAVY = ("prefect", "ray", "jax", "optax", "tunix", "pandas", "uvicorn", "fastap
 # service's modules are the HTTP app (only `tunix-rt serve` imports them).
 ADAPTERS = {"tunix_rt.tuning.ray_tune": {"ray"}, "tunix_rt.service.server": {"fastapi"},
             "tunix_rt.service.params": {"fastapi"}, "tunix_rt.service.auth": {"fastapi"},
+            # The pages' routes (the HTTP app's too).
+            "tunix_rt.service.ui": {"fastapi"}, "tunix_rt.service.gate_page": {"fastapi"},
+            "tunix_rt.service.study_page": {"fastapi"},
             # The tunix extra's adapter: only a Tunix job or script imports it.
             "tunix_rt.integrations.tunix": {"tunix"},
             "tunix_rt.integrations.tunix.hooks": {"tunix"},

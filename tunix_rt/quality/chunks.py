@@ -33,7 +33,7 @@ the sorted scores, :func:`tunix_rt.quality.evaluation.aggregate`), ``n_missing``
 ``n_extra``. A file of at most one chunk takes the one-piece path (the demo, the tests).
 
 The chunks are Prefect tasks mapped by the quality loop; ``TUNIX_RT_TASK_RUNNER`` picks
-what runs them (:func:`task_runner`): ``default``, Prefect's thread pool with one worker
+what runs them (:func:`tunix_rt.tasks.runners.task_runner`): ``default``, Prefect's thread pool with one worker
 (one chunk at a time in the flow's process: memory holds one chunk, and the llm judge's
 ``TUNIX_RT_LLM_MAX_CONCURRENCY`` is the bound on requests in flight), or ``ray``,
 prefect-ray's ``RayTaskRunner`` on ``TUNIX_RT_RAY_ADDRESS`` (a local Ray when unset),
@@ -105,43 +105,6 @@ def chunk_items_setting() -> int:
     from tunix_rt.settings import get_settings
 
     return get_settings().score_chunk_items
-
-
-def task_runner(name: str | None = None) -> Any:
-    """The Prefect task runner that runs an evaluation's chunks (``TUNIX_RT_TASK_RUNNER``)."""
-    from tunix_rt.settings import get_settings
-
-    settings = get_settings()
-    name = name or settings.task_runner
-    if name == "ray":
-        import os
-
-        from prefect_ray import RayTaskRunner
-
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        return RayTaskRunner(address=settings.ray_address or None,
-                             init_kwargs={"include_dashboard": False,
-                                          "log_to_driver": False})
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    # One chunk at a time: its memory is the bound, the llm judge's concurrency bound
-    # holds as configured, and threads would not share the CPU-bound judges anyway.
-    return ThreadPoolTaskRunner(max_workers=1)
-
-
-def chunk_options(runner: Any) -> Any:
-    """A context for mapping the chunk tasks on ``runner``: on Ray, the workers get this
-    process's ``TUNIX_RT_*`` settings (its database above all) in their environment, as
-    the flow's process reads them; elsewhere nothing."""
-    import contextlib
-    import os
-
-    if type(runner).__name__ != "RayTaskRunner":
-        return contextlib.nullcontext()
-    from prefect_ray.context import remote_options
-
-    env = {k: v for k, v in os.environ.items() if k.startswith("TUNIX_RT_")}
-    return remote_options(runtime_env={"env_vars": env})
 
 
 def _id_hash(item_id: str) -> int:
