@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.proctable import children
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e]
@@ -46,19 +47,6 @@ def _command(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tunix_rt.flows.engine", *args], cwd=cwd,
                             env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def test_a_handed_over_flow_run_fails_as_the_command_would(warm, tmp_path: Path) -> None:
@@ -97,9 +85,9 @@ def test_sigterm_to_the_command_reaches_the_flow_run(warm, tmp_path: Path) -> No
                "PREFECT_API_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/api",
                "PREFECT__FLOW_RUN_ID": "4f1c6a2e-3a8e-4b61-9e0c-5d2b7f0a9c11",
                "PREFECT_API_REQUEST_TIMEOUT": "600", "TUNIX_RT_HEARTBEAT_S": "0"}
-        before = set(_children(engine.pid))
+        before = set(children(engine.pid))
         command = _command(env, tmp_path)
-        child = wait_for(lambda: set(_children(engine.pid)) - before, WAIT_S,
+        child = wait_for(lambda: set(children(engine.pid)) - before, WAIT_S,
                          "the flow run forked by the warm engine").pop()
         # Its working directory is the command's, not the engine's.
         assert os.readlink(f"/proc/{child}/cwd") == str(tmp_path)
@@ -109,7 +97,7 @@ def test_sigterm_to_the_command_reaches_the_flow_run(warm, tmp_path: Path) -> No
         command.communicate(timeout=WAIT_S)
 
         assert command.returncode != 0
-        wait_for(lambda: child not in _children(engine.pid), WAIT_S, "the child gone")
+        wait_for(lambda: child not in children(engine.pid), WAIT_S, "the child gone")
         assert engine.poll() is None
     finally:
         silent.close()
