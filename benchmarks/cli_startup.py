@@ -37,6 +37,18 @@ def _tunix_rt_command() -> list[str]:
     return [sys.executable, "-m", "tunix_rt.cli"]
 
 
+def _board_database(folder: Path) -> str:
+    """A migrated SQLite file in ``folder`` with a board of BOARD_RUNS runs; its URL."""
+    url = f"sqlite:///{folder / 'board.db'}"
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    bulk_board(engine, DATASET, BOARD_RUNS)
+    with session_scope(engine) as session:
+        rebuild_leaderboard(session, DATASET, JUDGE)
+    engine.dispose()
+    return url
+
+
 def _time(cmd: list[str], env: dict[str, str], cwd: str) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
@@ -49,13 +61,7 @@ def _time(cmd: list[str], env: dict[str, str], cwd: str) -> tuple[float, str]:
 def run(scale: Scale) -> list[Result]:
     tmp = Path(tempfile.mkdtemp(prefix="tunix-rt-bench-cli-"))
     try:
-        url = f"sqlite:///{tmp / 'board.db'}"
-        engine = db.make_engine(url)
-        db.upgrade(engine)
-        bulk_board(engine, DATASET, BOARD_RUNS)
-        with session_scope(engine) as session:
-            rebuild_leaderboard(session, DATASET, JUDGE)
-        engine.dispose()
+        url = _board_database(tmp)
 
         env = dict(os.environ, TUNIX_RT_DATABASE_URL=url,
                    PREFECT_HOME=str(tmp / "prefect-home"),
@@ -121,13 +127,7 @@ def run_cold_start(scale: Scale) -> list[Result]:
 
     tmp = Path(tempfile.mkdtemp(prefix="tunix-rt-bench-cold-"))
     try:
-        url = f"sqlite:///{tmp / 'board.db'}"
-        engine = db.make_engine(url)
-        db.upgrade(engine)
-        bulk_board(engine, DATASET, BOARD_RUNS)
-        with session_scope(engine) as session:
-            rebuild_leaderboard(session, DATASET, JUDGE)
-        engine.dispose()
+        url = _board_database(tmp)
         tree = _source_tree(tmp / "src")
         base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         base.update(TUNIX_RT_DATABASE_URL=url, PREFECT_HOME=str(tmp / "prefect-home"),
