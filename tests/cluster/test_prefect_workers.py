@@ -48,7 +48,9 @@ from tunix_rt.store.models import (Baseline, BaselinePromotion, Evaluation, Gate
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.flows, pytest.mark.cli]
 
 BIN = Path(sys.executable).parent
-LOOPS = int(os.environ.get("TUNIX_RT_TEST_CLUSTER_LOOPS", "50"))
+# 20 in the suite (about a minute of loops); the 50 by hand:
+# TUNIX_RT_TEST_CLUSTER_LOOPS=50 pytest tests/cluster/test_prefect_workers.py
+LOOPS = int(os.environ.get("TUNIX_RT_TEST_CLUSTER_LOOPS", "20"))
 ITEMS = 50
 WORKERS = ("worker-a", "worker-b")
 WORKER_LIMIT = 4  # flow runs a worker runs at once: 8 processes on a 2-core machine
