@@ -79,7 +79,9 @@ def stack(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with log.open("wb") as out:
         proc = subprocess.Popen([str(BIN / "tunix-rt"), "up", "--port", str(port),
                                  "--prefect-port", str(prefect_port), "--logs", str(tmp / "logs")],
-                                env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+                                env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                # A test run killed outright must not leave a stack running.
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
     base = f"http://127.0.0.1:{port}"
     # A Prefect server's first start (its database, migrations) takes minutes on a busy machine.
     wait_for(lambda: _get(f"{base}/healthz") == 200, 3 * WAIT_S, "tunix-rt up", proc=proc,
@@ -132,7 +134,8 @@ def test_a_receiver_killed_after_its_202_loses_nothing(stack: dict) -> None:
     port = _free_port()
     env = {**stack["env"]}
     receiver = subprocess.Popen([str(BIN / "tunix-rt"), "serve", "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
     try:
         wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the receiver",
                  proc=receiver)
