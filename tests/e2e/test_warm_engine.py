@@ -89,8 +89,10 @@ def test_sigterm_to_the_command_reaches_the_flow_run(warm, tmp_path: Path) -> No
         command = _command(env, tmp_path)
         child = wait_for(lambda: set(children(engine.pid)) - before, WAIT_S,
                          "the flow run forked by the warm engine").pop()
-        # Its working directory is the command's, not the engine's.
-        assert os.readlink(f"/proc/{child}/cwd") == str(tmp_path)
+        # Its working directory is the command's, not the engine's (the child moves there
+        # just after the fork: wait for it, do not race it).
+        wait_for(lambda: os.readlink(f"/proc/{child}/cwd") == str(tmp_path), WAIT_S,
+                 "the forked child in the command's folder", retry_on=OSError)
         assert command.poll() is None
 
         command.send_signal(signal.SIGTERM)
