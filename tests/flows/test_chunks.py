@@ -145,7 +145,7 @@ def test_a_stopped_evaluation_resumes_skipping_the_stored_chunks(engine,  # noqa
 def test_chunks_run_on_ray_with_the_ray_task_runner(db_url: str, engine,  # noqa: ANN001
                                                     ray_cluster: dict, tmp_path: Path) -> None:
     from tunix_rt.flows.quality_loop import quality_loop
-    from tunix_rt.quality.chunks import task_runner
+    from tunix_rt.tasks.runners import task_runner
 
     correct = correctness(N, 0.7, seed=6)
     path = write_predictions(tmp_path / "p.jsonl", correct)
