@@ -48,7 +48,8 @@ def run_engine() -> None:
     from tunix_rt.settings import get_settings
 
     flow_run_id = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("PREFECT__FLOW_RUN_ID")
-    interval = get_settings().heartbeat_s or get_current_settings().flows.heartbeat_frequency
+    ours = get_settings().heartbeat_s  # 0: no heartbeats at all
+    interval = ours if ours is not None else get_current_settings().flows.heartbeat_frequency
     with heartbeats(flow_run_id, interval):
         # Prefect's engine exits through SystemExit; the block still stops the heartbeats.
         runpy_main("prefect.engine")

@@ -79,9 +79,10 @@ class Settings(BaseSettings):
         description="The most seconds one quality loop may run: then Prefect times it out, its "
                     "lease is no longer renewed and the sweeper may start it again")
     heartbeat_s: float | None = Field(
-        None, gt=0,
+        None, ge=0,
         description="Seconds between the heartbeats of a deployed flow run (run by `python -m "
-                    "tunix_rt.flows.engine`); unset: Prefect's PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
+                    "tunix_rt.flows.engine`); 0: none; unset: Prefect's "
+                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
     public_url: str | None = Field(
         None, description="Public base URL of `tunix-rt serve` (https://tunix.example.org), for "
                           "links to its pages from Prefect artifacts; unset: no links")
