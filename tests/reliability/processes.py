@@ -149,6 +149,15 @@ class Receiver:
         self.proc.wait()
 
 
+def _dies_with_the_test() -> Callable[[], None] | None:
+    """A test run killed outright must not leave its receiver running: the parent-death
+    signal, set only from the main thread, since Linux sends it when the *thread* that
+    started the child ends (a pool thread ends long before the test does)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return procs.parent_death_signal(signal.SIGTERM)
+
+
 def start_receiver(db_url: str, tmp: Path, *, allow: Path, **env: str) -> Receiver:
     """Start ``tunix-rt serve`` on a free loopback port and wait for its /healthz.
 
@@ -165,8 +174,7 @@ def start_receiver(db_url: str, tmp: Path, *, allow: Path, **env: str) -> Receiv
         proc = subprocess.Popen([*tunix_rt_command(), "serve", "--port", str(port)],
                                 env=environment, cwd=tmp, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                # A test run killed outright must not leave its receiver.
-                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
+                                preexec_fn=_dies_with_the_test())
     receiver = Receiver(proc, f"http://127.0.0.1:{port}", log, prefect_home)
     try:
         wait_for(lambda: receiver.healthz() == 200, START_S, "tunix-rt serve's /healthz",
