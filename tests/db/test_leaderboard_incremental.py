@@ -122,6 +122,15 @@ def board_size(engine: Engine) -> tuple[int, int]:
         return (board.n_entries if board else 0), rows or 0
 
 
+def completed(run_id: str, *, score: float = 0.5, ci: tuple[float, float] = (0.4, 0.6),
+              unscored: int = 0) -> Evaluation:
+    """A completed evaluation of ``run_id`` at T0 over N_ITEMS, ``unscored`` of them unscored."""
+    return Evaluation(run_id=run_id, judge=JUDGE, judge_version="1", status="completed",
+                      score=score, ci_low=ci[0], ci_high=ci[1], n_items=N_ITEMS,
+                      n_scored=N_ITEMS - unscored, n_unscored=unscored, n_missing=0,
+                      finished_at=T0, started_at=T0)
+
+
 def test_updates_one_at_a_time_equal_a_rebuild(engine: Engine) -> None:
     board = Board(engine, random.Random(7))
     runs = board.add_runs(30)
@@ -148,10 +157,7 @@ def test_a_run_that_stops_qualifying_leaves_the_board(engine: Engine) -> None:
     runs = board.add_runs(5, dry_share=0.0)
     with session_scope(engine) as session:
         for run_id in runs:
-            session.add(Evaluation(run_id=run_id, judge=JUDGE, judge_version="1",
-                                   status="completed", score=0.5, ci_low=0.4, ci_high=0.6,
-                                   n_items=N_ITEMS, n_scored=N_ITEMS, n_unscored=0, n_missing=0,
-                                   finished_at=T0, started_at=T0))
+            session.add(completed(run_id))
         session.flush()
         for run_id in runs:
             update_board_for_run(session, DATASET, JUDGE, run_id)
@@ -217,11 +223,8 @@ def test_a_changed_threshold_rebuilds_the_board_once(engine: Engine) -> None:
     runs = board.add_runs(3, dry_share=0.0)
     with session_scope(engine) as session:
         for run_id, unscored in zip(runs, (0, 4, 8)):  # 0%, 10%, 20% of 40
-            session.add(Evaluation(run_id=run_id, judge=JUDGE, judge_version="1",
-                                   status="completed", score=0.5 + unscored / 100,
-                                   ci_low=0.1, ci_high=0.9, n_items=N_ITEMS,
-                                   n_scored=N_ITEMS - unscored, n_unscored=unscored,
-                                   n_missing=0, finished_at=T0, started_at=T0))
+            session.add(completed(run_id, score=0.5 + unscored / 100, ci=(0.1, 0.9),
+                                  unscored=unscored))
         session.flush()
         for run_id in runs:
             update_board_for_run(session, DATASET, JUDGE, run_id)
@@ -311,10 +314,7 @@ def test_a_changed_threshold_setting_applies_at_the_next_update(
     board = Board(engine, random.Random(19))
     [run_id] = board.add_runs(1, dry_share=0.0)
     with session_scope(engine) as session:
-        session.add(Evaluation(run_id=run_id, judge=JUDGE, judge_version="1", status="completed",
-                               score=0.5, ci_low=0.4, ci_high=0.6, n_items=N_ITEMS,
-                               n_scored=N_ITEMS - 4, n_unscored=4, n_missing=0, finished_at=T0,
-                               started_at=T0))
+        session.add(completed(run_id, unscored=4))
         session.flush()
         update_board_for_run(session, DATASET, JUDGE, run_id)
     assert [e.flag for e in walk(engine)] == ["unscored"]  # 10% > the default 5%
@@ -336,10 +336,7 @@ def test_a_tampered_cursor_is_refused_naming_the_cursor(engine: Engine) -> None:
     runs = board.add_runs(3, dry_share=0.0)
     with session_scope(engine) as session:
         for run_id in runs:
-            session.add(Evaluation(run_id=run_id, judge=JUDGE, judge_version="1",
-                                   status="completed", score=0.5, ci_low=0.4, ci_high=0.6,
-                                   n_items=N_ITEMS, n_scored=N_ITEMS, n_unscored=0, n_missing=0,
-                                   finished_at=T0, started_at=T0))
+            session.add(completed(run_id))
         session.flush()
         rebuild_leaderboard(session, DATASET, JUDGE)
         good = leaderboard_page(session, DATASET, JUDGE, limit=1).next_cursor
