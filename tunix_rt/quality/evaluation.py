@@ -22,7 +22,6 @@ from tunix_rt.judges.base import Verdict as JudgeVerdict
 from tunix_rt.errors import TunixRtError
 from tunix_rt.store.models import (Evaluation, EvaluationChunk, EvaluationStatus, Run, Verdict,
                                    coverage, utcnow)
-from tunix_rt.quality.judge_choice import choose_judge  # noqa: F401 - its old home
 from tunix_rt.quality.judging import build_judge, self_consistency
 from tunix_rt.quality.stats import bootstrap_mean_ci
 from tunix_rt.store.upsert import upsert
