@@ -20,8 +20,9 @@ demo: install
 	$(BIN)/tunix-rt demo
 
 # The whole suite: unit, db (SQLite and a PostgreSQL the session starts), flows, cli.
+# --durations names the slowest tests in every run, so CI time is watched where it is spent.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=40
 
 # Pure tests only: no database server, no Prefect.
 test-fast: install
