@@ -39,8 +39,10 @@ what runs them (:func:`tunix_rt.tasks.runners.task_runner`): ``default``, Prefec
 prefect-ray's ``RayTaskRunner`` on ``TUNIX_RT_RAY_ADDRESS`` (a local Ray when unset),
 which runs chunks side by side on the cluster's workers, each with its own bound.
 
-With ``repeat`` > 1, self-consistency is measured on the first chunk's items (a sample
-of up to 50 of them), not on a sample of the whole file.
+With ``repeat`` > 1, self-consistency is measured on a sample of the whole file: the
+plan finds the bound of the one-piece path's sample (the 50 answered items of smallest
+id hash), each chunk grades again its own items under it and stores the counts in its
+row, and finish adds the counts up (:func:`_chunk_agreement`, :func:`_combined_agreement`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.errors import PredictionsError, TunixRtError
 from tunix_rt.judges import Item, ScoringContext, judge_spec
-from tunix_rt.judges.base import Ledger
+from tunix_rt.judges.base import Ledger, is_empty
 from tunix_rt.quality import datasets
 from tunix_rt.quality.evaluation import (MISSING, EvaluationSummary, RunInfo, _upsert_evaluation,
                                          aggregate, write_verdicts)
@@ -99,6 +101,7 @@ class ChunkPlan:
     chunks: tuple[Chunk, ...]
     chunks_stored: int  # chunks already stored when planned (a resumed evaluation)
     repeat: int = 1
+    sample_below: int | None = None  # the self-consistency sample's largest id hash
 
 
 def chunk_items_setting() -> int:
@@ -215,6 +218,7 @@ def _plan(session_scope: Callable[[], Any], run: RunInfo, judge_name: str, chunk
     n_extra = 0
     first_extra: str | None = None
     created = False
+    answered = array("q")  # the id hashes of the items with an answer (repeat > 1)
     with session_scope() as session:
         latest = datasets.latest_dataset(session, run.dataset)
         if latest is None:  # look again under the lock: two first runs register once
@@ -268,6 +272,8 @@ def _plan(session_scope: Callable[[], Any], run: RunInfo, judge_name: str, chunk
                 if not batch:
                     chunk_start, chunk_line, position = start, lineno, start
                 hashes.append(_id_hash(item.id))
+                if repeat > 1 and not is_empty(item.response):
+                    answered.append(hashes[-1])
                 batch.append((lineno, item))
                 digest.update(line.encode())  # each item line's text, as read
                 position = end
@@ -286,7 +292,52 @@ def _plan(session_scope: Callable[[], Any], run: RunInfo, judge_name: str, chunk
         ev_id, stored = _start_evaluation(session, run, spec.name, spec.version, info.id,
                                           n_extra, chunks)
     return ChunkPlan(run, spec.name, spec.version, ev_id, info.id, info.label, created, n_extra,
-                     first_extra, tuple(chunks), stored, repeat)
+                     first_extra, tuple(chunks), stored, repeat,
+                     _sample_bound(answered) if repeat > 1 else None)
+
+
+def _sample_bound(keys: array) -> int:
+    """The largest id hash in the self-consistency sample, read unsigned (the order of
+    the one-piece path's sample, :func:`tunix_rt.quality.judging.sample_key`): the
+    ``SELF_CONSISTENCY_SAMPLE``-th smallest of the answered items' hashes. Each chunk
+    grades again its items at or below it, so the chunks' samples make the file's."""
+    import numpy as np
+
+    from tunix_rt.quality.judging import SELF_CONSISTENCY_SAMPLE as size
+
+    values = np.frombuffer(keys, dtype=np.int64).view(np.uint64)
+    if values.size <= size:
+        return 2**64 - 1
+    return int(np.partition(values, size - 1)[size - 1])
+
+
+def _chunk_agreement(judge: Any, items: list[Item], verdicts: list[Any],
+                     context: ScoringContext, plan: ChunkPlan) -> dict[str, Any] | None:
+    """This chunk's share of the file's self-consistency sample, graded again: counts for
+    its cost row, which finish adds up; None for a judge that does not sample."""
+    from tunix_rt.quality.judging import agreement_counts
+
+    bound = plan.sample_below
+    picked = [i for i, item in enumerate(items)
+              if bound is None or _id_hash(item.id) % 2**64 <= bound]
+    counts = agreement_counts(judge, [items[i] for i in picked], [verdicts[i] for i in picked],
+                              context, plan.repeat)
+    if counts is None:
+        return None
+    agreed, compared, calls = counts
+    return {"repeat_calls": calls, "agreement_agreed": agreed, "agreement_compared": compared,
+            "agreement_repeats": plan.repeat}
+
+
+def _combined_agreement(costs: Sequence[dict[str, Any]]) -> tuple[float | None, int | None]:
+    """(agreement rate, repeats) over every chunk's sampled items together, as the
+    one-piece path defines it: the share of the items compared on which all agreed."""
+    measured = [c for c in costs if c.get("agreement_compared")]
+    compared = sum(int(c["agreement_compared"]) for c in measured)
+    if not compared:
+        return None, None
+    agreed = sum(int(c.get("agreement_agreed") or 0) for c in measured)
+    return agreed / compared, int(measured[0]["agreement_repeats"])
 
 
 def _finish_registration(session: Session, dataset_id: int) -> datasets.DatasetInfo:
@@ -379,7 +430,7 @@ def read_chunk(run: RunInfo, chunk: Chunk) -> bytes:
 def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
                 engine: Any = None) -> dict[str, Any] | None:
     """Score one chunk and store its verdicts with its row; None when it was stored already."""
-    from tunix_rt.quality.judging import build_judge, self_consistency
+    from tunix_rt.quality.judging import build_judge
 
     with session_scope() as session:
         if chunk_stored(session, plan, chunk):
@@ -428,11 +479,10 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
                            f"{len(items)} items")
     ledger = getattr(judge, "ledger", None)
     cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
-    if plan.repeat > 1 and chunk.index == 0 and items:
-        agreement, calls = self_consistency(judge, items, list(verdicts), context, plan.repeat)
-        if agreement is not None:
-            cost = {**(cost or {}), "repeat_calls": calls, "agreement_rate": agreement,
-                    "agreement_repeats": plan.repeat}
+    if plan.repeat > 1 and items:
+        sampled = _chunk_agreement(judge, items, list(verdicts), context, plan)
+        if sampled is not None:
+            cost = {**(cost or {}), **sampled}
     with session_scope() as session:
         # The chunk's row first: a second writer of the same chunk (two loops at once)
         # waits here for the first, then finds the row and writes nothing.
@@ -488,10 +538,7 @@ def finish_evaluation(session_scope: Callable[[], Any], plan: ChunkPlan) -> Eval
             ledger = Ledger.total(_Counts(c) for c in costs).as_dict()
             calls = sum(int(c.get("repeat_calls") or 0) for c in costs)
             cost = {**ledger, "repeat_calls": calls} if calls else ledger
-            measured = [c for c in costs if c.get("agreement_rate") is not None]
-            if measured:
-                agreement = measured[0]["agreement_rate"]
-                repeats = measured[0]["agreement_repeats"]
+            agreement, repeats = _combined_agreement(costs)
         now = utcnow()
         session.execute(update(Evaluation).where(Evaluation.id == ev.id).values(
             status=EvaluationStatus.completed.value, score=mean, ci_low=ci_low, ci_high=ci_high,

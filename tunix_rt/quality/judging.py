@@ -58,14 +58,33 @@ def self_consistency(judge: Any, items: list[Item], verdicts: list[Any], context
     self-consistency was not measured, so none is reported (never a 1.0 by
     construction). None too when no item could be compared (nothing scored).
     """
-    if repeat < 2 or not samples(judge):
+    counts = agreement_counts(judge, items, verdicts, context, repeat)
+    if counts is None:
         return None, 0
-    order = sorted(range(len(items)),
-                   key=lambda i: hashlib.blake2b(items[i].id.encode(), digest_size=8).digest())
+    agreed, compared, calls = counts
+    return (agreed / compared if compared else None), calls
+
+
+def sample_key(item_id: str) -> bytes:
+    """The order the sample is drawn in: a hash of the id, the same in every process."""
+    return hashlib.blake2b(item_id.encode(), digest_size=8).digest()
+
+
+def agreement_counts(judge: Any, items: list[Item], verdicts: list[Any], context: Any,
+                     repeat: int) -> tuple[int, int, int] | None:
+    """(items on which every grading agreed, items compared, provider calls) over the
+    sample :func:`self_consistency` describes; None for a judge that does not sample.
+
+    Counts, not a rate, so that the parts of a file scored apart (chunks) add up to the
+    rate over their whole sample.
+    """
+    if repeat < 2 or not samples(judge):
+        return None
+    order = sorted(range(len(items)), key=lambda i: sample_key(items[i].id))
     sample = [i for i in order if verdicts[i].scored and not is_empty(items[i].response)]
     sample = sample[:SELF_CONSISTENCY_SAMPLE]
     if not sample:
-        return None, 0
+        return 0, 0, 0
     outcomes = {i: [verdicts[i].passed] for i in sample}
     calls = 0
     for offset in range(1, repeat):
@@ -75,4 +94,4 @@ def self_consistency(judge: Any, items: list[Item], verdicts: list[Any], context
         for i, verdict in zip(sample, again):
             outcomes[i].append(verdict.passed if verdict.scored else None)
     agreed = [len(set(v)) == 1 for v in outcomes.values() if None not in v]
-    return (sum(agreed) / len(agreed) if agreed else None), calls
+    return sum(agreed), len(agreed), calls
