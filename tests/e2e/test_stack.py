@@ -27,6 +27,8 @@ from sqlalchemy import select
 from tests.factories import correctness, write_predictions
 from tests.http.conftest import SECRET, _free_port, event, sign
 from tests.pgserver import create_database
+from tests.proctable import command_line, running
+from tests.proctable import tree as process_tree
 from tests.waiting import wait_for
 from tunix_rt import procs
 from tunix_rt.store import db
@@ -273,41 +275,8 @@ def _interrupt(proc: subprocess.Popen) -> None:
         pytest.fail("tunix-rt up did not stop on Ctrl-C")
 
 
-def _process_tree(root: int) -> dict[int, int]:
-    """pid -> process group of ``root`` and everything descended from it."""
-    parent, group = {}, {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            parent[int(entry.name)], group[int(entry.name)] = int(fields[1]), int(fields[2])
-    tree, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        tree[pid] = group.get(pid, pid)
-        todo += [child for child, ppid in parent.items() if ppid == pid]
-    return tree
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"
-
-
 def _commands(tree: dict[int, int]) -> str:
-    found = []
-    for pid in tree:
-        try:
-            found.append(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " "))
-        except OSError:
-            pass
-    return "\n".join(found)
+    return "\n".join(line for line in map(command_line, tree) if line)
 
 
 def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
@@ -320,7 +289,7 @@ def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
             "command": ["sh", "-c", f"{marker}; true"], "predictions": "/nonexistent.jsonl"}
     _prefect(stack, "deployment", "run", "train/train", "--param", f"spec={json.dumps(spec)}")
     tree = _wait(stack, lambda: (lambda t: t if marker in _commands(t) else None)(
-        _process_tree(proc.pid)), "the training job under the worker")
+        process_tree(proc.pid)), "the training job under the worker")
     commands = _commands(tree)
     assert "server start" in commands and "worker start" in commands, commands
     # The flow run, with the interpreter of the venv, though no venv is on PATH, in the
@@ -332,7 +301,7 @@ def test_ctrl_c_stops_every_process_it_started(stack: dict) -> None:
     _interrupt(proc)
 
     assert proc.returncode == 0, stack["log"].read_text()[-2000:]
-    left = [pid for pid in tree if _running(pid)]
+    left = [pid for pid in tree if running(pid)]
     assert left == [], _commands(dict.fromkeys(left, 0))
     assert [group for group in groups if procs.group_alive(group)] == []
     out = stack["log"].read_text()

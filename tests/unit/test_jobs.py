@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.proctable import group_running, running
 from tests.waiting import wait_for
 from tunix_rt.training.jobs import JobResult, job_command, run_job
 from tunix_rt.quality.predictions import read_predictions
@@ -19,39 +20,6 @@ from tunix_rt.training.runfile import parse_run_spec
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process; a zombie is not (init may never reap orphans here)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    return stat[stat.rfind(")") + 2] not in "ZX"
-
-
-def _group_running(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    proc = Path("/proc")
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if fields[2] == str(pgid) and fields[0] not in "ZX":
-                return True
-    return False
 
 
 def _code(source: str) -> list[str]:
@@ -99,7 +67,7 @@ def test_a_job_that_reports_completes_with_merged_metrics(tmp_path: Path) -> Non
                      "TUNIX_RT_PREDICTIONS file:///tmp/p.jsonl"):
         assert expected in lines
     assert result.log_tail.splitlines() == lines
-    assert not _group_running(result.pid)
+    assert not group_running(result.pid)
 
 
 def test_a_failing_job_records_its_exit_code_and_the_tail(tmp_path: Path) -> None:
@@ -128,8 +96,8 @@ def test_a_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
     assert "[tunix-rt] timed out after 1 s" in result.log_tail
     pgid, grandchild = _pids(result, "pgid"), _pids(result, "grandchild")
     assert pgid == result.pid
-    assert not _running(grandchild) and not _running(pgid)
-    assert not _group_running(pgid)
+    assert not running(grandchild) and not running(pgid)
+    assert not group_running(pgid)
 
 
 def test_processes_left_behind_by_a_finished_job_are_stopped(tmp_path: Path) -> None:
@@ -143,10 +111,10 @@ def test_processes_left_behind_by_a_finished_job_are_stopped(tmp_path: Path) -> 
     """), timeout_s=30, log_path=tmp_path / "job.log", grace_s=2)
     assert result.status == "completed" and result.exit_code == 0
     assert "[tunix-rt] the job left processes running" in result.log_tail
-    assert not _running(_pids(result, "grandchild"))
+    assert not running(_pids(result, "grandchild"))
     # Stopped, not waited for: the grandchild holding the pipe did not keep it open.
     assert not woke.exists()
-    assert not _group_running(result.pid)
+    assert not group_running(result.pid)
 
 
 def test_cancelling_stops_the_job(tmp_path: Path) -> None:
@@ -156,8 +124,8 @@ def test_cancelling_stops_the_job(tmp_path: Path) -> None:
                      should_cancel=ready.is_set, poll_s=0.05)
     assert result.status == "cancelled" and result.exit_code == -signal.SIGTERM
     assert "[tunix-rt] cancelled" in result.log_tail
-    assert not _running(_pids(result, "grandchild"))
-    assert not _group_running(result.pid)
+    assert not running(_pids(result, "grandchild"))
+    assert not group_running(result.pid)
 
 
 def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -172,7 +140,7 @@ def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Pat
     assert result.status == "cancelled" and result.exit_code == -signal.SIGKILL
     assert result.duration_s >= 0.5  # SIGKILL only after the grace period
     assert "still running 0.5 s after SIGTERM: sent SIGKILL" in result.log_tail
-    assert not _group_running(result.pid)
+    assert not group_running(result.pid)
 
 
 def test_a_missing_executable_fails_with_a_message(tmp_path: Path) -> None:
@@ -219,11 +187,11 @@ def test_the_supervisors_death_kills_the_job(tmp_path: Path) -> None:
         line = supervisor.stdout.readline()
         assert line.startswith("child="), line
         child = int(line.split("=")[1])
-        assert _running(child)
+        assert running(child)
     finally:
         supervisor.kill()
         supervisor.wait()
-    wait_for(lambda: not _running(child), 30, f"the job (pid {child}) to die with its supervisor",
+    wait_for(lambda: not running(child), 30, f"the job (pid {child}) to die with its supervisor",
              interval=0.05)
 
 
