@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     webhook_secrets: SecretStr | None = Field(
         None, description="A secret per source: source=whsec_<base64>, space-separated (a source "
                           "named again: rotation); a run a source created is changed only by it")
+    webhook_batch: int = Field(
+        256, ge=1, description="The most webhook deliveries stored in one transaction on "
+                               "PostgreSQL (group commit); 1: one transaction per delivery")
     llm_base_url: str | None = Field(
         None, description="The llm judge's OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     llm_model: str | None = Field(None, description="The model that endpoint serves")
