@@ -13,13 +13,13 @@ from typing import Any
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tunix_rt import __version__
-from tunix_rt.service import api_models as M, deliveries, params, webhook_openapi
+from tunix_rt.service import (api_models as M, deliveries, group_commit, params,
+                              webhook_openapi)
 from tunix_rt.service.api_models import (BoardPage, DatasetList, DatasetOut, GateOut, Health,
                                          RunMetrics, RunOut, RunPage)
 from tunix_rt.quality import datasets, gating, leaderboard
@@ -87,6 +87,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     def scope():  # noqa: ANN202
         return session_scope(engine)
 
+    # Deliveries arriving together share a transaction on PostgreSQL (group commit).
+    store = group_commit.for_engine(engine, lambda d, e, s: _store(scope, d, e, s),
+                                    settings.webhook_batch)
+
     app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
     params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
@@ -135,8 +139,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             return _error(422, f"invalid payload: {exc}", field=exc.field)
         delivery_id = verified.delivery_id  # the id that was verified, never another
         try:
-            received = await run_in_threadpool(_store, scope, delivery_id, event,
-                                               verified.source)
+            received = await store(delivery_id, event, verified.source)
+        except group_commit.StoreUnavailable as exc:
+            log.warning("cannot store delivery %s: %s", delivery_id, exc)
+            return JSONResponse({"error": "cannot store the delivery; retry later"},
+                                status_code=503, headers={"Retry-After": "5"})
         except deliveries.RunConflictError as exc:
             return _error(409, str(exc), field=exc.field, run_id=exc.run_id)
         except InvalidInputError as exc:
