@@ -15,6 +15,11 @@ def children(pid: int) -> list[int]:
             if fields[1] == str(pid) and fields[0] not in ("Z", "X")]
 
 
+def processes() -> list[int]:
+    """Every process /proc shows, zombies too."""
+    return list(_table())
+
+
 def running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, or a process that is gone, does not)."""
     fields = _stat(pid)
@@ -64,6 +69,7 @@ def _stat(pid: int) -> list[str]:
 def command_line(pid: int) -> str:
     """The command ``pid`` runs, its arguments joined by spaces; "" for one that is gone."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return ""
+    return raw.decode(errors="replace").replace("\0", " ")

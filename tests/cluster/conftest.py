@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import proctable
 from tests.http.conftest import _free_port
 from tests.waiting import wait_for
 from tunix_rt import procs
@@ -41,24 +42,9 @@ def _ports(*names: str) -> list[str]:
 
 
 def _cluster_processes(temp_dir: str) -> list[int]:
-    """Processes whose command line names the cluster's folder (Ray's own processes)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if temp_dir in cmdline and int(entry.name) != os.getpid():
-            found.append(int(entry.name))
-    return [pid for pid in found if _running(pid)]
-
-
-def _running(pid: int) -> bool:
-    from tests.proctable import running
-
-    return running(pid)
+    """Running processes whose command line names the cluster's folder (Ray's own)."""
+    return [pid for pid in proctable.processes() if pid != os.getpid()
+            and temp_dir in proctable.command_line(pid) and proctable.running(pid)]
 
 
 def nodes(dashboard: str) -> list[dict]:
