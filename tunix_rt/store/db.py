@@ -14,14 +14,17 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
-from sqlalchemy.orm import Session
 
 from tunix_rt.errors import DatabaseNotMigratedError
-from tunix_rt.settings import get_settings
+from tunix_rt.settings import database_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 # The Alembic head this code expects. tests/db/test_migrations.py checks it against
 # the revisions in migrations/versions, so the two cannot drift apart.
@@ -100,7 +103,7 @@ def get_engine(url: str | None = None, *, migrate_embedded: bool = True) -> Engi
     on it has finished, raises :class:`DatabaseNotMigratedError` with the command that
     fixes it.
     """
-    url = url or get_settings().database_url
+    url = url or database_url()
     with _lock:
         engine = _engines.get(url)
         if engine is None:
@@ -293,5 +296,7 @@ def downgrade(engine: Engine, revision: str) -> None:
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     """A session in one transaction: committed on success, rolled back on error."""
+    from sqlalchemy.orm import Session
+
     with Session(engine or get_engine(), expire_on_commit=False) as session, session.begin():
         yield session
