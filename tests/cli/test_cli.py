@@ -495,3 +495,20 @@ def test_demo_from_nothing_twice(cli: Cli, prefect_cli: Cli, tmp_path: Path) -> 
     board = cli("leaderboard", "--dataset", first["dataset"], "--judge", "exact_match",
                 "--format", "json", cwd=tmp_path, TUNIX_RT_DATABASE_URL=None).json()
     assert board == second["leaderboards"]["exact_match"]
+
+
+def test_a_command_line_builds_the_same_parser_for_its_command() -> None:
+    """main() builds only the group of its command (COMMANDS); for that command it must be
+    the full parser's, and COMMANDS must name every command, in the order of --help."""
+    from tunix_rt.cli import COMMANDS, build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(action.choices)
+
+    full = commands(build_parser())
+    assert list(full) == list(COMMANDS)
+    for name in COMMANDS:
+        one = commands(build_parser(name))
+        assert name in one and len(one) < len(full)
+        assert one[name].format_help() == full[name].format_help()
