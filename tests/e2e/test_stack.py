@@ -3,8 +3,9 @@
 The stack is started as a newcomer starts it: by the absolute path of the venv's
 `tunix-rt`, with a PATH that lacks the venv, from a directory that is not the checkout
 (so the prefect.yaml shipped in the package is deployed). A signed webhook for a
-completed run goes: receiver → Prefect event → the quality-loop deployment's trigger →
-a worker runs the flow → a gate row in the database. A receiver killed between its 202
+completed run goes: receiver → the quality-loop deployment's flow run, created through
+Prefect's API (and the `tunix.run.completed` event, for observers) → a worker runs the flow
+→ a gate row in the database. A receiver killed between its 202
 and its dispatch loses nothing: the sweeper deployment finds the owed loop and starts
 it. A loop that cannot run says why on its run. Ctrl-C stops every process it started.
 """
@@ -114,7 +115,8 @@ def test_a_signed_webhook_ends_in_a_gate_decision(stack: dict) -> None:
     _wait(stack, lambda: engine_log.exists() and "warm engine on" in engine_log.read_text(),
           "the warm engine")
 
-    response = httpx.post(f"{stack['url']}/webhooks/training", content=body, headers=sign(body),
+    headers = sign(body)
+    response = httpx.post(f"{stack['url']}/webhooks/training", content=body, headers=headers,
                           timeout=30)
 
     assert response.status_code == 202, response.text
@@ -125,6 +127,19 @@ def test_a_signed_webhook_ends_in_a_gate_decision(stack: dict) -> None:
     with session_scope(db.get_engine(stack["db_url"])) as session:
         dispatch = session.scalar(select(Dispatch).where(Dispatch.run_id == gate.run_id))
         assert dispatch.status == "dispatched" and dispatch.target == "event"
+    # One flow run for the delivery (no trigger starts a second), and the event was emitted
+    # for observers, naming that flow run.
+    with httpx.Client(base_url=stack["prefect_api"], timeout=30) as client:
+        loops = [r for r in client.post("/flow_runs/filter", json={
+            "flow_runs": {"tags": {"all_": ["tunix-rt"]}}, "limit": 200}).json()
+            if r["parameters"].get("run_id") == gate.run_id]
+        assert len(loops) == 1, loops
+        assert loops[0]["idempotency_key"] == headers["webhook-id"]  # the delivery's id
+        emitted = _wait(stack, lambda: client.post("/events/filter", json={"filter": {
+            "event": {"name": ["tunix.run.completed"]},
+            "resource": {"id": [f"tunix.run.{gate.run_id}"]}}}).json()["events"],
+            "the tunix.run.completed event")
+    assert emitted[0]["payload"]["flow_run_id"] == loops[0]["id"]
     # The flow run was forked by the warm engine, already imported, not a fresh interpreter.
     assert "flow run " in engine_log.read_text() and ": process " in engine_log.read_text()
 
