@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from tunix_rt.flows.heartbeats import prefect_heartbeats_off
 
 
 @contextmanager
 def without_heartbeats() -> Iterator[None]:
     """Subflows called inside this block start no heartbeat thread."""
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with prefect_heartbeats_off():
         yield
