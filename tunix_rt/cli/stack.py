@@ -128,7 +128,12 @@ def _serve_app(app: Any, host: str, port: int, dispatcher: Any, *,
     print(f"tunix-rt service on http://{host}:{port} (dispatch: {target})", flush=True)
     # Loops started through Prefect that crash before their code runs are noted on
     # their runs by this receiver (the flow-run process had no chance to).
-    watcher = CrashWatcher().start() if isinstance(dispatcher, EventDispatcher) else None
+    watcher = None
+    if isinstance(dispatcher, EventDispatcher):
+        from tunix_rt.flows.engine import share_ca_bundle
+
+        share_ca_bundle()  # each dispatch and each crash check makes a Prefect client
+        watcher = CrashWatcher().start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log,
                     timeout_graceful_shutdown=SERVICE_GRACE_S)
