@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey,
                         Index, Integer, MetaData, String, Text, UniqueConstraint)
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.orm import column_property
 from sqlalchemy.sql import select
@@ -29,7 +28,31 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+class JSONDocument(TypeDecorator[Any]):
+    """JSON, stored as JSONB on PostgreSQL.
+
+    Not ``JSON().with_variant(JSONB(), "postgresql")``: a variant needs the JSONB class
+    when the models are defined, and importing the PostgreSQL dialect for it cost every
+    process ~0.25x of ``import sqlalchemy``, SQLite commands included. Here the dialect's
+    type is looked up when an engine first uses the column. As JSON: None is stored as
+    JSON null, and values are not hashable.
+    """
+
+    impl = JSON
+    cache_ok = True
+    hashable = False
+    should_evaluate_none = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+JSONType = JSONDocument()
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
