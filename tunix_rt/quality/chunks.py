@@ -9,8 +9,9 @@ read into memory. Instead:
    the file, batch by batch), counts the lines whose item the dataset lacks (``n_extra``)
    and cuts the file into chunks of that many items, each a byte range with a digest of
    its bytes. Duplicate ids are found without a set of the ids: each id's 64-bit hash
-   goes into an array (8 bytes an item, 8 MB at a million), sorted at the end; a hash
-   seen twice sends a second pass looking for those ids, which names both lines. A bad
+   (Python's, salted per process: the plan is one process) goes into an array (8 bytes
+   an item, 8 MB at a million), sorted at the end; a hash seen twice sends a second
+   pass looking for those ids, which names both lines. A bad
    file therefore fails here, before any verdict is written, and a completed evaluation
    on record is kept (``store_failed_evaluation``). Then the evaluation row is set
    ``running``: it is never ranked or gated until every chunk is in.
@@ -48,7 +49,6 @@ row, and finish adds the counts up (:func:`_chunk_agreement`, :func:`_combined_a
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -63,9 +63,9 @@ from tunix_rt.judges import Item, ScoringContext, judge_spec
 from tunix_rt.judges.base import Ledger, is_empty
 from tunix_rt.quality import datasets
 from tunix_rt.quality.evaluation import (MISSING, EvaluationSummary, RunInfo, _upsert_evaluation,
-                                         aggregate, write_verdicts)
-from tunix_rt.quality.predictions import (_optional_str, allowed_for, lines_at, no_items_message,
-                                          open_binary, parse_line)
+                                         aggregate_counts, write_verdicts)
+from tunix_rt.quality.predictions import (MAX_ID_LENGTH, _decode, allowed_for, lines_at,
+                                          no_items_message, open_binary, parse_line, raw_lines)
 from tunix_rt.store.models import (Dataset, DatasetItem, DatasetSource, Evaluation,
                                    EvaluationChunk, EvaluationStatus, JSONType, Verdict, utcnow)
 
@@ -134,38 +134,155 @@ def _items_of(run: RunInfo) -> Iterator[tuple[int, int, int, Item]]:
                 yield number, start, end, item
 
 
-def _references(session: Session, dataset_id: int,
-                ids: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
-    """Item id to (prompt, reference) for those of ``ids`` the dataset has.
+def _fast_fields(raw: bytes) -> tuple[str, str, str | None, str | None, Any] | None:
+    """(id, response, prompt, reference, None) of a line in the common form, or None.
 
-    The ids go as one parameter (an array on PostgreSQL, a JSON array on SQLite), not
-    as thousands: building and planning an ``IN`` list of 5,000 binds cost more than
-    scoring the items.
+    orjson parses the bytes (checking UTF-8 as it goes) and the fields are checked by
+    type; it accepts less than ``json`` (no NaN, no integer beyond 64 bits, no lone
+    surrogate), so a line it refuses, and one with metadata, a number for a string or
+    a NUL escape, goes to :func:`parse_line`: the same items, the same errors, slower.
     """
+    if b"\\u0000" in raw:
+        return None
+    try:
+        obj = _loads(raw)
+    except ValueError:
+        return None
+    if type(obj) is not dict or obj.get("metadata") is not None:
+        return None
+    item_id = obj.get("id")
+    response = obj.get("response")
+    prompt = obj.get("prompt")
+    reference = obj.get("reference")
+    if (type(item_id) is not str or type(response) is not str
+            or not (prompt is None or type(prompt) is str)
+            or not (reference is None or type(reference) is str)
+            or len(item_id) > MAX_ID_LENGTH or not item_id.strip()):
+        return None
+    return item_id, response, prompt, reference, None
+
+
+def _line_fields(raw: bytes, uri: str, lineno: int,
+                 max_line_bytes: int) -> tuple[str, str, str | None, str | None, Any] | None:
+    """(id, response, prompt, reference, metadata) of one line's bytes, checked as
+    :func:`parse_line` checks it; None for a blank line."""
+    if not raw.strip():
+        return None
+    fields = _fast_fields(raw)
+    if fields is not None:
+        return fields
+    text = _decode(raw, 0, len(raw) - 1 if raw.endswith(b"\n") else len(raw), uri, lineno,
+                   max_line_bytes)
+    item = parse_line(text, f"{uri}, line {lineno}")
+    if item is None:
+        return None
+    return item.id, item.response, item.prompt, item.reference, item.metadata
+
+
+def _loads(raw: bytes) -> Any:
+    import orjson
+
+    global _loads
+    _loads = orjson.loads  # the import once, then the C function itself
+    return _loads(raw)
+
+
+def _json_param(values: Any) -> str:
+    import orjson
+
+    return orjson.dumps(values).decode()
+
+
+def _reference_exceptions(session: Session, dataset_id: int, ids: Sequence[str],
+                          references: Sequence[str | None]
+                          ) -> list[tuple[int, bool, str | None]]:
+    """(index, whether the dataset has the item, its reference) of each of ``ids`` the
+    dataset lacks or whose reference differs in text from the line's, in order.
+
+    The database compares: one JSON parameter goes in, and only the exceptions come
+    back (none, for a good file), instead of every item's prompt and reference.
+    """
+    rows = _json_param([[i, r] for i, r in zip(ids, references, strict=True)])
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        query = text("SELECT item_id, prompt, reference FROM dataset_items "
-                     "WHERE dataset_id = :ds AND item_id = ANY(:ids)")
-        batches = [list(ids)]
+        query = text(
+            "SELECT t.ord - 1, d.item_id IS NOT NULL, d.reference "
+            "FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS t(e, ord) "
+            "LEFT JOIN dataset_items d ON d.dataset_id = :ds AND d.item_id = t.e->>0 "
+            "WHERE d.item_id IS NULL OR (t.e->>1 IS NOT NULL AND d.reference IS NOT NULL "
+            "AND d.reference <> t.e->>1) ORDER BY t.ord")
     else:
-        query = text("SELECT item_id, prompt, reference FROM dataset_items "
-                     "WHERE dataset_id = :ds AND item_id IN (SELECT value FROM json_each(:ids))")
-        batches = [json.dumps(list(ids[start:start + LOOKUP_BATCH]))
-                   for start in range(0, len(ids), LOOKUP_BATCH)]
-    found: dict[str, tuple[str | None, str | None]] = {}
-    for batch in batches:
-        rows = connection.execute(query, {"ds": dataset_id, "ids": batch}).all()  # one fetch
-        found.update((item_id, (prompt, reference)) for item_id, prompt, reference in rows)
+        query = text(
+            "SELECT t.key, d.item_id IS NOT NULL, d.reference FROM json_each(:rows) AS t "
+            "LEFT JOIN dataset_items d ON d.dataset_id = :ds "
+            "AND d.item_id = json_extract(t.value, '$[0]') "
+            "WHERE d.item_id IS NULL OR (json_extract(t.value, '$[1]') IS NOT NULL "
+            "AND d.reference IS NOT NULL AND d.reference <> json_extract(t.value, '$[1]')) "
+            "ORDER BY t.key")
+    return [(int(i), bool(known), reference) for i, known, reference
+            in connection.execute(query, {"ds": dataset_id, "rows": rows}).all()]
+
+
+def _dataset_rows(session: Session, dataset_id: int,
+                  ids: Sequence[str]) -> list[tuple[str | None, str | None] | None]:
+    """(prompt, reference) of each of ``ids`` in the dataset, in order; None where the
+    dataset lacks the item. The ids go as one JSON parameter: building and planning
+    an ``IN`` list (or dumping an array) of 10,000 ids cost more than scoring them."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        query = text(
+            "SELECT t.ord - 1, d.prompt, d.reference "
+            "FROM json_array_elements_text(CAST(:ids AS json)) WITH ORDINALITY AS t(id, ord) "
+            "JOIN dataset_items d ON d.dataset_id = :ds AND d.item_id = t.id")
+    else:
+        query = text(
+            "SELECT t.key, d.prompt, d.reference FROM json_each(:ids) AS t "
+            "JOIN dataset_items d ON d.dataset_id = :ds AND d.item_id = t.value")
+    found: list[tuple[str | None, str | None] | None] = [None] * len(ids)
+    for index, prompt, reference in connection.execute(
+            query, {"ds": dataset_id, "ids": _json_param(list(ids))}).all():
+        found[index] = (prompt, reference)
     return found
 
 
-def _mismatch(uri: str, lineno: int, item: Item, reference: str | None, label: str) -> None:
+def _add_items(session: Session, dataset_id: int, ids: Sequence[str],
+               prompts: Sequence[str | None], references: Sequence[str | None]) -> None:
+    """A batch of a dataset registered from the file (COPY on PostgreSQL)."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        _copy(connection, "COPY dataset_items (dataset_id, item_id, prompt, reference) "
+              "FROM STDIN", ((dataset_id, i, p, r)
+                             for i, p, r in zip(ids, prompts, references, strict=True)))
+        return
+    connection.execute(insert(DatasetItem.__table__), [
+        {"dataset_id": dataset_id, "item_id": i, "prompt": p, "reference": r}
+        for i, p, r in zip(ids, prompts, references, strict=True)])
+
+
+def _copy(connection: Any, statement: str, rows: Any) -> None:
+    """``rows`` by COPY on the connection's PostgreSQL transaction; a failure raised as
+    SQLAlchemy raises its own statements' (a duplicate key: ``IntegrityError``)."""
+    import psycopg
+    from sqlalchemy.exc import DBAPIError
+
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        with cursor.copy(statement) as copy:
+            write = copy.write_row
+            for row in rows:
+                write(row)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+def _mismatch(uri: str, lineno: int, item_id: str, given: str | None, reference: str | None,
+              label: str) -> None:
     """Raise as :func:`datasets.align` does when the line brings its own answer key."""
-    if (item.reference is not None and reference is not None
-            and item.reference.strip() != reference.strip()):
+    if (given is not None and reference is not None and given != reference
+            and given.strip() != reference.strip()):
         clip = datasets._clip
         raise PredictionsError(
-            f"{uri}, line {lineno}: item {item.id!r} has reference {clip(item.reference)!r}, but "
+            f"{uri}, line {lineno}: item {item_id!r} has reference {clip(given)!r}, but "
             f"dataset {label} says {clip(reference)!r}: a run cannot bring its own answer key "
             "(leave the reference out, or register a new dataset version)")
 
@@ -184,7 +301,7 @@ def _duplicate_error(run: RunInfo, hashes: array) -> None:
     suspects = set(int(h) for h in twice)
     first: dict[str, int] = {}
     for lineno, _s, _e, item in _items_of(run):
-        if _id_hash(item.id) not in suspects:
+        if hash(item.id) not in suspects:
             continue
         if item.id in first:
             raise PredictionsError(f"{run.predictions_uri}, line {lineno}: duplicate id "
@@ -235,55 +352,65 @@ def _plan(session_scope: Callable[[], Any], run: RunInfo, judge_name: str, chunk
         else:
             info = datasets.DatasetInfo.of(latest)
 
-        batch: list[tuple[int, Item]] = []
-        chunk_start = chunk_line = 0
-        digest = hashlib.blake2b(digest_size=32)
-        position = 0
+        # The batch being checked, as columns (no Item per line).
+        linenos: list[int] = []
+        ids: list[str] = []
+        prompts: list[str | None] = []
+        references: list[str | None] = []
+        chunk_start = chunk_line = n_in_chunk = last_end = 0
+        digest: Any = None  # of the open chunk's bytes
 
-        def check(batch: list[tuple[int, Item]]) -> None:
+        def check() -> None:
             nonlocal n_extra, first_extra
             if created:
-                session.connection().execute(insert(DatasetItem.__table__), [
-                    {"dataset_id": info.id, "item_id": item.id, "prompt": item.prompt,
-                     "reference": item.reference} for _n, item in batch])
+                _add_items(session, info.id, ids, prompts, references)
                 return
-            key = _references(session, info.id, [item.id for _n, item in batch])
-            for lineno, item in batch:
-                found = key.get(item.id)
-                if found is None:
+            for index, known, reference in _reference_exceptions(session, info.id, ids,
+                                                                 references):
+                if not known:
                     n_extra += 1
                     if first_extra is None:
-                        first_extra = f"{uri}, line {lineno}: item {item.id!r}"
+                        first_extra = f"{uri}, line {linenos[index]}: item {ids[index]!r}"
                     continue
-                _mismatch(uri, lineno, item, found[1], info.label)
+                _mismatch(uri, linenos[index], ids[index], references[index], reference,
+                          info.label)
 
         def close_chunk(end: int) -> None:
-            nonlocal digest
-            chunks.append(Chunk(len(chunks), chunk_start, end, chunk_line, len(batch),
+            chunks.append(Chunk(len(chunks), chunk_start, end, chunk_line, n_in_chunk,
                                 digest.hexdigest()))
-            digest = hashlib.blake2b(digest_size=32)
 
+        max_bytes, max_line_bytes = _limits()
         with open_binary(uri, allowed_for(run.origin)) as handle:
-            max_bytes, max_line_bytes = _limits()
-            for lineno, start, end, line in lines_at(handle, uri, max_bytes, max_line_bytes):
-                item = parse_line(line, f"{uri}, line {lineno}")
-                if item is None:
+            for lineno, start, end, raw in raw_lines(handle, uri, max_bytes, max_line_bytes):
+                last_end = end
+                fields = _line_fields(raw, uri, lineno, max_line_bytes)
+                if fields is None:  # a blank line: in the open chunk's bytes, not an item
+                    if digest is not None:
+                        digest.update(raw)
                     continue
-                if not batch:
-                    chunk_start, chunk_line, position = start, lineno, start
-                hashes.append(_id_hash(item.id))
-                if repeat > 1 and not is_empty(item.response):
-                    answered.append(hashes[-1])
-                batch.append((lineno, item))
-                digest.update(line.encode())  # each item line's text, as read
-                position = end
-                if len(batch) == chunk_items:
-                    check(batch)
-                    close_chunk(position)
-                    batch = []
-            if batch:
-                check(batch)
-                close_chunk(position)
+                if n_in_chunk == chunk_items:  # this line opens the next chunk
+                    close_chunk(start)
+                    digest = None
+                if digest is None:
+                    digest = hashlib.blake2b(digest_size=32)
+                    chunk_start, chunk_line, n_in_chunk = start, lineno, 0
+                digest.update(raw)  # each line's bytes as read, newline and all
+                n_in_chunk += 1
+                item_id = fields[0]
+                hashes.append(hash(item_id))
+                if repeat > 1 and not is_empty(fields[1]):
+                    answered.append(_id_hash(item_id))
+                linenos.append(lineno)
+                ids.append(item_id)
+                prompts.append(fields[2])
+                references.append(fields[3])
+                if len(ids) == chunk_items:  # checked now, before a later line is read
+                    check()
+                    linenos, ids, prompts, references = [], [], [], []
+            if ids:
+                check()
+            if n_in_chunk:
+                close_chunk(last_end)  # the last chunk runs to the end of the file
         if not hashes:
             raise PredictionsError(no_items_message(uri))
         _duplicate_error(run, hashes)
@@ -401,24 +528,6 @@ def chunk_stored(session: Session, plan: ChunkPlan, chunk: Chunk) -> bool:
             and row.byte_end == chunk.byte_end)
 
 
-def _checked_item(line: str, where: str) -> Item:
-    """A line the plan has checked, as an item: the fields only, not the checks again
-    (the chunk's digest says the bytes are the ones checked). Anything unexpected is a
-    :class:`PredictionsError`: the file changed after all."""
-    try:
-        obj = json.loads(line)
-        reference = obj.get("reference")
-        prompt = obj.get("prompt")
-        if not (isinstance(reference, str) or reference is None):
-            reference = _optional_str(obj, "reference", where)
-        if not (isinstance(prompt, str) or prompt is None):
-            prompt = _optional_str(obj, "prompt", where)
-        return Item(id=obj["id"], response=obj["response"], prompt=prompt, reference=reference,
-                    metadata=obj.get("metadata") or {})
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise PredictionsError(f"{where}: {type(exc).__name__}: {exc}") from None
-
-
 def read_chunk(run: RunInfo, chunk: Chunk) -> bytes:
     """The chunk's bytes, read again; a file changed since the plan is an error."""
     with open_binary(run.predictions_uri, allowed_for(run.origin)) as handle:
@@ -438,39 +547,38 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
     run = plan.run
     uri = run.predictions_uri
     data = read_chunk(run, chunk)
-    digest = hashlib.blake2b(digest_size=32)
-    parsed: list[tuple[int, Item]] = []
-    max_bytes, max_line_bytes = _limits()
     changed = (f"{uri}: changed while it was being scored (from line {chunk.first_line}, the "
                "file differs from when it was first read); score the run again")
+    # The bytes first, in one call: the lines parsed below are the ones the plan checked.
+    if hashlib.blake2b(data, digest_size=32).hexdigest() != chunk.digest:
+        raise PredictionsError(changed)
+    _max_bytes, max_line_bytes = _limits()
+    linenos: list[int] = []
+    parsed: list[tuple[str, str, str | None, str | None, Any]] = []
     try:
-        for lineno, _s, _e, line in lines_at(io.BytesIO(data), uri, max_bytes, max_line_bytes,
-                                             offset=chunk.byte_start,
-                                             lineno=chunk.first_line - 1):
-            if not line.strip():
-                continue
-            digest.update(line.encode())
-            parsed.append((lineno, _checked_item(line, f"{uri}, line {lineno}")))
+        for offset, raw in enumerate(data.split(b"\n"), start=chunk.first_line):
+            fields = _line_fields(raw, uri, offset, max_line_bytes)
+            if fields is not None:
+                linenos.append(offset)
+                parsed.append(fields)
     except PredictionsError as exc:  # the plan read these lines whole and well formed
         raise PredictionsError(f"{changed}: {exc}") from None
     del data
-    if len(parsed) != chunk.n_lines or digest.hexdigest() != chunk.digest:
+    if len(parsed) != chunk.n_lines:
         raise PredictionsError(changed)
     with session_scope() as session:
-        key = _references(session, plan.dataset_id, [item.id for _n, item in parsed])
+        found = _dataset_rows(session, plan.dataset_id, [fields[0] for fields in parsed])
     items: list[Item] = []
     extra = 0
-    for lineno, item in parsed:
-        found = key.get(item.id)
-        if found is None:
+    for lineno, (item_id, response, prompt, given, metadata), key in zip(
+            linenos, parsed, found, strict=True):
+        if key is None:
             extra += 1
             continue
-        prompt, reference = found
-        _mismatch(run.predictions_uri, lineno, item, reference, plan.dataset_label)
-        items.append(Item(id=item.id, response=item.response,
-                          prompt=prompt if prompt is not None else item.prompt,
-                          reference=reference, metadata=item.metadata))
-    del parsed
+        _mismatch(uri, lineno, item_id, given, key[1], plan.dataset_label)
+        items.append(Item(item_id, response, key[0] if key[0] is not None else prompt, key[1],
+                          metadata or {}))
+    del parsed, found
     judge = build_judge(plan.judge, engine)
     context = ScoringContext(run_id=run.id, dataset=run.dataset, model=run.model)
     verdicts = judge.score(items, context) if items else []
@@ -501,8 +609,6 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
 
 def finish_evaluation(session_scope: Callable[[], Any], plan: ChunkPlan) -> EvaluationSummary:
     """Missing items as wrong answers, the aggregate from the database: ``completed``."""
-    import numpy as np
-
     with session_scope() as session:
         ev = session.scalar(select(Evaluation).where(Evaluation.id == plan.evaluation_id)
                             .with_for_update())
@@ -516,22 +622,28 @@ def finish_evaluation(session_scope: Callable[[], Any], plan: ChunkPlan) -> Eval
         left = [c.index for c in plan.chunks if c.index not in done]
         if left:
             raise TunixRtError(f"evaluation {ev.id}: chunks {left[:10]} are not stored")
-        exists = select(Verdict.id).where(Verdict.evaluation_id == ev.id,
-                                          Verdict.item_id == DatasetItem.item_id).exists()
-        session.connection().execute(insert(Verdict).from_select(
-            ["evaluation_id", "item_id", "score", "passed", "rationale", "raw", "response"],
-            select(literal(ev.id), DatasetItem.item_id, literal(0.0), literal(False),
-                   literal(MISSING), literal({"missing": True}, JSONType), literal(None))
-            .where(DatasetItem.dataset_id == plan.dataset_id, ~exists)))
-        n_items = session.scalar(select(func.count()).select_from(Verdict)
-                                 .where(Verdict.evaluation_id == ev.id))
-        n_missing = n_items - sum(n for _index, _cost, n in chunk_rows)
-        rows = session.connection().execute(
-            select(Verdict.score).where(Verdict.evaluation_id == ev.id,
-                                        Verdict.score.is_not(None))
-            .execution_options(yield_per=50_000))
-        scores = np.fromiter((score for (score,) in rows), dtype=np.float64)
-        mean, ci_low, ci_high = aggregate(scores)
+        answered = sum(n for _index, _cost, n in chunk_rows)
+        # Each verdict is a distinct item of the dataset: as many as it has, none missing.
+        if answered != session.scalar(select(Dataset.n_items)
+                                      .where(Dataset.id == plan.dataset_id)):
+            exists = select(Verdict.id).where(Verdict.evaluation_id == ev.id,
+                                              Verdict.item_id == DatasetItem.item_id).exists()
+            session.connection().execute(insert(Verdict).from_select(
+                ["evaluation_id", "item_id", "score", "passed", "rationale", "raw", "response"],
+                select(literal(ev.id), DatasetItem.item_id, literal(0.0), literal(False),
+                       literal(MISSING), literal({"missing": True}, JSONType), literal(None))
+                .where(DatasetItem.dataset_id == plan.dataset_id, ~exists)))
+        # Each distinct score and how often it comes (two rows for exact_match), not
+        # every score: the aggregate needs no more (aggregate_counts).
+        counted = session.execute(select(Verdict.score, func.count())
+                                  .where(Verdict.evaluation_id == ev.id)
+                                  .group_by(Verdict.score)).all()
+        n_items = sum(n for _score, n in counted)
+        n_missing = n_items - answered
+        scored = [(score, n) for score, n in counted if score is not None]
+        n_scored = sum(n for _score, n in scored)
+        mean, ci_low, ci_high = aggregate_counts([score for score, _n in scored],
+                                                 [n for _score, n in scored])
         costs = [cost for _index, cost, _n in chunk_rows if cost is not None]
         cost = agreement = repeats = None
         if costs:
@@ -542,7 +654,7 @@ def finish_evaluation(session_scope: Callable[[], Any], plan: ChunkPlan) -> Eval
         now = utcnow()
         session.execute(update(Evaluation).where(Evaluation.id == ev.id).values(
             status=EvaluationStatus.completed.value, score=mean, ci_low=ci_low, ci_high=ci_high,
-            n_items=n_items, n_scored=int(scores.size), n_unscored=n_items - int(scores.size),
+            n_items=n_items, n_scored=n_scored, n_unscored=n_items - n_scored,
             n_missing=n_missing, n_extra=plan.n_extra, finished_at=now,
             duration_s=(now - ev.started_at).total_seconds(), cost=cost,
             agreement_rate=agreement, agreement_repeats=repeats))

@@ -308,7 +308,40 @@ def lines_at(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *
                _decode(pending, 0, len(pending), uri, lineno + 1, max_line_bytes))
 
 
-def _decode(buffer: bytearray, start: int, end: int, uri: str, lineno: int,
+def raw_lines(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *,
+              offset: int = 0, lineno: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
+    """As :func:`lines_at`, with the same limits, but each line as the bytes read, its
+    newline kept, not decoded: chunked scoring parses the bytes themselves and hashes
+    them, and decodes a line only to name what is wrong with it."""
+    total = 0
+    pending = b""
+    base = offset  # the file offset of pending[0]
+    while True:
+        block = handle.read(READ_CHUNK)
+        if not block:
+            break
+        total += len(block)
+        if total > max_bytes:
+            raise PredictionsError(f"{uri}: larger than {max_bytes} bytes, the most read of one "
+                                   "file (TUNIX_RT_PREDICTIONS_MAX_BYTES)")
+        buffer = pending + block if pending else block
+        find = buffer.find
+        start = 0
+        while (end := find(b"\n", start)) >= 0:
+            lineno += 1
+            if end - start > max_line_bytes:
+                _line_too_long(uri, lineno, max_line_bytes)
+            yield lineno, base + start, base + end + 1, buffer[start:end + 1]
+            start = end + 1
+        pending = buffer[start:]
+        base += start
+        if len(pending) > max_line_bytes:
+            _line_too_long(uri, lineno + 1, max_line_bytes)
+    if pending:
+        yield lineno + 1, base, base + len(pending), pending
+
+
+def _decode(buffer: bytes | bytearray, start: int, end: int, uri: str, lineno: int,
             max_line_bytes: int) -> str:
     if end - start > max_line_bytes:
         _line_too_long(uri, lineno, max_line_bytes)
