@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import BackgroundTasks, Depends, FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -27,34 +27,13 @@ from tunix_rt.quality.predictions import allowed_prefixes
 from tunix_rt.store import runs
 from tunix_rt.store.db import get_engine, session_scope
 from tunix_rt.service.deliveries import Dispatcher
-from tunix_rt.errors import InvalidInputError, NotFoundError, TunixRtError, is_transient
+from tunix_rt.errors import InvalidInputError, TunixRtError
 from tunix_rt.store.models import RunOrigin, RunStatus
 from tunix_rt.settings import Settings, get_settings
-from tunix_rt.service.webhooks import (MAX_BODY_BYTES, MissingHeadersError, PayloadError, SignatureError,
-                               Verifier, parse_event, parse_sourced_secrets)
+from tunix_rt.service.receiver import WEBHOOKS_OFF, FastLane, WebhookReceiver, tunix_error
+from tunix_rt.service.webhooks import MAX_BODY_BYTES, Verifier, parse_sourced_secrets
 
 log = logging.getLogger("tunix_rt.service.server")
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-WEBHOOKS_OFF = ("TUNIX_RT_WEBHOOK_SECRET is not set, so the webhook receiver is off "
-                "(whsec_<base64>; or TUNIX_RT_WEBHOOK_SECRETS, source=whsec_<base64> ...)")
 
 
 def require_webhook_secret(settings: Settings) -> None:
@@ -93,6 +72,11 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     app = FastAPI(title="tunix-rt", version=__version__)
     app.state.dispatcher = dispatcher
+    # POST /webhooks/training is served by the FastLane middleware (service.receiver), added
+    # first so that it is the innermost: every other middleware's check comes before it.
+    receiver = WebhookReceiver(verifier, store, predictions_allow, max_body_bytes,
+                               lambda: app.state.dispatcher, scope)
+    app.add_middleware(FastLane, receiver=receiver)
     params.install(app)  # a NUL in any parameter, a foreign cursor: 400 naming it
     webhook_openapi.install(app)  # the webhook's body and headers, in the served schema
     M.install(app, protected=bool(settings.api_token
@@ -106,9 +90,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @app.exception_handler(TunixRtError)
     async def _tunix_error(_request: Request, exc: TunixRtError) -> JSONResponse:
-        status = 404 if isinstance(exc, NotFoundError) else 422
-        field = getattr(exc, "field", None)
-        return _error(status, str(exc), **({"parameter": field} if field else {}))
+        return tunix_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -116,53 +98,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @app.post("/webhooks/training", status_code=202, responses=webhook_openapi.RESPONSES,
               openapi_extra=webhook_openapi.REQUEST)
-    async def training_webhook(request: Request, background: BackgroundTasks) -> JSONResponse:
-        if verifier is None:  # nothing stored: the sender retries after the secret is set
-            return JSONResponse({"error": WEBHOOKS_OFF}, status_code=503,
-                                headers={"Retry-After": "60"})
-        try:
-            body = await _read_body(request, max_body_bytes)
-        except BodyTooLarge:
-            return _error(413, f"body larger than {max_body_bytes} bytes")
-        try:
-            # Every header pair: a repeated webhook-id is refused, not half-checked.
-            verified = verifier.verify(body, request.headers.items())
-        except MissingHeadersError as exc:
-            return _error(400, str(exc), header=exc.header)
-        except SignatureError as exc:
-            # The library's reason goes to the log; the sender gets generic text.
-            log.warning("webhook signature rejected: %s", exc)
-            return _error(401, "signature rejected: bad, expired or unknown signature")
-        try:
-            event = parse_event(body, predictions_allow=predictions_allow)
-        except PayloadError as exc:
-            return _error(422, f"invalid payload: {exc}", field=exc.field)
-        delivery_id = verified.delivery_id  # the id that was verified, never another
-        try:
-            received = await store(delivery_id, event, verified.source)
-        except group_commit.StoreUnavailable as exc:
-            log.warning("cannot store delivery %s: %s", delivery_id, exc)
-            return JSONResponse({"error": "cannot store the delivery; retry later"},
-                                status_code=503, headers={"Retry-After": "5"})
-        except deliveries.RunConflictError as exc:
-            return _error(409, str(exc), field=exc.field, run_id=exc.run_id)
-        except InvalidInputError as exc:
-            return _error(422, f"invalid payload: {exc}", field=exc.field)
-        except DBAPIError as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("cannot store delivery %s: %s", delivery_id, exc)
-            return JSONResponse({"error": "cannot store the delivery; retry later"},
-                                status_code=503, headers={"Retry-After": "5"})
-        if received.duplicate:
-            return JSONResponse({"status": "duplicate", "run_id": received.run_id},
-                                status_code=200)
-        if received.dispatch_id is not None and app.state.dispatcher is not None:
-            background.add_task(deliveries.dispatch_now, scope, app.state.dispatcher,
-                                received.dispatch_id, received.run_id, delivery_id)
-        return JSONResponse({"status": "accepted", "run_id": received.run_id,
-                             "dispatch": received.dispatch_id is not None}, status_code=202,
-                            background=background)
+    async def training_webhook(request: Request) -> Response:  # the schema's; FastLane serves
+        return await receiver.answer(request)
 
     @app.get("/healthz", response_model=Health,
              responses=M.responses(M.BAD_PARAMETER, M.UNAVAILABLE))
