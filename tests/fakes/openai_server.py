@@ -12,17 +12,30 @@ messages, 2 for its retry, ...). A ``Reply`` can delay (latency, or a hang longe
 the client's timeout), fail with any status and headers, or carry garbage content;
 successful replies report token usage (whitespace-separated words). A reply with
 ``content_length=False`` sends no Content-Length: its body ends when the connection
-closes (HTTP/1.0), so only the client's own cap can stop a flood.
+closes, so only the client's own cap can stop a flood.
+
+Connections are kept alive (HTTP/1.1), as a real provider's are: a connection per
+request would make the client pay a connect, and this server a thread, per call, a
+cost no real provider puts on the client's CPU.
+
+``fake_openai_process`` runs the server in a process of its own (benchmarks): a real
+provider's request handling does not compete with the judge's event loop for the GIL,
+as this in-process server's threads do.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -59,6 +72,7 @@ class Reply:
 
 
 Handler = Callable[[dict[str, Any], int], Reply]
+STATS_PATH = "/_fake/stats"  # GET: the counters of a server in its own process
 
 
 class FakeOpenAI:
@@ -74,6 +88,8 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self._attempts: dict[str, int] = {}
         self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()  # open client connections
+        self.connections = 0  # client connections accepted so far
         if handler is None:
             handler = Reply.json(1.0, "fine")
         if isinstance(handler, Reply):
@@ -132,6 +148,22 @@ class FakeOpenAI:
 
 def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class RequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: one connection serves many requests
+        # Nagle off: on a kept-alive connection the body, written after the headers,
+        # would otherwise wait for the client's delayed ACK (40 ms a reply).
+        disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            super().setup()
+            with state._lock:
+                state._connections.add(self.connection)
+                state.connections += 1
+
+        def finish(self) -> None:
+            with state._lock:
+                state._connections.discard(self.connection)
+            super().finish()
+
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
@@ -143,6 +175,15 @@ def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 return self._send(400, {}, b'{"error": {"message": "body is not JSON"}}')
             self._send(*state._handle(request, {k.lower(): v for k, v in self.headers.items()}))
 
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path != STATS_PATH:
+                return self._send(404, {}, b'{"error": {"message": "not found"}}')
+            with state._lock:  # each read starts a new peak
+                stats = {"calls": state.calls, "max_in_flight": state.max_in_flight,
+                         "connections": state.connections}
+                state.max_in_flight = state.in_flight
+            self._send(200, {}, json.dumps(stats).encode())
+
         def _send(self, status: int, headers: dict[str, str], body: bytes,
                   content_length: bool = True) -> None:
             try:
@@ -150,7 +191,8 @@ def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", "application/json")
                 if content_length:
                     self.send_header("Content-Length", str(len(body)))
-                else:
+                else:  # the body ends when the connection closes
+                    self.send_header("Connection", "close")
                     self.close_connection = True
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -185,4 +227,64 @@ def fake_openai(handler: Handler | Reply | Sequence[Reply] | None = None) -> Ite
         state._stopping.set()  # cut scripted delays short
         server.shutdown()
         server.server_close()
+        with state._lock:  # end idle keep-alive connections, whose threads wait to read
+            for connection in state._connections:
+                with suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         thread.join(timeout=5)
+
+
+@dataclass
+class FakeOpenAIProcess:
+    """A fake server in a child process: its URL, and its counters read over HTTP."""
+
+    base_url: str
+    process: subprocess.Popen[str]
+
+    def stats(self) -> dict[str, int]:
+        """``calls``, ``connections``, and ``max_in_flight`` since the previous read."""
+        import httpx
+
+        return httpx.get(self.base_url.removesuffix("/v1") + STATS_PATH, timeout=30).json()
+
+
+@contextmanager
+def fake_openai_process(score: float = 1.0, rationale: str = "fine",
+                        delay: float = 0.0) -> Iterator[FakeOpenAIProcess]:
+    """Run a fake server that answers every request with one grade after ``delay``,
+    in a child process, for the duration of the block."""
+    root = Path(__file__).resolve().parents[2]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.openai_server", "--score", str(score),
+         "--rationale", rationale, "--delay", str(delay)],
+        cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip()
+        if not base_url:
+            raise RuntimeError(f"the fake OpenAI server did not start (exit {process.wait()})")
+        yield FakeOpenAIProcess(base_url, process)
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()  # the server stops at end of input
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve one grade after a delay; print the base URL, stop when stdin closes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--score", type=float, default=1.0)
+    parser.add_argument("--rationale", default="fine")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    with fake_openai(Reply.json(args.score, args.rationale, delay=args.delay)) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()

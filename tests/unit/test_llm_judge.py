@@ -20,7 +20,7 @@ from tunix_rt.judges.registry import get_judge
 from tunix_rt.judges.rubrics import (BUILTIN_RUBRICS, Rubric, build_messages, load_rubric, new_boundary,
                                      rubric_hash)
 from tunix_rt.settings import Settings
-from tests.fakes.openai_server import Reply, fake_openai
+from tests.fakes.openai_server import Reply, fake_openai, fake_openai_process
 
 CTX = ScoringContext(run_id="run-1", dataset="gsm8k", model="policy")
 FAST = dict(backoff_s=0.01, timeout_s=5.0, max_retries=4)
@@ -287,6 +287,25 @@ def test_rate_limit_is_respected() -> None:
         judge.score(items(n), CTX)
     span = server.arrivals[-1] - server.arrivals[0]
     assert span >= (n - 1) / rate * 0.85  # ~0.35 s, where unlimited would be a few ms
+
+
+def test_requests_reuse_kept_alive_connections() -> None:
+    """One connection per concurrency slot, however many items: no connect per call."""
+    with fake_openai(lambda request, attempt: Reply.json(1.0, delay=0.02)) as server:
+        verdicts = judge_for(server, max_concurrency=4).score(items(40), CTX)
+    assert all(v.scored for v in verdicts) and server.calls == 40
+    assert 1 <= server.connections <= 4
+
+
+def test_a_provider_in_its_own_process_is_judged_against_and_counts() -> None:
+    """The benchmarks' provider: the fake in a child process, read over HTTP."""
+    with fake_openai_process(0.75, "fine", delay=0.2) as server:
+        verdicts = judge_for(server, max_concurrency=3).score(items(6), CTX)
+        stats = server.stats()
+        assert server.process.poll() is None
+    assert [v.score for v in verdicts] == [0.75] * 6
+    assert stats["calls"] == 6 and 2 <= stats["max_in_flight"] <= 3
+    assert server.process.returncode == 0  # it stopped at the end of the block
 
 
 # --- cache --------------------------------------------------------------------------------
