@@ -45,7 +45,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -342,6 +342,49 @@ def tls_context() -> Any:
         return _TLS
 
 
+class _Lanes:
+    """At most ``size`` requests in flight, each on a client of its own with one connection.
+
+    One httpx client holding c connections scans all of them whenever a request starts
+    or ends (httpcore's pool checks each idle connection's socket for a server-side
+    close: a syscall and a rebuilt attribute map apiece), so every request cost O(c)
+    and, with all c replies landing together, each wave O(c^2): at concurrency 16 that
+    scan was a fifth of the judge's CPU. A client per slot keeps the scan at the one
+    connection it holds. A lease is taken per attempt, so a retry's backoff frees its
+    slot for other items, as a semaphore did.
+    """
+
+    def __init__(self, size: int, timeout_s: float) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._timeout_s = timeout_s
+        self._idle: list[httpx.AsyncClient] = []  # last used first: its connection is warm
+        self._all: list[httpx.AsyncClient] = []
+
+    async def __aenter__(self) -> _Lanes:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for client in self._all:
+            await client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
+        async with self._slots:
+            client = self._idle.pop() if self._idle else self._new_client()
+            try:
+                yield client
+            finally:
+                self._idle.append(client)
+
+    def _new_client(self) -> httpx.AsyncClient:
+        import httpx
+
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        client = httpx.AsyncClient(timeout=self._timeout_s, limits=limits, verify=tls_context())
+        self._all.append(client)
+        return client
+
+
 class _RateLimiter:
     """A token bucket of capacity one: at most ``rate`` acquisitions per second."""
 
@@ -499,8 +542,8 @@ class LLMJudge:
                                             judge_version=self.version,
                                             raw={"model": self.config.model,
                                                  "rubric": self.rubric.name, "attempts": 0})
-            else:
-                keys[i] = self.key_for(item)
+            else:  # without a cache no key is needed: hashing every item is not free
+                keys[i] = self.key_for(item) if self.cache is not None else ""
 
         if self.cache is not None and keys:
             hits = self.cache.get_many(list(dict.fromkeys(keys.values())))
@@ -512,18 +555,12 @@ class LLMJudge:
 
         if keys:
             cfg = self.config
-            semaphore = asyncio.Semaphore(cfg.max_concurrency)
             limiter = _RateLimiter(cfg.requests_per_second) if cfg.requests_per_second else None
-            import httpx
-
-            limits = httpx.Limits(max_connections=cfg.max_concurrency,
-                                  max_keepalive_connections=cfg.max_concurrency)
-            async with httpx.AsyncClient(timeout=cfg.timeout_s, limits=limits,
-                                         verify=tls_context()) as client:
+            async with _Lanes(cfg.max_concurrency, cfg.timeout_s) as lanes:
                 writer = _CacheWriter(self.cache) if self.cache is not None else None
                 try:
                     fresh = await asyncio.gather(*(
-                        self._judge_and_keep(client, semaphore, limiter, items[i], keys[i], writer)
+                        self._judge_and_keep(lanes, limiter, items[i], keys[i], writer)
                         for i in keys))
                 finally:  # what was bought is kept, also when scoring is cut short
                     if writer is not None:
@@ -559,28 +596,27 @@ class LLMJudge:
             body["seed"] = self.config.seed
         return body
 
-    async def _judge_and_keep(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
-                              limiter: _RateLimiter | None, item: Item, key: str,
-                              writer: _CacheWriter | None) -> Verdict:
+    async def _judge_and_keep(self, lanes: _Lanes, limiter: _RateLimiter | None, item: Item,
+                              key: str, writer: _CacheWriter | None) -> Verdict:
         """``_judge_safely``, and a scored verdict handed to the cache writer at once."""
-        verdict = await self._judge_safely(client, semaphore, limiter, item)
+        verdict = await self._judge_safely(lanes, limiter, item)
         if writer is not None and verdict.scored:
             writer.add(key, {"score": verdict.score, "passed": verdict.passed,
                              "rationale": verdict.rationale, "raw": dict(verdict.raw or {})})
         return verdict
 
-    async def _judge_safely(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
-                            limiter: _RateLimiter | None, item: Item) -> Verdict:
+    async def _judge_safely(self, lanes: _Lanes, limiter: _RateLimiter | None,
+                            item: Item) -> Verdict:
         """``_judge_one``, whose failure costs this item only (unscored, with the reason)."""
         try:
-            return await self._judge_one(client, semaphore, limiter, item)
+            return await self._judge_one(lanes, limiter, item)
         except Exception as exc:  # one item's trouble must not sink the others' verdicts
             return self._unscored(item, f"the judge failed on this item: {type(exc).__name__}: "
                                         f"{_clip(str(exc), 200)}")
 
-    async def _judge_one(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
-                         limiter: _RateLimiter | None, item: Item) -> Verdict:
-        outcome = await self._call(client, semaphore, limiter, self.request_body(item))
+    async def _judge_one(self, lanes: _Lanes, limiter: _RateLimiter | None,
+                         item: Item) -> Verdict:
+        outcome = await self._call(lanes, limiter, self.request_body(item))
         raw: dict[str, Any] = {"model": self.config.model, "rubric": self.rubric.name,
                                "rubric_hash": self.rubric_hash, "attempts": outcome.attempts,
                                "usage": outcome.usage}
@@ -597,8 +633,8 @@ class LLMJudge:
                        rationale=rationale or "(the judge model gave no rationale)",
                        judge=self.name, judge_version=self.version, raw=raw)
 
-    async def _call(self, client: httpx.AsyncClient, semaphore: asyncio.Semaphore,
-                    limiter: _RateLimiter | None, body: dict[str, Any]) -> _Outcome:
+    async def _call(self, lanes: _Lanes, limiter: _RateLimiter | None,
+                    body: dict[str, Any]) -> _Outcome:
         import httpx
 
         cfg = self.config
@@ -610,7 +646,7 @@ class LLMJudge:
         for attempt in range(1, max_attempts + 1):
             outcome.attempts = attempt
             retry_after: str | None = None  # the header, honoured on 429 and 503 only
-            async with semaphore:
+            async with lanes.lease() as client:
                 if limiter is not None:
                     await limiter.acquire()
                 self.ledger.calls += 1
