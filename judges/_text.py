@@ -98,7 +98,7 @@ def normalize_answer(text: str) -> str:
 def _plain_integer(text: str) -> bool:
     """True for ASCII digits without a leading zero, short enough for Decimal's 28-digit
     precision: the form the canonical one is, so normalizing would give it back."""
-    return (text.isascii() and text.isdigit() and len(text) <= 20
+    return (text.isdigit() and len(text) <= 20 and text.isascii()
             and (text[0] != "0" or len(text) == 1))
 
 

@@ -29,7 +29,8 @@ class ExactMatchJudge:
 
     def score(self, items: Sequence[Item], context: ScoringContext) -> list[Verdict]:
         """Return one verdict per item, in the order given."""
-        return [self._score_one(item) for item in items]
+        score_one = self._score_one  # one attribute lookup a batch, not an item
+        return [score_one(item) for item in items]
 
     def _score_one(self, item: Item) -> Verdict:
         # The reference first: an item the judge cannot judge stays unscored even when
@@ -48,12 +49,14 @@ class ExactMatchJudge:
         found = extract_answer(item.response)
         # A bare "42" is a perfectly good answer, so no marker means the whole reply.
         extracted = normalize_answer(found if found is not None else item.response)
-        passed = extracted == reference
-        relation = "==" if passed else "!="
-        return Verdict(item_id=item.id, score=1.0 if passed else 0.0, passed=passed,
-                       rationale=f"extracted {extracted!r} {relation} reference {reference!r}",
-                       judge=self.name, judge_version=self.version,
-                       raw={"extracted": extracted, "reference": reference})
+        # Positional, in Verdict's field order: a chunk of 10,000 items pays for every
+        # keyword of a frozen dataclass's __init__.
+        if extracted == reference:
+            return Verdict(item.id, 1.0, True, f"extracted {extracted!r} == reference "
+                           f"{reference!r}", self.name, self.version,
+                           {"extracted": extracted, "reference": reference})
+        return Verdict(item.id, 0.0, False, f"extracted {extracted!r} != reference {reference!r}",
+                       self.name, self.version, {"extracted": extracted, "reference": reference})
 
     def _unscored(self, item: Item, reason: str) -> Verdict:
         return Verdict.unscored(item.id, reason, judge=self.name, judge_version=self.version)
