@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,14 @@ def _cluster_processes(temp_dir: str) -> list[int]:
     """Running processes whose command line names the cluster's folder (Ray's own)."""
     return [pid for pid in proctable.processes() if pid != os.getpid()
             and temp_dir in proctable.command_line(pid) and proctable.running(pid)]
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def nodes(dashboard: str) -> list[dict]:
@@ -102,8 +111,10 @@ def ray_two_nodes() -> Iterator[dict]:
 
     try:
         head = start(head_cmd, "node-a")
-        wait_for(lambda: nodes(dashboard), START_S, "the Ray head", proc=head,
-                 log=logs / "node-a.log", retry_on=httpx.HTTPError, interval=1)
+        # The second node needs only the head's GCS: it starts while the head's dashboard
+        # (the slow part of the head, and only read below) is still coming up.
+        wait_for(lambda: _accepts(gcs_port), START_S, "the Ray head's GCS", proc=head,
+                 log=logs / "node-a.log", interval=0.5)
         for attempt in range(1, B_ATTEMPTS + 1):
             # `ray start` gives a raylet 30 s to register with the GCS (a constant of
             # Ray's); a loaded machine can miss that, and the node then exits: again.
@@ -111,7 +122,7 @@ def ray_two_nodes() -> Iterator[dict]:
             try:
                 alive = wait_for(lambda: (lambda n: n if len(n) == 2 else None)(
                     nodes(dashboard)), START_S, "the second Ray node",
-                    proc=node_b, log=logs / "node-b.log",
+                    proc=node_b, log=logs / "node-b.log", alive=lambda: head.poll() is None,
                     retry_on=httpx.HTTPError, interval=1)
                 break
             except pytest.fail.Exception:
