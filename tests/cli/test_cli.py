@@ -512,3 +512,20 @@ def test_a_command_line_builds_the_same_parser_for_its_command() -> None:
         one = commands(build_parser(name))
         assert name in one and len(one) < len(full)
         assert one[name].format_help() == full[name].format_help()
+
+
+def test_a_short_read_runs_without_the_collector_and_restores_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from tunix_rt.cli import build_parser, judges, main
+
+    assert build_parser("leaderboard").parse_args(["leaderboard", "--dataset", "x"]).short
+    assert not build_parser("evaluate").parse_args(["evaluate", "RUN"]).short
+    seen: list[bool] = []
+    monkeypatch.setattr(judges, "cmd_list", lambda args: seen.append(gc.isenabled()) or 0)
+    assert main(["judges", "list"]) == 0
+    assert seen == [False] and gc.isenabled()
+    monkeypatch.setattr(judges, "cmd_list", lambda args: 1 / 0)
+    assert main(["judges", "list"]) == 4  # an internal error, and the collector is back
+    assert gc.isenabled()

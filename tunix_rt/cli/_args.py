@@ -31,10 +31,15 @@ def add_group(subparsers: Any, name: str, help: str) -> Any:
 
 
 def add_command(subparsers: Any, name: str, func: Handler, help: str,
-                formats: Sequence[str] | None = ("table", "json")) -> argparse.ArgumentParser:
-    """A command that runs ``func(args)``; with a ``--format`` flag unless ``formats`` is None."""
+                formats: Sequence[str] | None = ("table", "json"),
+                short: bool = False) -> argparse.ArgumentParser:
+    """A command that runs ``func(args)``; with a ``--format`` flag unless ``formats`` is None.
+
+    ``short``: a read of a page or a record, which runs without the garbage collector
+    (:func:`tunix_rt.cli.main`).
+    """
     parser = subparsers.add_parser(name, help=help, description=help)
-    parser.set_defaults(func=func)
+    parser.set_defaults(func=func, short=short)
     if formats:
         format_arg(parser, formats)
     return parser

@@ -91,7 +91,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     p = add_command(subparsers, "leaderboard", cmd_leaderboard, "ranked runs of a dataset",
-                    formats=("table", "json", "csv"))
+                    formats=("table", "json", "csv"), short=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--judge", help="needed when the dataset has boards for several judges")
     p.add_argument("--limit", type=int, default=20)
@@ -103,7 +103,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--judge")
     p.add_argument("--reason", help="recorded in the baseline's history")
-    p = add_command(baseline, "show", cmd_baseline_show, "the current baseline and its history")
+    p = add_command(baseline, "show", cmd_baseline_show, "the current baseline and its history",
+                    short=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--judge")
 

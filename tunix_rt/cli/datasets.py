@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("name", metavar="NAME", help="the dataset name runs give")
     p.add_argument("--items", required=True, metavar="FILE",
                    help="JSON Lines: id, prompt, reference (a predictions file also works)")
-    add_command(group, "list", cmd_list, "every dataset, latest version first")
-    p = add_command(group, "show", cmd_show, "one dataset version")
+    add_command(group, "list", cmd_list, "every dataset, latest version first", short=True)
+    p = add_command(group, "show", cmd_show, "one dataset version", short=True)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--version", type=int, help="a version number (default: the latest)")

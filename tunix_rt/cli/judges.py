@@ -62,7 +62,8 @@ def check_judges(names: list[str]) -> None:
 
 def register(subparsers: Any) -> None:
     judges = add_group(subparsers, "judges", "the judges")
-    add_command(judges, "list", cmd_list, "the judges that can be named, with versions")
+    add_command(judges, "list", cmd_list, "the judges that can be named, with versions",
+                short=True)
     p = add_command(judges, "calibrate", cmd_calibrate, "agreement of a judge with human "
                     "labels: accuracy and Cohen's kappa")
     p.add_argument("--judge", required=True, metavar="NAME")
