@@ -309,6 +309,7 @@ class LeaseKeeper:
         self.expired = False
         self._entered = False
         self._run_id: str | None = None
+        self._held_at: float | None = None  # when a renewal last found the run's dispatches
         self._stop = threading.Event()
         self._poke = threading.Event()  # the deadline changed, or stop: look again
         self._deadline: float | None = None
@@ -327,10 +328,14 @@ class LeaseKeeper:
         self._poke.set()
 
     def __enter__(self) -> LeaseKeeper:
-        """Hold the lease from now on (again: no effect)."""
+        """Hold the lease from now on (again: no effect). A keeper that renewed moments
+        ago (a queued loop's, renewed at its dispatch) does not renew again on entry: that
+        was three more round trips before the loop's first line."""
         if not self._entered:
             self._entered = True
-            if self.renew():
+            fresh = (self._held_at is not None
+                     and time.monotonic() - self._held_at < self.every.total_seconds() / 2)
+            if fresh or self.renew():
                 self._thread = threading.Thread(target=self._keep, name="tunix-rt-lease",
                                                 daemon=True)
                 self._thread.start()
@@ -371,6 +376,8 @@ class LeaseKeeper:
             log.exception("could not renew the lease of run %s", self.run_ref)
             return True
         self.renewals += 1
+        if held > 0:
+            self._held_at = time.monotonic()
         return held > 0
 
     def _keep(self) -> None:
