@@ -231,3 +231,79 @@ def test_a_file_changed_since_the_plan_starts_afresh(engine: Engine, tmp_path: P
         passed = session.scalar(select(Verdict.passed).where(
             Verdict.evaluation_id == summary.evaluation_id, Verdict.item_id == "q00009"))
     assert passed is True and summary.n_items == 30
+
+
+def test_unusual_lines_score_as_in_one_piece(engine: Engine, tmp_path: Path) -> None:
+    """Lines the fast parser hands to parse_line (metadata, a number for a reference, an
+    integer beyond 64 bits, escapes, a blank line of non-ASCII space, CRLF) score as the
+    one-piece reader scores them."""
+    n = 24
+    _register(engine, "arith", n)
+    lines = [json.dumps(row) for row in _lines(n)]
+    lines[1] = json.dumps({"id": "q00001", "response": "<answer>1</answer>", "reference": 1})
+    lines[4] = json.dumps({"id": "q00004", "response": "4", "metadata": {"big": 2**70}})
+    lines[8] = '{"id": "q00008", "response": "<answer>\\u0038</answer>", "prompt": "caf\\u00e9"}'
+    lines[9] = json.dumps({"id": "q00009", "response": "naïve 9", "reference": "9"},
+                          ensure_ascii=False)
+    lines[15] = json.dumps({"id": "q00015", "response": "15", "prompt": 2**80, "reference": 15})
+    path = tmp_path / "p.jsonl"
+    text = "\r\n".join(lines[:12]) + "\r\n\u3000\n" + "\n".join(lines[12:])  # no final newline
+    path.write_bytes(text.encode())
+    one = make_run(engine, tmp_path, "one", [], predictions=str(path))
+    two = make_run(engine, tmp_path, "two", [], predictions=str(path))
+
+    evaluate(engine, one)
+    plan = evaluate_chunked(engine, two)
+
+    assert len(plan.chunks) == 4
+    a, verdicts_a = _record(engine, one)
+    b, verdicts_b = _record(engine, two)
+    assert a == b and a["n_items"] == n and a["n_missing"] == 0
+    assert verdicts_a == verdicts_b
+
+
+@pytest.mark.parametrize("bad", [
+    b'{"id": "q00020", "response": NaN}',  # JSON to Python's reader, not a string
+    b'{"id": "q00020", "response": "a\\u0000b"}',
+    b'{"id": "q00020", "response": "caf\xe9"}',  # Latin-1, not UTF-8
+    b'{"id": "q00020", "response": "\\ud800"}',  # a lone surrogate: no text to store
+    b'{"id": 20, "response": "20"}',
+    b'{"id": "   ", "response": "20"}',
+    b'["q00020", "20"]',
+    b'{"id": "q00020", "response": "20", "metadata": [1]}',
+])
+def test_a_line_the_fast_parser_refuses_is_named_as_the_one_piece_reader_names_it(
+        engine: Engine, tmp_path: Path, bad: bytes) -> None:
+    from tunix_rt.quality.predictions import read_predictions
+
+    lines = [json.dumps(row).encode() for row in _lines(30)]
+    lines[20] = bad
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    run_id = make_run(engine, tmp_path, "bad", [], predictions=str(path))
+    with pytest.raises(PredictionsError, match="line 21") as one:
+        read_predictions(str(path))
+    with pytest.raises(PredictionsError) as two:
+        _plan(engine, run_id)
+    assert str(two.value) == str(one.value)
+    assert count(engine, Evaluation) == 0 and count(engine, Verdict) == 0
+
+
+def test_aggregate_counts_gives_aggregate_of_the_scores() -> None:
+    """The finish task's aggregate from GROUP BY (value, count) rows, in any order, is the
+    aggregate of the scores themselves: few distinct values, and more than the counts path
+    takes."""
+    import numpy as np
+
+    from tunix_rt.quality.evaluation import COUNTS_MAX_DISTINCT, aggregate, aggregate_counts
+
+    rng = np.random.default_rng(3)
+    for scores in (rng.integers(0, 2, 5_000).astype(float),
+                   rng.integers(0, 5, 999) / 4,
+                   rng.random(COUNTS_MAX_DISTINCT * 3).round(3),
+                   np.array([0.5] * 7)):
+        values, counts = np.unique(scores, return_counts=True)
+        order = rng.permutation(values.size)
+        assert aggregate_counts(values[order].tolist(), counts[order].tolist()) == \
+            aggregate(rng.permutation(scores))
+    assert aggregate_counts([], []) == (None, None, None)

@@ -245,6 +245,18 @@ def test_a_nul_in_a_stored_field_is_refused_with_the_line(field: str) -> None:
     assert "\u0000" not in message
 
 
+@pytest.mark.parametrize("field", ["id", "response", "prompt", "reference", "metadata"])
+def test_a_lone_surrogate_is_refused_with_the_line(field: str) -> None:
+    """JSON can escape half a surrogate pair; that is no text any database stores (it
+    failed as an encoding error when the verdicts were written)."""
+    obj = {"id": "b", "response": "r", "prompt": "p", "reference": "1",
+           field: {"k": ["\ud800"]} if field == "metadata" else "x\udc00y"}
+    message = _error(_lines(GOOD, obj))
+    assert message.startswith(f"preds.jsonl, line 2: field '{field}' contains a lone surrogate")
+    pair = {"id": "b", "response": "\U0001f600"}  # escaped as a pair: text, read as such
+    assert parse_predictions(_lines(GOOD, pair))[1].response == "\U0001f600"
+
+
 def test_deep_nesting_is_not_valid_json_on_its_line() -> None:
     assert (_error([GOOD, "[" * 100_000])
             == "preds.jsonl, line 2: not valid JSON (nested too deeply)")

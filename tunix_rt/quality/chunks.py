@@ -4,11 +4,13 @@ A file of more than ``TUNIX_RT_SCORE_CHUNK_ITEMS`` items (10,000 by default) is 
 read into memory. Instead:
 
 1. **Plan** (:func:`plan_scoring`, the ``score-run`` task): one streaming pass checks
-   every line as the one-piece reader does (JSON, fields, limits), checks each line's
-   reference against the dataset's (or, for a dataset with no record, registers it from
-   the file, batch by batch), counts the lines whose item the dataset lacks (``n_extra``)
-   and cuts the file into chunks of that many items, each a byte range with a digest of
-   its bytes. Duplicate ids are found without a set of the ids: each id's 64-bit hash
+   every line as the one-piece reader does (JSON, fields, limits: the bytes parsed by
+   orjson, anything unusual by :func:`parse_line`, :func:`_line_fields`), checks each
+   line's reference against the dataset's in the database, which sends back only the
+   lines whose item it lacks (``n_extra``) or whose reference differs (or, for a
+   dataset with no record, registers it from the file, batch by batch), and cuts the
+   file into chunks of that many items, each a byte range (from its first item's line
+   to the next chunk's, or the end of the file) with a digest of its bytes. Duplicate ids are found without a set of the ids: each id's 64-bit hash
    (Python's, salted per process: the plan is one process) goes into an array (8 bytes
    an item, 8 MB at a million), sorted at the end; a hash seen twice sends a second
    pass looking for those ids, which names both lines. A bad
@@ -16,18 +18,20 @@ read into memory. Instead:
    on record is kept (``store_failed_evaluation``). Then the evaluation row is set
    ``running``: it is never ranked or gated until every chunk is in.
 2. **Chunks** (:func:`score_chunk`, mapped ``score-chunk`` tasks): each reads its byte
-   range again (the digest must match: a file changed since the plan is an error),
+   range again (the digest must match, before any line is parsed: a file changed since
+   the plan is an error),
    lays its items over the dataset (prompts, references) with one query, has the judge
    score them and writes its verdicts, and a row in ``evaluation_chunks``, in one
    transaction. A chunk whose row is there (same range, same digest) is skipped: a
    chunk is idempotent, retries on its own, and a killed evaluation resumes where it
    stopped (the plan of a re-run keeps the stored chunks when the file and the dataset
    version are the same, and discards them otherwise).
-3. **Finish** (:func:`finish_evaluation`, the ``finish-evaluation`` task): the dataset's
-   items without a verdict are inserted as wrong answers ("missing from the predictions
-   file") by one ``INSERT ... SELECT``; the scores are read back as one numpy array (8
-   bytes an item) for the mean and the bootstrap CI; the chunks' costs are summed; the
-   evaluation becomes ``completed``.
+3. **Finish** (:func:`finish_evaluation`, the ``finish-evaluation`` task): unless the
+   chunks' verdicts are as many as the dataset's items, the items without a verdict are
+   inserted as wrong answers ("missing from the predictions file") by one ``INSERT ...
+   SELECT``; the scores come back as each distinct score and its count (``GROUP BY``)
+   for the mean and the bootstrap CI; the chunks' costs are summed; the evaluation
+   becomes ``completed``.
 
 The result is the one-piece path's: the same verdicts, score, interval (computed over
 the sorted scores, :func:`tunix_rt.quality.evaluation.aggregate`), ``n_missing`` and

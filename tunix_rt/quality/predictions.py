@@ -542,9 +542,11 @@ def parse_line(line: str, where: str, *, require_reference: bool = False,
     elif not isinstance(metadata, dict):
         raise PredictionsError(f"{where}: field 'metadata' must be an object")
     prompt = _optional_str(obj, "prompt", where)
-    # JSON text holds a NUL only as the escape \u0000 (a raw one is invalid): a line
-    # without it has none, and its fields need no walk.
-    if "\\u0000" not in line and "\x00" not in line:
+    # JSON text holds a NUL only as the escape \u0000 (a raw one is invalid), and a
+    # surrogate only as an escape \uD800-\uDFFF: a line without them has neither, and
+    # its fields need no walk.
+    if ("\\u0000" not in line and "\x00" not in line and "\\ud" not in line
+            and "\\uD" not in line):
         return Item(id=item_id, response=response, prompt=prompt, reference=reference,
                     metadata=metadata)
     for key, value in (("id", item_id), ("response", response), ("prompt", prompt),
@@ -553,6 +555,10 @@ def parse_line(line: str, where: str, *, require_reference: bool = False,
             # PostgreSQL stores no NUL in text or JSON; refuse it here, with the line.
             raise PredictionsError(f"{where}: field {key!r} contains a NUL character "
                                    "(\\u0000)")
+        if _has_lone_surrogate(value):
+            # Not Unicode text: no database (nor UTF-8) can store it.
+            raise PredictionsError(f"{where}: field {key!r} contains a lone surrogate "
+                                   "escape (\\uD800-\\uDFFF not in a pair): not Unicode text")
     return Item(id=item_id, response=response, prompt=prompt, reference=reference,
                 metadata=metadata)
 
@@ -564,6 +570,25 @@ def _has_nul(value: Any) -> bool:
         value = stack.pop()
         if isinstance(value, str):
             if "\0" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """True when ``value`` (a string, or a JSON object or array) holds a surrogate code
+    point that JSON's escapes left unpaired anywhere."""
+    stack = [value]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
                 return True
         elif isinstance(value, dict):
             stack.extend(value.keys())
