@@ -307,3 +307,23 @@ def test_aggregate_counts_gives_aggregate_of_the_scores() -> None:
         assert aggregate_counts(values[order].tolist(), counts[order].tolist()) == \
             aggregate(rng.permutation(scores))
     assert aggregate_counts([], []) == (None, None, None)
+
+
+def test_a_bad_reference_is_named_before_a_bad_line_after_it(engine: Engine,
+                                                             tmp_path: Path) -> None:
+    """The plan checks a batch's references while it reads the next batch's lines: the
+    earlier line's error is the one raised, as when the two ran one after the other."""
+    _register(engine, "arith", 30)
+    lines = [json.dumps(row) for row in _lines(30)]
+    lines[3] = json.dumps({"id": "q00003", "response": "3", "reference": "999"})  # batch 1
+    lines[9] = "{not json"  # batch 2
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    run_id = make_run(engine, tmp_path, "r", [], predictions=str(path))
+    with pytest.raises(PredictionsError, match=r"line 4: item 'q00003' has reference '999'"):
+        _plan(engine, run_id)
+    lines[3] = json.dumps(_lines(30)[3])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PredictionsError, match=r"line 10: not valid JSON"):
+        _plan(engine, run_id)
+    assert count(engine, Evaluation) == 0 and count(engine, Verdict) == 0
