@@ -6,8 +6,9 @@ under load each round trip is a wait for a core: that, not the work, bounded a r
 to a few hundred deliveries a second. Here the deliveries that arrive together share
 those costs. Each request queues its delivery and waits; one writer task per process
 takes what is queued (at most ``max_batch``) and stores it in one transaction, in two
-round trips on one connection of its own (pipelined: BEGIN with the runs' upsert, then
-one statement for the deliveries, the runs' changes and the dispatches, with COMMIT).
+round trips on one connection of its own, each one message (BEGIN with the runs' upsert;
+then one statement for the deliveries, the runs' changes and the dispatches, with
+COMMIT), so PostgreSQL is woken twice per batch, not once per statement or message.
 No batch waits to fill: a batch is what queued while the previous one was written.
 
 The semantics are :func:`tunix_rt.service.deliveries.receive`'s, item by item:
@@ -116,6 +117,10 @@ FROM unnest(%(probe)s::text[]) AS p(did) LEFT JOIN webhook_deliveries AS w ON w.
     assignments=", ".join(f"{f} = v.{f}" for f in _CHANGEABLE))
 
 _STORED = "SELECT id, run_id FROM webhook_deliveries WHERE id = ANY(%(ids)s::text[])"
+# Each round trip is one message of the simple query protocol (parameters bound by the
+# client): the server is woken once per round trip, not once per protocol message.
+_BEGIN_UPSERT_RUNS = "BEGIN;" + _UPSERT_RUNS
+_STORE_COMMIT = _STORE + ";COMMIT"
 
 
 class StoreUnavailable(Exception):
@@ -154,7 +159,8 @@ def for_engine(engine: Any, one_at_a_time: Callable[[str, RunEvent, str | None],
         async def connect() -> Any:
             import psycopg
 
-            return await psycopg.AsyncConnection.connect(*cargs, autocommit=True, **cparams)
+            return await psycopg.AsyncConnection.connect(
+                *cargs, autocommit=True, cursor_factory=psycopg.AsyncClientCursor, **cparams)
 
         writer = GroupCommit(connect, one_at_a_time, max_batch=max_batch)
 
@@ -354,14 +360,12 @@ async def _store_batch(conn: Any, batch: list[_Pending]) -> list[Received | Base
                          "name": p.event.data.name or p.event.data.external_id,
                          "dataset": p.event.data.dataset, "model": p.event.data.model,
                          "source": p.source} for p, run_id in zip(batch, new_ids)])
-    async with conn.pipeline() as pipeline:
-        cur = conn.cursor()
-        await cur.execute("BEGIN")
-        await cur.execute(_UPSERT_RUNS, {"rows": runs_json, "now": now,
-                                         "pending": RunStatus.pending.value,
-                                         "origin": RunOrigin.webhook.value})
-        await pipeline.sync()
-        rows = {row[0]: row[1:] for row in await cur.fetchall()}
+    cur = conn.cursor()
+    await cur.execute(_BEGIN_UPSERT_RUNS, {"rows": runs_json, "now": now,
+                                           "pending": RunStatus.pending.value,
+                                           "origin": RunOrigin.webhook.value})
+    cur.nextset()  # past BEGIN's result
+    rows = {row[0]: row[1:] for row in await cur.fetchall()}
 
     answers: list[Received | BaseException | None] = [None] * len(batch)
     stored: list[dict[str, Any]] = []
@@ -390,14 +394,10 @@ async def _store_batch(conn: Any, batch: list[_Pending]) -> list[Received | Base
                        "created": bool(created), "change": change, "owed": owed,
                        **{f: getattr(run, f) for f in _CHANGEABLE}})
 
-    async with conn.pipeline() as pipeline:
-        cur = conn.cursor()
-        await cur.execute(_STORE, {"rows": _dumps(stored), "now": now, "drop": drop,
-                                   "probe": probe,
-                                   "dispatch_pending": DispatchStatus.pending.value})
-        await conn.execute("COMMIT")
-        await pipeline.sync()
-        results = await cur.fetchall()
+    await cur.execute(_STORE_COMMIT, {"rows": _dumps(stored), "now": now, "drop": drop,
+                                      "probe": probe,
+                                      "dispatch_pending": DispatchStatus.pending.value})
+    results = await cur.fetchall()  # the first result, the statement's (then COMMIT's)
     unseen: list[str] = []  # copies stored by transactions that committed meanwhile
     for did, new, dispatch_id, seen, stored_run, _ in results:
         i = index[did]
