@@ -16,6 +16,8 @@ The load: new runs over and over (``run.started``, then ``run.completed``, each 
   (``--no-dispatch``: the loops completed runs owe stay in the outbox for a worker
   elsewhere, as in production with a Prefect server); and with 1 worker running the
   quality loops in its own process (the embedded default without a Prefect server);
+  and, for the before and after side by side, 1 worker storing each delivery in a
+  transaction of its own (``TUNIX_RT_WEBHOOK_BATCH=1``, the path before group commit);
 - naive: a bare Starlette endpoint on the same uvicorn that does the same HMAC check
   (``standardwebhooks``) and nothing else, with as many workers.
 
@@ -243,13 +245,17 @@ def _serve_env(db_url: str, folder: Path) -> dict[str, str]:
 
 
 def measure_serve(db_url: str, folder: Path, *, workers: int, dispatch: bool, seconds: float,
-                  warmup: float, uri: str) -> dict[str, Any]:
-    """Load ``tunix-rt serve`` and count its rows afterwards."""
+                  warmup: float, uri: str, batch: int | None = None) -> dict[str, Any]:
+    """Load ``tunix-rt serve`` and count its rows afterwards. ``batch``: its
+    TUNIX_RT_WEBHOOK_BATCH (1: one transaction per delivery, the path before group commit)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "tunix_rt.cli", "serve", "--port", str(port),
            "--workers", str(workers)] + ([] if dispatch else ["--no-dispatch"])
-    name = f"serve-w{workers}-{'loops' if dispatch else 'ingest'}"
-    with server(cmd, _serve_env(db_url, folder), folder, name, port):
+    name = f"serve-w{workers}-{'loops' if dispatch else 'ingest'}-b{batch}"
+    env = _serve_env(db_url, folder)
+    if batch is not None:
+        env["TUNIX_RT_WEBHOOK_BATCH"] = str(batch)
+    with server(cmd, env, folder, name, port):
         sent = load(port, seconds, warmup=warmup, uri=uri, folder=folder)
     sent["rows"] = count_rows(db_url, sent)
     return sent
@@ -320,6 +326,7 @@ def _summary(label: str, got: dict[str, Any]) -> dict[str, Any]:
 
 def run(new_db: Callable[[str], str], scale: Scale) -> list[Result]:
     seconds, warmup = (5.0, 2.0) if scale.quick else (60.0, 5.0)
+    seconds = float(os.environ.get("TUNIX_RT_BENCH_INGEST_S", seconds))  # a shorter full run
     folder = Path(tempfile.mkdtemp(prefix="tunix-rt-bench-ingest-"))
     uri = write_predictions(folder / "predictions.jsonl")
     figures: dict[str, dict[str, Any]] = {}
@@ -331,6 +338,11 @@ def run(new_db: Callable[[str], str], scale: Scale) -> list[Result]:
             f"tunix-rt serve --workers {workers} --no-dispatch",
             measure_serve(new_db("ingest"), folder, workers=workers, dispatch=False,
                           seconds=seconds, warmup=warmup, uri=uri))
+    # Before group commit, side by side: one transaction per delivery, in the threadpool.
+    figures["serve_w1_per_delivery"] = _summary(
+        "tunix-rt serve --workers 1 --no-dispatch, TUNIX_RT_WEBHOOK_BATCH=1",
+        measure_serve(new_db("ingest"), folder, workers=1, dispatch=False, seconds=seconds,
+                      warmup=warmup, uri=uri, batch=1))
     figures["serve_w1_loops"] = _summary(
         "tunix-rt serve, quality loops in its own process",
         measure_serve(new_db("ingest"), folder, workers=1, dispatch=True, seconds=seconds,
@@ -341,6 +353,8 @@ def run(new_db: Callable[[str], str], scale: Scale) -> list[Result]:
     scaling = figures["serve_w2"]["rate_per_s"] / max(figures["serve_w1"]["rate_per_s"], 1e-9)
     for key, bare_key, what in (("serve_w1", "bare_w1", "1 worker, ingest only"),
                                 ("serve_w2", "bare_w2", "2 workers, ingest only"),
+                                ("serve_w1_per_delivery", "bare_w1",
+                                 "1 worker, one transaction per delivery (before)"),
                                 ("serve_w1_loops", "bare_w1", "1 worker, loops in-process")):
         ours, bare = figures[key], figures[bare_key]
         rows = ours["rows"]
@@ -348,6 +362,9 @@ def run(new_db: Callable[[str], str], scale: Scale) -> list[Result]:
         clean = rows["lost"] == 0 and rows["duplicated"] == 0 and not ours["other"] \
             and rows["completed_without_one_dispatch"] == 0
         met = ours["rate_per_s"] >= TARGET_RATE and share >= TARGET_SHARE and clean
+        before = figures["serve_w1_per_delivery"]["rate_per_s"]
+        gain = (f"; group commit ×{ours['rate_per_s'] / max(before, 1e-9):.2f} over one "
+                f"transaction per delivery ({before:,.0f}/s)" if key == "serve_w1" else "")
         results.append(Result(
             benchmark="webhook_ingest", backend="postgresql",
             size=f"{what}, {seconds:g} s, {CONNECTIONS} connections",
@@ -357,11 +374,13 @@ def run(new_db: Callable[[str], str], scale: Scale) -> list[Result]:
             notes=(f"{ours['rate_per_s']:,.0f} deliveries/s vs {bare['rate_per_s']:,.0f}/s bare; "
                    f"{rows['acknowledged']:,} acknowledged, {rows['lost']} lost, "
                    f"{rows['duplicated']} duplicated; p50 {ours['latency_ms']['p50']} ms, "
-                   f"p99 {ours['latency_ms']['p99']} ms; 1→2 workers ×{scaling:.2f}; the load "
+                   f"p99 {ours['latency_ms']['p99']} ms; 1→2 workers ×{scaling:.2f}{gain}; the load "
                    f"generator shares the {os.cpu_count()} cores; times are s per delivery"),
             target=(f"≥ {TARGET_RATE:,.0f}/s and ≥ {TARGET_SHARE:.0%} of bare, 0 lost, 0 "
                     f"duplicated: {'met' if met else 'NOT MET'}"
-                    if key != "serve_w1_loops" else
+                    if key in ("serve_w1", "serve_w2") else
+                    f"none (the path before group commit, for comparison; 0 lost: "
+                    f"{'met' if clean else 'NOT MET'})" if key == "serve_w1_per_delivery" else
                     f"none (loops compete for the cores; 0 lost: "
                     f"{'met' if clean else 'NOT MET'})"),
             extra={"ours": ours, "bare": bare, "scaling_1_to_2_workers": round(scaling, 2),
