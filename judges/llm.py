@@ -355,8 +355,14 @@ class _Lanes:
     """
 
     def __init__(self, size: int, timeout_s: float) -> None:
+        from urllib.request import getproxies
+
         self._slots = asyncio.Semaphore(size)
         self._timeout_s = timeout_s
+        # Proxies from the environment (all that trust_env decides, given our TLS context),
+        # looked up once: a client with trust_env reads and parses the whole environment
+        # when it is made (3-4 ms on a loaded machine), for each slot.
+        self._env_proxies = bool(getproxies())
         self._idle: list[httpx.AsyncClient] = []  # last used first: its connection is warm
         self._all: list[httpx.AsyncClient] = []
 
@@ -380,7 +386,8 @@ class _Lanes:
         import httpx
 
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        client = httpx.AsyncClient(timeout=self._timeout_s, limits=limits, verify=tls_context())
+        client = httpx.AsyncClient(timeout=self._timeout_s, limits=limits, verify=tls_context(),
+                                   trust_env=self._env_proxies)
         self._all.append(client)
         return client
 
@@ -616,7 +623,7 @@ class LLMJudge:
 
     async def _judge_one(self, lanes: _Lanes, limiter: _RateLimiter | None,
                          item: Item) -> Verdict:
-        outcome = await self._call(lanes, limiter, self.request_body(item))
+        outcome = await self._call(lanes, limiter, item)
         raw: dict[str, Any] = {"model": self.config.model, "rubric": self.rubric.name,
                                "rubric_hash": self.rubric_hash, "attempts": outcome.attempts,
                                "usage": outcome.usage}
@@ -633,11 +640,11 @@ class LLMJudge:
                        rationale=rationale or "(the judge model gave no rationale)",
                        judge=self.name, judge_version=self.version, raw=raw)
 
-    async def _call(self, lanes: _Lanes, limiter: _RateLimiter | None,
-                    body: dict[str, Any]) -> _Outcome:
+    async def _call(self, lanes: _Lanes, limiter: _RateLimiter | None, item: Item) -> _Outcome:
         import httpx
 
         cfg = self.config
+        body: dict[str, Any] | None = None  # built when a slot is first free, kept for retries
         url = cfg.base_url.rstrip("/") + "/chat/completions"
         headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
         max_attempts = cfg.max_retries + 1
@@ -647,6 +654,8 @@ class LLMJudge:
             outcome.attempts = attempt
             retry_after: str | None = None  # the header, honoured on 429 and 503 only
             async with lanes.lease() as client:
+                if body is None:  # not before: the waiting items would delay the first requests
+                    body = self.request_body(item)
                 if limiter is not None:
                     await limiter.acquire()
                 self.ledger.calls += 1

@@ -297,6 +297,18 @@ def test_requests_reuse_kept_alive_connections() -> None:
     assert 1 <= server.connections <= 4
 
 
+def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured, as httpx honours it: the request goes to the proxy."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with fake_openai(Reply.json(0.5)) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.base_url.removesuffix("/v1"))
+        cfg = LLMConfig(base_url="http://judge.invalid/v1", model="judge-model", **FAST)
+        verdicts = LLMJudge("correctness", cfg).score(items(2), CTX)
+    assert [v.score for v in verdicts] == [0.5, 0.5] and proxy.calls == 2
+    assert {h["host"] for h in proxy.headers} == {"judge.invalid"}
+
+
 def test_a_provider_in_its_own_process_is_judged_against_and_counts() -> None:
     """The benchmarks' provider: the fake in a child process, read over HTTP."""
     with fake_openai_process(0.75, "fine", delay=0.2) as server:
