@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class FakeOpenAI:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()  # open client connections
         self.connections = 0  # client connections accepted so far
+        self._read_up_to = 0  # arrivals already reported by the stats endpoint
         if handler is None:
             handler = Reply.json(1.0, "fine")
         if isinstance(handler, Reply):
@@ -167,7 +169,8 @@ def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            # A client going through a proxy (this server) sends the absolute URL.
+            if urlsplit(self.path).path.rstrip("/") != "/v1/chat/completions":
                 return self._send(404, {}, b'{"error": {"message": "not found"}}')
             try:
                 request = json.loads(raw)
@@ -178,10 +181,13 @@ def _request_handler(state: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802
             if self.path != STATS_PATH:
                 return self._send(404, {}, b'{"error": {"message": "not found"}}')
-            with state._lock:  # each read starts a new peak
+            with state._lock:  # each read starts a new peak and a new span of arrivals
+                fresh = state.arrivals[state._read_up_to:]
                 stats = {"calls": state.calls, "max_in_flight": state.max_in_flight,
-                         "connections": state.connections}
+                         "connections": state.connections,
+                         "first_arrival": min(fresh, default=None)}
                 state.max_in_flight = state.in_flight
+                state._read_up_to = len(state.arrivals)
             self._send(200, {}, json.dumps(stats).encode())
 
         def _send(self, status: int, headers: dict[str, str], body: bytes,
@@ -241,8 +247,9 @@ class FakeOpenAIProcess:
     base_url: str
     process: subprocess.Popen[str]
 
-    def stats(self) -> dict[str, int]:
-        """``calls``, ``connections``, and ``max_in_flight`` since the previous read."""
+    def stats(self) -> dict[str, Any]:
+        """``calls`` and ``connections`` so far; since the previous read, ``max_in_flight``
+        and ``first_arrival`` (``time.monotonic()``, one clock for all processes here)."""
         import httpx
 
         return httpx.get(self.base_url.removesuffix("/v1") + STATS_PATH, timeout=30).json()
