@@ -25,6 +25,9 @@ checked against the judge it builds:
 - *costing*: ``ledger`` is a :class:`Ledger` (or anything with ``as_dict()`` and the
   same counters) of what the last ``score()`` spent (see :func:`costs`);
 - *caching*: the factory takes ``cache`` (a verdict cache) or ``cache_factory``.
+
+A judge whose every verdict depends on its own item alone says so with ``per_item =
+True`` (see :func:`per_item`): it may be given a batch in parts.
 """
 
 from __future__ import annotations
@@ -130,6 +133,13 @@ def samples(judge: Any) -> bool:
     """Whether ``judge`` grades by sampling: it has ``variant(seed_offset)``, so its
     self-consistency can be measured. A deterministic judge has none."""
     return callable(getattr(judge, "variant", None))
+
+
+def per_item(judge: Any) -> bool:
+    """Whether ``judge`` judges each item on its own (``per_item = True``): a batch given
+    in parts gets the same verdicts, so chunked scoring stores one part's verdicts while
+    the judge works on the next."""
+    return getattr(judge, "per_item", False) is True
 
 
 def costs(judge: Any) -> bool:

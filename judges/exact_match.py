@@ -26,6 +26,7 @@ class ExactMatchJudge:
     name = NAME
     version = VERSION
     requires_reference = True
+    per_item = True  # each verdict is its item's alone (tunix_rt.judges.base.per_item)
 
     def score(self, items: Sequence[Item], context: ScoringContext) -> list[Verdict]:
         """Return one verdict per item, in the order given."""

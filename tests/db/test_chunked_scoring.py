@@ -327,3 +327,32 @@ def test_a_bad_reference_is_named_before_a_bad_line_after_it(engine: Engine,
     with pytest.raises(PredictionsError, match=r"line 10: not valid JSON"):
         _plan(engine, run_id)
     assert count(engine, Evaluation) == 0 and count(engine, Verdict) == 0
+
+
+def test_a_judge_failing_mid_chunk_leaves_nothing_of_the_chunk(
+        engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """exact_match judges a chunk in parts as its verdicts are written: a part that fails
+    rolls the whole chunk back (no row, no verdict), and the chunk scores when retried."""
+    from tunix_rt.judges.exact_match import ExactMatchJudge
+
+    uri = _write(tmp_path / "p.jsonl", _lines(30))
+    run_id = make_run(engine, tmp_path, "r", [], predictions=uri)
+    plan = _plan(engine, run_id)
+    monkeypatch.setattr(chunks, "JUDGE_PART", 2)  # chunks of 7: four parts
+    real = ExactMatchJudge.score
+    calls = []
+
+    def flaky(self, items, context):  # noqa: ANN001, ANN202
+        calls.append(len(items))
+        if len(calls) == 3:
+            raise RuntimeError("the judge failed on its third part")
+        return real(self, items, context)
+
+    monkeypatch.setattr(ExactMatchJudge, "score", flaky)
+    with pytest.raises(RuntimeError, match="third part"):
+        chunks.score_chunk(lambda: session_scope(engine), plan, plan.chunks[0], engine)
+    assert calls == [2, 2, 2]
+    assert count(engine, EvaluationChunk) == 0 and count(engine, Verdict) == 0
+    assert chunks.score_chunk(lambda: session_scope(engine), plan, plan.chunks[0], engine) \
+        == {"chunk": 0, "verdicts": 7, "extra": 0}
+    assert count(engine, Verdict) == 7 and calls[3:] == [2, 2, 2, 1]

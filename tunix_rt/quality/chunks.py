@@ -65,7 +65,7 @@ from sqlalchemy.orm import Session
 
 from tunix_rt.errors import PredictionsError, TunixRtError
 from tunix_rt.judges import Item, ScoringContext, judge_spec
-from tunix_rt.judges.base import Ledger, is_empty
+from tunix_rt.judges.base import Ledger, costs, is_empty, per_item, samples
 from tunix_rt.quality import datasets
 from tunix_rt.quality.evaluation import (MISSING, EvaluationSummary, RunInfo, _upsert_evaluation,
                                          aggregate_counts, write_verdicts)
@@ -617,16 +617,20 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
     del parsed, found
     judge = build_judge(plan.judge, engine)
     context = ScoringContext(run_id=run.id, dataset=run.dataset, model=run.model)
-    verdicts = judge.score(items, context) if items else []
-    if len(verdicts) != len(items):
-        raise TunixRtError(f"judge {plan.judge!r} returned {len(verdicts)} verdicts for "
-                           f"{len(items)} items")
-    ledger = getattr(judge, "ledger", None)
-    cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
-    if plan.repeat > 1 and items:
-        sampled = _chunk_agreement(judge, items, list(verdicts), context, plan)
-        if sampled is not None:
-            cost = {**(cost or {}), **sampled}
+    cost = None
+    if per_item(judge) and not costs(judge) and not samples(judge):
+        # Judged part by part as the verdicts are written: the server stores one part
+        # while this process judges the next (a cheap judge, whose work holds the
+        # transaction open for no longer than writing takes).
+        verdicts: Any = _judged_in_parts(judge, items, context, plan.judge)
+    else:
+        verdicts = _judged(judge, items, context, plan.judge)
+        ledger = getattr(judge, "ledger", None)
+        cost = ledger.as_dict() if hasattr(ledger, "as_dict") else None
+        if plan.repeat > 1 and items:
+            sampled = _chunk_agreement(judge, items, list(verdicts), context, plan)
+            if sampled is not None:
+                cost = {**(cost or {}), **sampled}
     with session_scope() as session:
         # The chunk's row first: a second writer of the same chunk (two loops at once)
         # waits here for the first, then finds the row and writes nothing.
@@ -636,11 +640,32 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
                 "evaluation_id": plan.evaluation_id, "chunk_index": chunk.index,
                 "byte_start": chunk.byte_start, "byte_end": chunk.byte_end,
                 "first_line": chunk.first_line, "digest": chunk.digest,
-                "n_verdicts": len(verdicts), "n_extra": extra, "cost": cost,
+                "n_verdicts": len(items), "n_extra": extra, "cost": cost,
                 "finished_at": utcnow()}, key=("evaluation_id", "chunk_index")):
             return None
         write_verdicts(session, plan.evaluation_id, verdicts, [i.response for i in items])
-    return {"chunk": chunk.index, "verdicts": len(verdicts), "extra": extra}
+    return {"chunk": chunk.index, "verdicts": len(items), "extra": extra}
+
+
+# Items a judge that judges each on its own is given at once, while the verdicts before
+# them are being written.
+JUDGE_PART = 1_000
+
+
+def _judged(judge: Any, items: list[Item], context: ScoringContext, name: str) -> list[Any]:
+    """The judge's verdicts on ``items``, one each, in order."""
+    verdicts = judge.score(items, context) if items else []
+    if len(verdicts) != len(items):
+        raise TunixRtError(f"judge {name!r} returned {len(verdicts)} verdicts for "
+                           f"{len(items)} items")
+    return verdicts
+
+
+def _judged_in_parts(judge: Any, items: list[Item], context: ScoringContext,
+                     name: str) -> Iterator[Any]:
+    """:func:`_judged`, ``JUDGE_PART`` items at a time, as the verdicts are consumed."""
+    for start in range(0, len(items), JUDGE_PART):
+        yield from _judged(judge, items[start:start + JUDGE_PART], context, name)
 
 
 def finish_evaluation(session_scope: Callable[[], Any], plan: ChunkPlan) -> EvaluationSummary:
