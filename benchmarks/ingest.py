@@ -34,7 +34,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -374,8 +373,9 @@ def run(new_db: Callable[[str], str], scale: Scale) -> list[Result]:
             notes=(f"{ours['rate_per_s']:,.0f} deliveries/s vs {bare['rate_per_s']:,.0f}/s bare; "
                    f"{rows['acknowledged']:,} acknowledged, {rows['lost']} lost, "
                    f"{rows['duplicated']} duplicated; p50 {ours['latency_ms']['p50']} ms, "
-                   f"p99 {ours['latency_ms']['p99']} ms; 1→2 workers ×{scaling:.2f}{gain}; the load "
-                   f"generator shares the {os.cpu_count()} cores; times are s per delivery"),
+                   f"p99 {ours['latency_ms']['p99']} ms; 1→2 workers ×{scaling:.2f}{gain}; "
+                   f"the load generator shares the {os.cpu_count()} cores; times are s per "
+                   "delivery"),
             target=(f"≥ {TARGET_RATE:,.0f}/s and ≥ {TARGET_SHARE:.0%} of bare, 0 lost, 0 "
                     f"duplicated: {'met' if met else 'NOT MET'}"
                     if key in ("serve_w1", "serve_w2") else
