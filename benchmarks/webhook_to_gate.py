@@ -16,7 +16,8 @@ creates it through Prefect's API); its Pending state (the worker took it); its R
 state (the engine process started, imported, ran the pull step, loaded the flow); the
 evaluation's ``started_at`` and ``finished_at``; the gate's ``created_at``. The
 ``tunix.run.completed`` event, emitted after the flow run is created, is off the path:
-its arrival is reported beside the stages (``event``). ``python -m benchmarks.webhook_to_gate [--quick]`` runs it alone.
+its arrival is reported beside the stages (``event``).
+``python -m benchmarks.webhook_to_gate [--quick]`` runs it alone.
 """
 
 from __future__ import annotations
