@@ -217,12 +217,6 @@ class GroupCommit:
             self._writer = loop.create_task(self._drain())
         return await pending.future
 
-    async def aclose(self) -> None:
-        """Close the writer's connection (the writer itself ends when the queue is empty)."""
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
-        await self._discard()
-
     # --- the writer ---------------------------------------------------------------------
 
     async def _drain(self) -> None:
