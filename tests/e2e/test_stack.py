@@ -108,6 +108,8 @@ def _gate(db_url: str, external_id: str) -> GateResult | None:
                               .where(Run.external_id == external_id))
 
 
+# The first test's time counts the stack's start (up to 3 * WAIT_S on a loaded machine).
+@pytest.mark.timeout(6 * WAIT_S)
 def test_a_signed_webhook_ends_in_a_gate_decision(stack: dict) -> None:
     predictions = write_predictions(stack["tmp"] / "job-e2e.jsonl", correctness(60, 0.8, 5))
     body = event(external_id="job-e2e", predictions_uri=predictions)
