@@ -117,10 +117,28 @@ FROM unnest(%(probe)s::text[]) AS p(did) LEFT JOIN webhook_deliveries AS w ON w.
     assignments=", ".join(f"{f} = v.{f}" for f in _CHANGEABLE))
 
 _STORED = "SELECT id, run_id FROM webhook_deliveries WHERE id = ANY(%(ids)s::text[])"
-# Each round trip is one message of the simple query protocol (parameters bound by the
-# client): the server is woken once per round trip, not once per protocol message.
-_BEGIN_UPSERT_RUNS = "BEGIN;" + _UPSERT_RUNS
-_STORE_COMMIT = _STORE + ";COMMIT"
+
+
+def _prepared(name: str, sql: str, params: list[tuple[str, str]]) -> tuple[str, str]:
+    """``PREPARE`` of ``sql`` (its ``%(param)s`` as ``$n`` of the given types) and the
+    ``EXECUTE`` that runs it with the parameters bound by the client."""
+    for n, (param, _) in enumerate(params, start=1):
+        sql = sql.replace(f"%({param})s", f"${n}")
+    types = ", ".join(kind for _, kind in params)
+    arguments = ", ".join(f"%({param})s" for param, _ in params)
+    return f"PREPARE {name}({types}) AS {sql}", f"EXECUTE {name}({arguments})"
+
+
+# Each round trip is one message of the simple query protocol, parameters bound by the
+# client, so the server is woken once per round trip, not once per protocol message; the
+# statements are prepared once per connection, so they are not planned again per batch.
+_PREPARE_UPSERT, _EXECUTE_UPSERT = _prepared("tunix_rt_upsert_runs", _UPSERT_RUNS, [
+    ("rows", "jsonb"), ("now", "timestamptz"), ("pending", "text"), ("origin", "text")])
+_PREPARE_STORE, _EXECUTE_STORE = _prepared("tunix_rt_store_deliveries", _STORE, [
+    ("rows", "jsonb"), ("now", "timestamptz"), ("drop", "text[]"), ("probe", "text[]"),
+    ("dispatch_pending", "text")])
+_BEGIN_UPSERT_RUNS = "BEGIN;" + _EXECUTE_UPSERT
+_STORE_COMMIT = _EXECUTE_STORE + ";COMMIT"
 
 
 class StoreUnavailable(Exception):
@@ -159,8 +177,10 @@ def for_engine(engine: Any, one_at_a_time: Callable[[str, RunEvent, str | None],
         async def connect() -> Any:
             import psycopg
 
-            return await psycopg.AsyncConnection.connect(
+            conn = await psycopg.AsyncConnection.connect(
                 *cargs, autocommit=True, cursor_factory=psycopg.AsyncClientCursor, **cparams)
+            await conn.execute(f"{_PREPARE_UPSERT};{_PREPARE_STORE}")
+            return conn
 
         writer = GroupCommit(connect, one_at_a_time, max_batch=max_batch)
 
