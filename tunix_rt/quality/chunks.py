@@ -53,6 +53,7 @@ row, and finish adds the counts up (:func:`_chunk_agreement`, :func:`_combined_a
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -591,7 +592,8 @@ def score_chunk(session_scope: Callable[[], Any], plan: ChunkPlan, chunk: Chunk,
     linenos: list[int] = []
     parsed: list[tuple[str, str, str | None, str | None, Any]] = []
     try:
-        for offset, raw in enumerate(data.split(b"\n"), start=chunk.first_line):
+        # One line at a time (BytesIO shares the bytes): the chunk is held once, not twice.
+        for offset, raw in enumerate(io.BytesIO(data), start=chunk.first_line):
             fields = _line_fields(raw, uri, offset, max_line_bytes)
             if fields is not None:
                 linenos.append(offset)
