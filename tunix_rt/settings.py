@@ -147,7 +147,7 @@ def _build_settings() -> Any:
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
     class Base(BaseSettings):
-        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore",
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True,
                                           env_ignore_empty=True)
 
     def validator(check: Callable[[Any], Any]) -> Any:
@@ -178,16 +178,31 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_read: tuple[tuple[tuple[str, str], ...], Any] | None = None
+
+
 def get_settings() -> Settings:
-    """Read the settings afresh (cheap; the engine is cached per URL, not the settings).
+    """The settings of the environment as it is now.
+
+    Validating the class costs ~2.5 ms of CPU, and a quality loop asks ~17 times, so the
+    last result is kept with the ``TUNIX_RT_*`` variables it was read from: a changed
+    variable (a test's ``monkeypatch``, a deployment's job variables) is read afresh.
+    The instance is frozen, so no caller can change what the next one sees.
 
     A variable that cannot be read (``TUNIX_RT_LLM_MAX_CONCURRENCY=many``) is an
     :class:`InvalidInputError` naming it.
     """
+    global _read
     from pydantic import ValidationError
 
+    key = tuple(sorted((name, value) for name, value in os.environ.items()
+                       if name[:len(ENV_PREFIX)].upper() == ENV_PREFIX))
+    if _read is not None and _read[0] == key:
+        return _read[1]
     try:
-        return __getattr__("Settings")()
+        settings = __getattr__("Settings")()
+        _read = (key, settings)
+        return settings
     except ValidationError as exc:
         from tunix_rt.specfile import validation_problems
 

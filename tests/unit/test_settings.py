@@ -65,3 +65,19 @@ def test_reading_the_database_url_imports_no_pydantic() -> None:
                          check=True, env={"TUNIX_RT_DATABASE_URL": "sqlite:///./x.db",
                                           "TUNIX_RT_LLM_MAX_CONCURRENCY": "8"}).stdout
     assert out.split() == ["sqlite:///./x.db", "False"]
+
+
+def test_settings_are_kept_until_a_variable_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TUNIX_RT_LLM_MAX_CONCURRENCY", "3")
+    first = settings.get_settings()
+    assert settings.get_settings() is first  # kept: nothing changed
+    monkeypatch.setenv("TUNIX_RT_LLM_MAX_CONCURRENCY", "5")
+    assert settings.get_settings().llm_max_concurrency == 5  # read afresh
+    monkeypatch.setenv("TUNIX_RT_LLM_MAX_CONCURRENCY", "many")
+    with pytest.raises(InvalidInputError, match="TUNIX_RT_LLM_MAX_CONCURRENCY"):
+        settings.get_settings()  # a bad value is never served from the last good read
+    monkeypatch.delenv("TUNIX_RT_LLM_MAX_CONCURRENCY")
+    kept = settings.get_settings()
+    with pytest.raises(ValueError):  # pydantic's frozen-instance error
+        kept.llm_max_concurrency = 99  # type: ignore[misc]
+    assert settings.get_settings().llm_max_concurrency == kept.llm_max_concurrency
