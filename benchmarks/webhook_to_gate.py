@@ -110,9 +110,18 @@ def _gate_row(db_url: str, external_id: str) -> dict[str, float] | None:
 def _prefect_times(api: str, run_id: str) -> dict[str, float]:
     """The event's receipt, the flow run's creation and its Pending and Running states."""
     with httpx.Client(base_url=api, timeout=30) as client:
-        events = client.post("/events/filter", json={"filter": {
-            "event": {"name": ["tunix.run.completed"]},
-            "resource": {"id": [f"tunix.run.{run_id}"]}}, "limit": 5}).json()["events"]
+        # The event follows the flow run's creation and Prefect stores events on their
+        # own schedule: a fast loop can reach its gate before the event is readable.
+        deadline = time.monotonic() + 60
+        while True:
+            events = client.post("/events/filter", json={"filter": {
+                "event": {"name": ["tunix.run.completed"]},
+                "resource": {"id": [f"tunix.run.{run_id}"]}}, "limit": 5}).json()["events"]
+            if events or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if not events:
+            raise RuntimeError(f"no tunix.run.completed event for run {run_id} after 60 s")
         runs = [r for r in client.post("/flow_runs/filter", json={
             "flow_runs": {"tags": {"all_": ["tunix-rt"]}}, "sort": "EXPECTED_START_TIME_DESC",
             "limit": 50}).json() if r["parameters"].get("run_id") == run_id]
