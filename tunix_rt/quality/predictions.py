@@ -27,7 +27,7 @@ import socket
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 from tunix_rt.judges.base import Item
 from tunix_rt.errors import PredictionsError
@@ -290,8 +290,7 @@ def lines_at(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *
             break
         total += len(chunk)
         if total > max_bytes:
-            raise PredictionsError(f"{uri}: larger than {max_bytes} bytes, the most read of one "
-                                   "file (TUNIX_RT_PREDICTIONS_MAX_BYTES)")
+            _too_large(uri, max_bytes)
         pending += chunk
         start = 0
         while (end := pending.find(b"\n", start)) >= 0:
@@ -308,6 +307,11 @@ def lines_at(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *
                _decode(pending, 0, len(pending), uri, lineno + 1, max_line_bytes))
 
 
+def _too_large(uri: str, max_bytes: int) -> NoReturn:
+    raise PredictionsError(f"{uri}: larger than {max_bytes} bytes, the most read of one file "
+                           "(TUNIX_RT_PREDICTIONS_MAX_BYTES)")
+
+
 def raw_lines(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *,
               offset: int = 0, lineno: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
     """As :func:`lines_at`, with the same limits, but each line as the bytes read, its
@@ -322,8 +326,7 @@ def raw_lines(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, 
             break
         total += len(block)
         if total > max_bytes:
-            raise PredictionsError(f"{uri}: larger than {max_bytes} bytes, the most read of one "
-                                   "file (TUNIX_RT_PREDICTIONS_MAX_BYTES)")
+            _too_large(uri, max_bytes)
         buffer = pending + block if pending else block
         find = buffer.find
         start = 0
