@@ -276,35 +276,16 @@ def _text_lines(handle: IO[bytes], uri: str, max_bytes: int,
 
 def lines_at(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *,
              offset: int = 0, lineno: int = 0) -> Iterator[tuple[int, int, int, str]]:
-    """(line number, first byte, byte after its newline, text) of each line of ``handle``.
+    """(line number, first byte, byte after its newline, text) of each line of ``handle``:
+    the lines of :func:`raw_lines`, decoded (a CRLF ending read as a newline).
 
     ``offset`` and ``lineno`` say where in the file ``handle`` starts (a chunk read
     from the middle). Chunked scoring records the byte ranges to read a chunk again.
     """
-    total = 0
-    pending = bytearray()
-    base = offset  # the file offset of pending[0]
-    while True:
-        chunk = handle.read(READ_CHUNK)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > max_bytes:
-            _too_large(uri, max_bytes)
-        pending += chunk
-        start = 0
-        while (end := pending.find(b"\n", start)) >= 0:
-            lineno += 1
-            yield (lineno, base + start, base + end + 1,
-                   _decode(pending, start, end, uri, lineno, max_line_bytes))
-            start = end + 1
-        del pending[:start]
-        base += start
-        if len(pending) > max_line_bytes:
-            _line_too_long(uri, lineno + 1, max_line_bytes)
-    if pending:
-        yield (lineno + 1, base, base + len(pending),
-               _decode(pending, 0, len(pending), uri, lineno + 1, max_line_bytes))
+    for number, start, end, raw in raw_lines(handle, uri, max_bytes, max_line_bytes,
+                                             offset=offset, lineno=lineno):
+        stop = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
+        yield number, start, end, _decode(raw, 0, stop, uri, number, max_line_bytes)
 
 
 def _too_large(uri: str, max_bytes: int) -> NoReturn:
@@ -314,9 +295,14 @@ def _too_large(uri: str, max_bytes: int) -> NoReturn:
 
 def raw_lines(handle: IO[bytes], uri: str, max_bytes: int, max_line_bytes: int, *,
               offset: int = 0, lineno: int = 0) -> Iterator[tuple[int, int, int, bytes]]:
-    """As :func:`lines_at`, with the same limits, but each line as the bytes read, its
-    newline kept, not decoded: chunked scoring parses the bytes themselves and hashes
-    them, and decodes a line only to name what is wrong with it."""
+    """(line number, first byte, byte after its newline, bytes) of each line of
+    ``handle``, its newline kept, not decoded: chunked scoring parses the bytes
+    themselves and hashes them, and decodes a line only to name what is wrong with it.
+
+    The file is read in blocks, counting bytes as they come: more than ``max_bytes``
+    in all, or a line longer than ``max_line_bytes`` (without its newline), is refused
+    as soon as it is seen, naming the line. ``offset`` and ``lineno``: as in
+    :func:`lines_at`."""
     total = 0
     pending = b""
     base = offset  # the file offset of pending[0]
