@@ -1,12 +1,13 @@
 """webhook_to_gate: from a signed ``run.completed`` to the stored gate decision.
 
 Signed deliveries for 500-item runs, one at a time (the next only once the last has its
-gate), into three setups started here as a user starts them, on one PostgreSQL:
+gate), into the setups started here as a user starts them, on one PostgreSQL:
 
 - ``tunix-rt up`` with Prefect's defaults for what tunix-rt can tune
   (PREFECT_WORKER_QUERY_SECONDS=10, the pull step, the engine as it would be without
-  tuning: see ``DEFAULTS``);
-- ``tunix-rt up`` as it ships (tuned);
+  tuning, Prefect's server on SQLite: see ``DEFAULTS``);
+- ``tunix-rt up`` as it ships (tuned: Prefect's server on a PostgreSQL database of its
+  own), and the same with Prefect's server on its default SQLite;
 - the embedded mode: ``tunix-rt serve`` with no Prefect server, the loop run in the
   receiver's own process (SQLite, the newcomer's default, and PostgreSQL).
 
@@ -43,8 +44,10 @@ TARGET_P95_S = 3.0
 ITEMS = 500
 IDLE_S = 15.0  # how long the idle stack's CPU use is measured, before the webhooks
 ROOT = Path(__file__).resolve().parents[1]
-# Prefect's own defaults for what `tunix-rt up` tunes.
-DEFAULTS = {"PREFECT_WORKER_QUERY_SECONDS": "10", "TUNIX_RT_WARM_ENGINE": "0"}
+# Prefect's own defaults for what `tunix-rt up` tunes ({home}: the setup's PREFECT_HOME).
+PREFECT_SQLITE = {"PREFECT_API_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///{home}/prefect.db"}
+DEFAULTS = {"PREFECT_WORKER_QUERY_SECONDS": "10", "TUNIX_RT_WARM_ENGINE": "0",
+            **PREFECT_SQLITE}
 STAGES = ["receive", "dispatch", "worker pick-up", "engine start", "flow setup", "scoring",
           "gate", "event"]
 EMBEDDED_STAGES = ["receive", "dispatch", "scoring", "gate"]
@@ -194,9 +197,11 @@ def _measure(label: str, db_url: str, folder: Path, n: int, *, stack: bool,
     from tests.http.conftest import SECRET, SECRET_BYTES
 
     port, prefect_port = _free_port(), _free_port()
+    home = folder / f"prefect-home-{port}"
     env = {**os.environ, "TUNIX_RT_DATABASE_URL": db_url, "TUNIX_RT_WEBHOOK_SECRET": SECRET,
            "TUNIX_RT_PREDICTIONS_ALLOW": str(folder), "PREFECT_LOGGING_LEVEL": "WARNING",
-           "PREFECT_HOME": str(folder / f"prefect-home-{port}"), **extra_env}
+           "PREFECT_HOME": str(home),
+           **{k: v.replace("{home}", str(home)) for k, v in extra_env.items()}}
     env.pop("PREFECT_API_URL", None)
     log = folder / f"{label.replace(' ', '_')}.log"
     bindir = Path(sys.executable).parent
@@ -282,6 +287,9 @@ def run(new_db: Callable[[str], str], scale: Scale, sqlite_db: Callable[[str], s
     figures: dict[str, dict[str, Any]] = {}
     setups: list[tuple[str, str, bool, dict[str, str], int]] = [
         ("stack defaults", new_db("w2g"), True, DEFAULTS, n_defaults),
+        # As shipped but with Prefect's server on its default SQLite: what `up` did before
+        # it gave Prefect a PostgreSQL database of its own.
+        ("stack tuned, Prefect on SQLite", new_db("w2g"), True, PREFECT_SQLITE, n),
         ("stack tuned", new_db("w2g"), True, {}, n),
         ("embedded postgresql", new_db("w2g"), False, {}, n),
     ]

@@ -1,7 +1,7 @@
 """``tunix-rt serve`` and ``tunix-rt up``: the service, and a local stack as production runs it.
 
-``up`` starts a Prefect server (with its own database, under PREFECT_HOME), creates
-the work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP
+``up`` starts a Prefect server (with its own database: ``<database>_prefect`` beside
+tunix-rt's on PostgreSQL, else SQLite under PREFECT_HOME), creates the work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP
 service in this process. Ctrl-C (or SIGTERM, or SIGHUP) stops all of it.
 
 Every child runs this process's own interpreter (``sys.executable -m prefect``), with
@@ -32,6 +32,9 @@ PREFECT_FILE = "prefect.yaml"
 STOP_GRACE_S = 10.0
 # How long the service may take to finish the requests in flight at Ctrl-C.
 SERVICE_GRACE_S = 3
+# How long the Prefect server may take to answer: its first start on a new database runs
+# all of Prefect's migrations, which takes minutes on a busy machine.
+SERVER_START_S = 300
 
 
 # How each worker process of `tunix-rt serve --workers N` dispatches: "event", "local" or
@@ -191,6 +194,63 @@ def pool_template(path: Path) -> Path:
     return path
 
 
+PREFECT_DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
+PREFECT_DATABASE_SUFFIX = "_prefect"
+
+
+def prefect_database(env: dict[str, str]) -> tuple[str | None, str]:
+    """The database of ``up``'s Prefect server: (the URL to give it, or None to leave
+    Prefect's choice; a line saying which).
+
+    With tunix-rt on PostgreSQL, Prefect's server gets a database of its own on the same
+    server, ``<database>_prefect``, created here if it is not there. On its default
+    SQLite, a write that meets the server's own background writes (the task runs and
+    events of the loop that just ended) fails with SQLITE_BUSY; the server answers 503
+    and Prefect's client waits 2 s before it tries again: that was most of a webhook's
+    time to its gate on ``up`` (benchmarks/README.md, webhook_to_gate). A URL already in
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` is used as it is.
+    """
+    if env.get(PREFECT_DATABASE_ENV, "").strip():
+        return None, f"Prefect database: {PREFECT_DATABASE_ENV}"
+    from sqlalchemy.engine import make_url
+
+    from tunix_rt.settings import database_url
+
+    sqlite = ("Prefect database: SQLite under PREFECT_HOME ({why}; PostgreSQL is faster "
+              f"under load: set {PREFECT_DATABASE_ENV})")
+    url = make_url(database_url())
+    if url.get_backend_name() != "postgresql":
+        return None, sqlite.format(why="tunix-rt's database is not PostgreSQL")
+    if url.query:  # connection options whose spelling differs between drivers
+        return None, sqlite.format(why="tunix-rt's database URL has options")
+    name = f"{url.database}{PREFECT_DATABASE_SUFFIX}"
+    try:
+        created = _ensure_database(url, name)
+    except Exception as exc:  # noqa: BLE001 - Prefect's SQLite still works
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, sqlite.format(why=f"could not create PostgreSQL database {name}: {reason}")
+    prefect_url = url.set(drivername="postgresql+asyncpg", database=name)
+    return (prefect_url.render_as_string(hide_password=False),
+            f"Prefect database: {prefect_url.render_as_string(hide_password=True)}"
+            + (" (created)" if created else ""))
+
+
+def _ensure_database(url: Any, name: str) -> bool:
+    """Create database ``name`` on ``url``'s server unless it exists; whether it was."""
+    import psycopg
+    from psycopg import sql
+
+    conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except psycopg.errors.DuplicateDatabase:  # another `up` created it meanwhile
+            return False
+    return True
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -298,13 +358,17 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
     warm: str | None = None
     try:
         server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+        prefect_db, said = prefect_database(server_env)
+        if prefect_db:
+            server_env[PREFECT_DATABASE_ENV] = prefect_db
+        print(said, flush=True)
         server = _start(_prefect("server", "start", "--host", "127.0.0.1", "--port",
                                  str(prefect_port)), server_env, log_dir / "prefect-server.log",
                         log_dir)
         children.append(("Prefect server", server))
         # Its imports overlap the server's start; a flow run before it is ready runs alone.
         warm = warm_engine(env, log_dir, children)
-        _wait_healthy(api_url, server, timeout=120)
+        _wait_healthy(api_url, server, timeout=SERVER_START_S)
         _run_cli(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite",
                           "--base-job-template", str(pool_template(log_dir / "work-pool.json"))),
                  env, log_dir)
