@@ -31,9 +31,10 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
-    """A running PostgreSQL server for the session, started on first use."""
+    """A running PostgreSQL server for the session, started on first use (in memory when
+    the machine has room: tests/pgserver.py)."""
     try:
-        with postgres_server() as url:
+        with postgres_server(in_memory=True) as url:
             yield url
     except PostgresUnavailable as exc:
         if IN_CI:
