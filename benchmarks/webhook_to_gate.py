@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFECT_SQLITE = {"PREFECT_API_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:///{home}/prefect.db"}
 DEFAULTS = {"PREFECT_WORKER_QUERY_SECONDS": "10", "TUNIX_RT_WARM_ENGINE": "0",
             **PREFECT_SQLITE}
+SQLITE_PREFECT = "stack tuned, Prefect on SQLite"
 STAGES = ["receive", "dispatch", "worker pick-up", "engine start", "flow setup", "scoring",
           "gate", "event"]
 EMBEDDED_STAGES = ["receive", "dispatch", "scoring", "gate"]
@@ -289,7 +290,7 @@ def run(new_db: Callable[[str], str], scale: Scale, sqlite_db: Callable[[str], s
         ("stack defaults", new_db("w2g"), True, DEFAULTS, n_defaults),
         # As shipped but with Prefect's server on its default SQLite: what `up` did before
         # it gave Prefect a PostgreSQL database of its own.
-        ("stack tuned, Prefect on SQLite", new_db("w2g"), True, PREFECT_SQLITE, n),
+        (SQLITE_PREFECT, new_db("w2g"), True, PREFECT_SQLITE, n),
         ("stack tuned", new_db("w2g"), True, {}, n),
         ("embedded postgresql", new_db("w2g"), False, {}, n),
     ]
@@ -312,7 +313,13 @@ def run(new_db: Callable[[str], str], scale: Scale, sqlite_db: Callable[[str], s
         if label == "stack defaults":
             continue
         ours = figures[label]
-        met = ours["p95_s"] <= TARGET_P95_S
+        met: bool | None = ours["p95_s"] <= TARGET_P95_S
+        target = (f"p95 at most {TARGET_P95_S:g} s: {'met' if met else 'NOT MET'} "
+                  f"({ours['p95_s']:.2f} s)")
+        if label == SQLITE_PREFECT:  # the before, beside the after
+            met = None
+            target = (f"none (for comparison: `up` with Prefect's server on its SQLite, as "
+                      f"before; p95 {ours['p95_s']:.2f} s)")
         results.append(Result(
             benchmark="webhook_to_gate", backend="postgresql" if "sqlite" not in label
             else "sqlite",
@@ -325,9 +332,7 @@ def run(new_db: Callable[[str], str], scale: Scale, sqlite_db: Callable[[str], s
                    f"{_fmt_stages(ours)} (defaults: {_fmt_stages(base)}); idle CPU "
                    f"{ours['idle_cpu_share']:.1%} of a core (defaults "
                    f"{base['idle_cpu_share']:.1%}); {loads}"),
-            target=f"p95 at most {TARGET_P95_S:g} s: {'met' if met else 'NOT MET'} "
-                   f"({ours['p95_s']:.2f} s)",
-            met=met, extra={"figures": ours, "defaults": base, "loadavg_1min": load}))
+            target=target, met=met, extra={"figures": ours, "defaults": base, "loadavg_1min": load}))
     return results
 
 
