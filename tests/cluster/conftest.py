@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -137,7 +138,10 @@ def ray_two_nodes() -> Iterator[dict]:
         yield {"address": f"127.0.0.1:{gcs_port}", "dashboard": dashboard, "node_ids": ids,
                "temp_dir": temp_dir}
     finally:
-        procs.stop_groups(started, 10, descendants=True)
+        # Ctrl-C, as one stops `ray start --block` by hand: it stops its node's processes
+        # and exits, both nodes in ~2 s. SIGTERM left both waiting out the 10 s grace for
+        # their SIGKILL (10 s of every run's teardown).
+        procs.stop_groups(started, 10, sig=signal.SIGINT, descendants=True)
         left = _cluster_processes(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"Ray processes left behind: {left}"
