@@ -147,7 +147,7 @@ def test_postgres_restarted_during_500_webhooks(cluster: PostgresCluster,
     The loops: not all 500 run here. The receiver runs them one at a time in the order
     it accepted the runs, 0.4-2 s each, so 500 would take 4-15 minutes, beyond the CI
     budget. The test waits for the loops of every run the outage could touch (accepted
-    before PostgreSQL was back, or retried by its sender), 10-20 runs, and whatever
+    before PostgreSQL was back, or retried by its sender), 15-30 runs, and whatever
     else has run by then; each ran exactly once. (The outage came after 30 accepted,
     35-50 loops to wait for; after 10 it still cuts the stream mid-way, with the
     receiver storing and dispatching, at 20-odd fewer loops: CI time.) Then the receiver is killed, and every
