@@ -150,9 +150,9 @@ def test_postgres_restarted_during_500_webhooks(cluster: PostgresCluster,
     before PostgreSQL was back, or retried by its sender), 15-30 runs, and whatever
     else has run by then; each ran exactly once. (The outage came after 30 accepted,
     35-50 loops to wait for; after 10 it still cuts the stream mid-way, with the
-    receiver storing and dispatching, at 20-odd fewer loops: CI time.) Then the receiver is killed, and every
-    other run's loop is owed, exactly once, to the sweeper (once the dead receiver's
-    leases lapse).
+    receiver storing and dispatching, and fewer loops are waited for: CI time.) Then the
+    receiver is killed, and every other run's loop is owed, exactly once, to the sweeper
+    (once the dead receiver's leases lapse).
     """
     url = _migrated(cluster.url)
     allow = tmp_path / "predictions"
