@@ -1,8 +1,8 @@
 """Which database `tunix-rt up` gives its Prefect server (tunix_rt.cli.stack.prefect_database).
 
-With tunix-rt on PostgreSQL, Prefect gets ``<database>_prefect`` on the same server,
-created once; otherwise, or when that cannot be done, Prefect keeps its SQLite and the
-line `up` prints says why. The whole stack on the chosen database: tests/e2e/test_stack.py.
+With `up --prefect-db postgres` and tunix-rt on PostgreSQL, Prefect gets
+``<database>_prefect`` on the same server, created once; otherwise, or when that cannot be
+done, Prefect keeps its SQLite and the line `up` prints says why.
 """
 
 from __future__ import annotations
@@ -79,3 +79,13 @@ def test_a_role_that_may_not_create_databases_leaves_prefect_on_sqlite(
     assert f"could not create PostgreSQL database {name}" in said
     assert "permission denied" in said
     assert not _exists(pg_admin_url, name)
+
+
+def test_by_default_prefect_keeps_its_sqlite_and_names_the_option(
+        pg_admin_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = create_database(pg_admin_url)
+    monkeypatch.setenv("TUNIX_RT_DATABASE_URL", url)
+    chosen, said = prefect_database({}, postgres=False)
+    assert chosen is None
+    assert "SQLite under PREFECT_HOME" in said and "--prefect-db postgres" in said
+    assert not _exists(pg_admin_url, f"{make_url(url).database}_prefect")

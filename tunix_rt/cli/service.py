@@ -28,7 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from tunix_rt.cli.stack import up
 
-    return up(host=args.host, port=args.port, prefect_port=args.prefect_port, logs=args.logs)
+    return up(host=args.host, port=args.port, prefect_port=args.prefect_port, logs=args.logs,
+              prefect_db=args.prefect_db)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -80,6 +81,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="the tunix-rt service's port")
     p.add_argument("--prefect-port", type=int, default=4200)
     p.add_argument("--logs", default=".tunix-rt/logs", help="where the children's logs go")
+    p.add_argument("--prefect-db", choices=("sqlite", "postgres"), default="sqlite",
+                   help="the Prefect server's database: SQLite under PREFECT_HOME, or "
+                        "<database>_prefect beside tunix-rt's PostgreSQL database (created "
+                        "if missing; faster: no 2 s retries on SQLite's busy errors)")
 
     p = add_command(subparsers, "sweep", cmd_sweep, "start again the quality loops a crash or "
                     "a lost event left owed (the sweeper flow)")

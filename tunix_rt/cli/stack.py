@@ -1,7 +1,7 @@
 """``tunix-rt serve`` and ``tunix-rt up``: the service, and a local stack as production runs it.
 
-``up`` starts a Prefect server (with its own database: ``<database>_prefect`` beside
-tunix-rt's on PostgreSQL, else SQLite under PREFECT_HOME), creates the work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP
+``up`` starts a Prefect server (with its own database: SQLite under PREFECT_HOME, or
+with ``--prefect-db postgres`` ``<database>_prefect`` beside tunix-rt's), creates the work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP
 service in this process. Ctrl-C (or SIGTERM, or SIGHUP) stops all of it.
 
 Every child runs this process's own interpreter (``sys.executable -m prefect``), with
@@ -201,20 +201,26 @@ PREFECT_DATABASE_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"
 PREFECT_DATABASE_SUFFIX = "_prefect"
 
 
-def prefect_database(env: dict[str, str]) -> tuple[str | None, str]:
+def prefect_database(env: dict[str, str], *, postgres: bool = True
+                     ) -> tuple[str | None, str]:
     """The database of ``up``'s Prefect server: (the URL to give it, or None to leave
     Prefect's choice; a line saying which).
 
-    With tunix-rt on PostgreSQL, Prefect's server gets a database of its own on the same
-    server, ``<database>_prefect``, created here if it is not there. On its default
-    SQLite, a write that meets the server's own background writes (the task runs and
-    events of the loop that just ended) fails with SQLITE_BUSY; the server answers 503
-    and Prefect's client waits 2 s before it tries again: that was most of a webhook's
-    time to its gate on ``up`` (benchmarks/README.md, webhook_to_gate). A URL already in
-    ``PREFECT_API_DATABASE_CONNECTION_URL`` is used as it is.
+    With ``postgres`` (``up --prefect-db postgres``) and tunix-rt on PostgreSQL, Prefect's
+    server gets a database of its own on the same server, ``<database>_prefect``,
+    created here if it is not there. On its default SQLite, a write that meets the
+    server's own background writes (the task runs and events of the loop that just
+    ended) fails with SQLITE_BUSY; the server answers 503 and Prefect's client waits 2 s
+    before it tries again: that was most of a webhook's time to its gate on ``up``
+    (benchmarks/README.md, webhook_to_gate). A URL already in
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` is used as it is. (Not yet the default: in
+    the full test suite, the worker of a stack on it once outlived Ctrl-C's grace.)
     """
     if env.get(PREFECT_DATABASE_ENV, "").strip():
         return None, f"Prefect database: {PREFECT_DATABASE_ENV}"
+    if not postgres:
+        return None, ("Prefect database: SQLite under PREFECT_HOME (--prefect-db postgres: "
+                      "a PostgreSQL database beside tunix-rt's, faster under load)")
     from sqlalchemy.engine import make_url
 
     from tunix_rt.settings import database_url
@@ -336,7 +342,7 @@ def _interrupt(*_: object) -> None:
 
 
 def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
-       logs: str = ".tunix-rt/logs") -> int:
+       logs: str = ".tunix-rt/logs", prefect_db: str = "sqlite") -> int:
     """Start the local stack and block until Ctrl-C (or SIGTERM, or SIGHUP)."""
     spec = prefect_file()
     log_dir = Path(logs).resolve()
@@ -361,9 +367,9 @@ def up(host: str = "127.0.0.1", port: int = 8000, prefect_port: int = 4200,
     warm: str | None = None
     try:
         server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
-        prefect_db, said = prefect_database(server_env)
-        if prefect_db:
-            server_env[PREFECT_DATABASE_ENV] = prefect_db
+        prefect_url, said = prefect_database(server_env, postgres=prefect_db == "postgres")
+        if prefect_url:
+            server_env[PREFECT_DATABASE_ENV] = prefect_url
         print(said, flush=True)
         server = _start(_prefect("server", "start", "--host", "127.0.0.1", "--port",
                                  str(prefect_port)), server_env, log_dir / "prefect-server.log",
