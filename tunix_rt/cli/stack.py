@@ -282,7 +282,22 @@ def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                                 stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True,
-                                preexec_fn=procs.parent_death_signal(signal.SIGTERM))
+                                preexec_fn=_child_setup(procs.parent_death_signal(signal.SIGTERM)))
+
+
+def _child_setup(then: Any) -> Any:
+    """A ``preexec_fn``: SIGINT and SIGQUIT back to their defaults, then ``then``.
+
+    A process started in the background by a shell (``tunix-rt up &``, ``nohup``, a
+    script's job) has SIGINT ignored, and its children inherit that. Prefect's worker
+    stops on SIGTERM by sending itself SIGINT: ignored, it kept running until the stop
+    grace ran out and it was SIGKILLed, losing its flow runs' last reports."""
+    def setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+        if then is not None:
+            then()
+    return setup
 
 
 def _run_cli(cmd: list[str], env: dict[str, str], cwd: Path) -> None:
