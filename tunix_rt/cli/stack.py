@@ -213,8 +213,8 @@ def prefect_database(env: dict[str, str], *, postgres: bool = True
     ended) fails with SQLITE_BUSY; the server answers 503 and Prefect's client waits 2 s
     before it tries again: that was most of a webhook's time to its gate on ``up``
     (benchmarks/README.md, webhook_to_gate). A URL already in
-    ``PREFECT_API_DATABASE_CONNECTION_URL`` is used as it is. (Not yet the default: in
-    the full test suite, the worker of a stack on it once outlived Ctrl-C's grace.)
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` is used as it is. (Asked for, not assumed:
+    it creates a database on the user's server.)
     """
     if env.get(PREFECT_DATABASE_ENV, "").strip():
         return None, f"Prefect database: {PREFECT_DATABASE_ENV}"
