@@ -28,11 +28,8 @@ from tunix_rt.errors import InvalidInputError
 WORK_POOL = "tunix-rt"
 PREFECT_FILE = "prefect.yaml"
 # How long a child may take to stop after SIGTERM before it is killed. Each stops in
-# about a second; but a worker waits for its flow runs to end, and a flow run stopped
-# mid-way first reports how it ended (its state, logs and events) to the server: on a
-# loaded machine that once took the worker past 10 s, and a SIGKILL loses the report.
-# A second Ctrl-C kills everything at once.
-STOP_GRACE_S = 30.0
+# about a second; the wait is only for one that hangs.
+STOP_GRACE_S = 10.0
 # How long the service may take to finish the requests in flight at Ctrl-C.
 SERVICE_GRACE_S = 3
 # How long the Prefect server may take to answer: its first start on a new database runs
