@@ -333,7 +333,8 @@ def run(new_db: Callable[[str], str], scale: Scale, sqlite_db: Callable[[str], s
                    f"{_fmt_stages(ours)} (defaults: {_fmt_stages(base)}); idle CPU "
                    f"{ours['idle_cpu_share']:.1%} of a core (defaults "
                    f"{base['idle_cpu_share']:.1%}); {loads}"),
-            target=target, met=met, extra={"figures": ours, "defaults": base, "loadavg_1min": load}))
+            target=target, met=met,
+            extra={"figures": ours, "defaults": base, "loadavg_1min": load}))
     return results
 
 

@@ -1,8 +1,9 @@
 """``tunix-rt serve`` and ``tunix-rt up``: the service, and a local stack as production runs it.
 
 ``up`` starts a Prefect server (with its own database: SQLite under PREFECT_HOME, or
-with ``--prefect-db postgres`` ``<database>_prefect`` beside tunix-rt's), creates the work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP
-service in this process. Ctrl-C (or SIGTERM, or SIGHUP) stops all of it.
+with ``--prefect-db postgres`` ``<database>_prefect`` beside tunix-rt's), creates the
+work pool, deploys prefect.yaml, starts a worker, and serves the tunix-rt HTTP service
+in this process. Ctrl-C (or SIGTERM, or SIGHUP) stops all of it.
 
 Every child runs this process's own interpreter (``sys.executable -m prefect``), with
 this interpreter's folder first on its PATH, so the stack works the same whether or
